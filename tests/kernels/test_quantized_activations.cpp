@@ -39,8 +39,8 @@ void check_policy(std::size_t rows, std::size_t cols, std::size_t k_pad, std::si
 
 template <class Q>
 void check_both_codes() {
-    check_policy<Q, std::int16_t>(7, 37, 48, 48);
-    check_policy<Q, std::uint8_t>(7, 37, 48, 48);
+    check_policy<Q, std::int16_t>(7, 37, 64, 64);
+    check_policy<Q, std::uint8_t>(7, 37, 64, 64);
     check_policy<Q, std::uint8_t>(3, 768, 768, 32);
     check_policy<Q, std::int16_t>(1, 2560, 2560, 2560);
     check_policy<Q, std::uint8_t>(13, 5120, 5120, 128);
@@ -57,6 +57,6 @@ TEST_CASE("quantize_activations equals its reference bit for bit") {
 
 TEST_CASE("ActBuffer: bad layout is reported") {
     mq::ActBuffer<std::uint8_t> b;
-    CHECK_THROWS_WITH_AS(b.reserve(4, 40, 40, 40), "ActBuffer: k_pad 40 must be a multiple of 16 and >= k 40", mq::error);
+    CHECK_THROWS_WITH_AS(b.reserve(4, 40, 40, 40), "ActBuffer: k_pad 40 must be a multiple of 32 and >= k 40", mq::error);
     CHECK_THROWS_WITH_AS(b.reserve(4, 64, 64, 48), "ActBuffer: group 48 does not divide k_pad 64", mq::error);
 }

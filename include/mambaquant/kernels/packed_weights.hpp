@@ -23,7 +23,7 @@ MQ_NAMESPACE_BEGIN
 // last tile is padded with zero-weight, zero-scale channels; k is padded with zeros to a multiple
 // of kPackK so the inner loops have no tail (a zero weight times a zero activation pad adds 0).
 inline constexpr std::size_t kPackCols = 8;
-inline constexpr std::size_t kPackK = 16;
+inline constexpr std::size_t kPackK = 32;
 // The W8 kernel keeps exact int32 sums: |Σ (a − z_a)·w| ≤ K·255·127 < 2^31 needs K ≤ 66311.
 inline constexpr std::size_t kMaxPackedK = 65536;
 
@@ -111,7 +111,7 @@ struct PackedW4 {
 template <class Q>
 concept W8Policy = QuantizerPolicy<Q> && Q::bits == 8 && std::same_as<typename Q::granularity, per_channel> &&
                    Q::symmetry::is_symmetric;
-// int4 groups must be whole 16-k superchunks of the kernel (32, 64, 128 are).
+// int4 groups must be whole 32-k superchunks of the kernel (32, 64, 128 are).
 template <class G>
 inline constexpr bool w4_granularity_ok_v = std::same_as<G, per_channel>;
 template <std::size_t G>

@@ -185,15 +185,20 @@ MQ_ALWAYS_INLINE void w8_tile_avx2(const ActBuffer<std::int16_t>& a, std::size_t
 }
 
 // W4 micro-kernel: MR tokens × NB channel tiles of 8, group by group.
-// vpmaddubsw(u8 activation a ∈ [0, 255], s8 weight u ∈ [0, 15]): lane = a·u + a'·u' ∈ [0, 7650],
-// never saturating. Four such lanes (16 k: two 8-k blocks, low and high nibbles) sum to at most
-// 4·7650 = 30600 ≤ 32767, so they accumulate in int16 before one vpmaddwd(·, 1) widens them to
-// int32: 2 instructions per 32 multiply-adds instead of 3 on the exact-int32 path.
+// The nibbles u ∈ [0, 15] are recentred to s = u − 8 ∈ [-8, 7] after unpacking (one vpsubb,
+// shared by MR tokens), and vpmaddubsw(u8 activation a ∈ [0, 255], s8 weight s) gives lanes
+// a·s + a'·s' with |·| ≤ 2·255·8 = 4080: never saturating. Eight such lanes (32 k: four 8-k
+// blocks, low and high nibbles) sum to at most 8·4080 = 32640 ≤ 32767, so they accumulate in
+// int16 and one vpmaddwd(·, 1) per 32 k widens them to int32: 1.125 multiplier instructions
+// per 32 multiply-adds instead of 2 on the exact-int32 W8 path. Σ a·s = Σ a·u − 8·Σ a, so the
+// group correction uses zero − 8: t = Σ a·s − (z − 8)·Σ a = Σ a·u − z·Σ a, the reference's t.
 template <int MR, int NB, class OutT>
 MQ_ALWAYS_INLINE void w4_tile_avx2(const ActBuffer<std::uint8_t>& a, std::size_t m0, const PackedW4& w,
                                    std::size_t nb0, const Epilogue<OutT>& e, MatrixView<OutT> y) noexcept {
     const __m256i mask = _mm256_set1_epi8(0x0F);
     const __m256i ones = _mm256_set1_epi16(1);
+    const __m256i eight8 = _mm256_set1_epi8(8);
+    const __m256i eight32 = _mm256_set1_epi32(8);
     __m256 accf[MR][NB];
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i)
@@ -203,7 +208,7 @@ MQ_ALWAYS_INLINE void w4_tile_avx2(const ActBuffer<std::uint8_t>& a, std::size_t
     const BlockW4x8* wb = w.blocks.data() + nb0 * kc;
     const std::uint8_t* ar = a.row(m0);
     const std::size_t as = a.k_pad;
-    const std::size_t supers = w.group / 16;
+    const std::size_t supers = w.group / 32;
     for (std::size_t g = 0; g < w.groups; ++g) {
         __m256i acc32[MR][NB];
 #pragma GCC unroll 8
@@ -211,21 +216,21 @@ MQ_ALWAYS_INLINE void w4_tile_avx2(const ActBuffer<std::uint8_t>& a, std::size_t
 #pragma GCC unroll 8
             for (int j = 0; j < NB; ++j) acc32[i][j] = _mm256_setzero_si256();
         for (std::size_t s = 0; s < supers; ++s) {
-            const std::size_t c0 = g * (w.group / 8) + 2 * s;
+            const std::size_t c0 = g * (w.group / 8) + 4 * s;
             __m256i acc16[MR][NB];
 #pragma GCC unroll 8
             for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 8
                 for (int j = 0; j < NB; ++j) acc16[i][j] = _mm256_setzero_si256();
 #pragma GCC unroll 2
-            for (std::size_t h = 0; h < 2; ++h) {
+            for (std::size_t h = 0; h < 4; ++h) {
                 const std::size_t c = c0 + h;
                 __m256i lo[NB], hi[NB];
 #pragma GCC unroll 8
                 for (int j = 0; j < NB; ++j) {
                     const __m256i raw = _mm256_load_si256(reinterpret_cast<const __m256i*>(wb + j * kc + c));
-                    lo[j] = _mm256_and_si256(raw, mask);
-                    hi[j] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+                    lo[j] = _mm256_sub_epi8(_mm256_and_si256(raw, mask), eight8);
+                    hi[j] = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(raw, 4), mask), eight8);
                 }
 #pragma GCC unroll 8
                 for (int i = 0; i < MR; ++i) {
@@ -243,11 +248,11 @@ MQ_ALWAYS_INLINE void w4_tile_avx2(const ActBuffer<std::uint8_t>& a, std::size_t
 #pragma GCC unroll 8
                 for (int j = 0; j < NB; ++j) acc32[i][j] = _mm256_add_epi32(acc32[i][j], _mm256_madd_epi16(acc16[i][j], ones));
         }
-        // Group end: t = Σ a·u − z_g·Σ a (exact int32), accf += s_g·t
+        // Group end: t = Σ a·s − (z_g − 8)·Σ a (exact int32), accf += s_g·t
 #pragma GCC unroll 8
         for (int j = 0; j < NB; ++j) {
             const std::size_t pi = ((nb0 + j) * w.groups + g) * kPackCols;
-            const __m256i zg = _mm256_load_si256(reinterpret_cast<const __m256i*>(w.zero.data() + pi));
+            const __m256i zg = _mm256_sub_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(w.zero.data() + pi)), eight32);
             const __m256 sg = _mm256_load_ps(w.scale.data() + pi);
 #pragma GCC unroll 8
             for (int i = 0; i < MR; ++i) {
@@ -312,7 +317,7 @@ void qgemm(Arch, const ActBuffer<std::int16_t>& a, const PackedW8& w, const Epil
         if (a.rows == 1)
             detail::drive_tiles<1, 4>(a.rows, block_begin, block_end, tile);
         else
-            detail::drive_tiles<6, 2>(a.rows, block_begin, block_end, tile);
+            detail::drive_tiles<4, 2>(a.rows, block_begin, block_end, tile);
         return;
     }
 #endif
@@ -332,7 +337,7 @@ void qgemm(Arch, const ActBuffer<std::uint8_t>& a, const PackedW4& w, const Epil
         if (a.rows == 1)
             detail::drive_tiles<1, 2>(a.rows, block_begin, block_end, tile);
         else
-            detail::drive_tiles<4, 1>(a.rows, block_begin, block_end, tile);
+            detail::drive_tiles<3, 1>(a.rows, block_begin, block_end, tile);
         return;
     }
 #endif

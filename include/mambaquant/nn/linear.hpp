@@ -65,7 +65,7 @@ class Linear {
     static constexpr bool kFloat = WeightPolicy::is_float;
     static_assert(kFloat || W8Policy<WeightPolicy> || W4Policy<WeightPolicy>,
                   "Linear: weight policy must be Quantizer<8, per_channel, symmetric> or Quantizer<4, per_channel | "
-                  "per_group<G> (G % 16 == 0), symmetric | asymmetric>");
+                  "per_group<G> (G % 32 == 0), symmetric | asymmetric>");
     static_assert(kFloat || A8Policy<ActPolicy>,
                   "Linear: activation policy must be Quantizer<8, per_token | per_tensor, symmetric | asymmetric>");
 
