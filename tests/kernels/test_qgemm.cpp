@@ -172,6 +172,16 @@ TEST_CASE("worst-case codes do not overflow the int16 / int32 partial sums") {
     mq::qgemm_ref(a4u, w4u, mq::Epilogue<float>{}, mq::view(yr));
     CHECK(bit_equal(y, yr));
     CHECK(y(4, 15) == doctest::Approx(15.0 * double(K)).epsilon(1e-6));
+    // Asymmetric code 0 is the kernel's most negative recentred nibble (0 − 8).
+    std::vector<std::uint8_t> c4z(N * K, 0);
+    std::vector<mq::QuantParams> pz(N);
+    for (auto& p : pz) p.zero = 15;
+    const auto w4z = mq::pack_w4<mq::Quantizer<4, mq::per_channel, mq::asymmetric>>(
+        mq::ConstMatrixView<std::uint8_t>(c4z.data(), N, K), pz);
+    mq::qgemm(mq::default_arch{}, a4, w4z, mq::Epilogue<float>{}, mq::view(y));
+    mq::qgemm_ref(a4, w4z, mq::Epilogue<float>{}, mq::view(yr));
+    CHECK(bit_equal(y, yr));
+    CHECK(y(3, 7) == doctest::Approx(-15.0 * double(K)).epsilon(1e-6));
 }
 
 TEST_CASE("ThreadPool runs every task once, serial fallback without a pool") {
