@@ -315,7 +315,7 @@ void qgemm(Arch, const ActBuffer<std::int16_t>& a, const PackedW8& w, const Epil
             detail::w8_tile_avx2<decltype(mr)::value, decltype(nb)::value>(a, m, w, b, e, y);
         };
         if (a.rows == 1)
-            detail::drive_tiles<1, 4>(a.rows, block_begin, block_end, tile);
+            detail::drive_tiles<1, 8>(a.rows, block_begin, block_end, tile);
         else
             detail::drive_tiles<4, 2>(a.rows, block_begin, block_end, tile);
         return;
@@ -335,7 +335,7 @@ void qgemm(Arch, const ActBuffer<std::uint8_t>& a, const PackedW4& w, const Epil
             detail::w4_tile_avx2<decltype(mr)::value, decltype(nb)::value>(a, m, w, b, e, y);
         };
         if (a.rows == 1)
-            detail::drive_tiles<1, 2>(a.rows, block_begin, block_end, tile);
+            detail::drive_tiles<1, 4>(a.rows, block_begin, block_end, tile);
         else
             detail::drive_tiles<3, 1>(a.rows, block_begin, block_end, tile);
         return;
