@@ -21,7 +21,8 @@ MQ_NAMESPACE_BEGIN
 // A weight W[n][k] has n output channels (rows) and k inputs. The kernels compute 8 output
 // channels at once (one AVX2 register of 8 int32 / 8 float), so channels are tiled by 8 and the
 // last tile is padded with zero-weight, zero-scale channels; k is padded with zeros to a multiple
-// of kPackK so the inner loops have no tail (a zero weight times a zero activation pad adds 0).
+// of kPackK (one W4 int16 superchunk) so the inner loops have no tail (pads contribute 0: the
+// activation pad code is 0, and the sums used by the zero-point corrections cover real k only).
 inline constexpr std::size_t kPackCols = 8;
 inline constexpr std::size_t kPackK = 32;
 // The W8 kernel keeps exact int32 sums: |Σ (a − z_a)·w| ≤ K·255·127 < 2^31 needs K ≤ 66311.
@@ -42,8 +43,8 @@ static_assert(sizeof(BlockW8x2) == 16, "BlockW8x2: 8 channels x 2 k x 8 bits");
 // u[n0 + c][k0 + i] in its low nibble and u[n0 + c][k0 + 4 + i] in its high nibble, so one
 // 32-byte load split by mask/shift gives the two [8 channels][4 k] byte vectors vpmaddubsw
 // wants against a broadcast of 4 activation bytes. 64 weights in 32 bytes: 4 bits per weight.
-// (This kernel-internal order differs from the library's standard nibble order, see
-// pack_w4_nibbles, which element 2i in the low nibble and 2i+1 in the high one.)
+// This kernel-internal order differs from the library's standard nibble order (element 2i in
+// the low nibble, 2i + 1 in the high one), which pack_w4_nibbles reads.
 struct BlockW4x8 {
     std::uint8_t qs[32];
 };
@@ -72,8 +73,8 @@ struct PackedW8 {
 // int4 per-channel or per-group weights, symmetric or asymmetric, stored as unsigned nibbles u
 // with a zero point per (channel, group): ŵ[n][k] = (u[n][k] − zero[n][g])·scale[n][g].
 //   asymmetric codes q ∈ [0, 15]: u = q, zero = z;  symmetric codes q ∈ [-7, 7]: u = q + 8, zero = 8.
-// Keeping u unsigned lets vpmaddubsw take activations (u8) × weights (u ≤ 15 as s8) without a
-// subtract in the inner loop; the zero point becomes one correction per group (see qgemm.hpp).
+// The kernel recentres u to u − 8 ∈ [-8, 7] once per load (shared by several tokens) so that
+// int16 partial sums last 32 k; the zero point becomes one correction per group (see qgemm.hpp).
 // Storage: 4 bits per weight + 8 bytes per (channel, group) + 4 bytes per channel.
 struct PackedW4 {
     std::size_t n = 0, k = 0, k_pad = 0, n_blocks = 0;
