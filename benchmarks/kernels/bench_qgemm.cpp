@@ -11,6 +11,7 @@
 #include <benchmark/benchmark.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace {
 
@@ -37,35 +38,44 @@ void set_counters(benchmark::State& state, std::size_t M, std::size_t K, std::si
 
 enum class Mode { fast, threaded, ref };
 
+// "cold": cycle through copies of the weight that together exceed this VM's 480 MiB L3, so every
+// call streams its weight from DRAM like the copy benchmark does.
+constexpr std::size_t kColdBytes = std::size_t{640} << 20;
+
 template <class WQ, Mode mode>
-void run_quantized(benchmark::State& state, std::size_t M, std::size_t K, std::size_t N) {
+void run_quantized(benchmark::State& state, std::size_t M, std::size_t K, std::size_t N, bool cold = false) {
     const mq::MatrixXf x = random_matrix(M, K, 1, 1.0f), w = random_matrix(N, K, 2, 0.05f), b = random_matrix(1, N, 3, 0.1f);
     const auto pw = mq::pack_weights<WQ>(mq::view(w));
+    const std::vector<std::decay_t<decltype(pw)>> copies(cold ? kColdBytes / pw.bytes() + 1 : 1, pw);
     mq::ActBuffer<mq::act_code_t<std::decay_t<decltype(pw)>>> a;
     a.reserve_for(M, pw);
     mq::MatrixXf y(static_cast<Eigen::Index>(M), static_cast<Eigen::Index>(N));
     const mq::Epilogue<float> e{b.data(), {}};
+    std::size_t i = 0;
     for (auto _ : state) {
+        const auto& wi = copies[i++ % copies.size()];
         if constexpr (mode == Mode::ref) {
             mq::quantize_activations_ref<A8>(mq::view(x), a);
-            mq::qgemm_ref(a, pw, e, mq::view(y));
+            mq::qgemm_ref(a, wi, e, mq::view(y));
         } else {
             mq::quantize_activations<A8>(mq::default_arch{}, mq::view(x), a);
-            mq::qgemm(mq::default_arch{}, a, pw, e, mq::view(y), mode == Mode::threaded ? &pool2() : nullptr);
+            mq::qgemm(mq::default_arch{}, a, wi, e, mq::view(y), mode == Mode::threaded ? &pool2() : nullptr);
         }
         benchmark::DoNotOptimize(y.data());
         benchmark::ClobberMemory();
     }
-    set_counters(state, M, K, N, pw.blocks.size() * sizeof(pw.blocks[0]));
+    set_counters(state, M, K, N, pw.bytes()); // codes + scales (+ zeros) read per call
 }
 
-void run_float(benchmark::State& state, std::size_t M, std::size_t K, std::size_t N) {
+void run_float(benchmark::State& state, std::size_t M, std::size_t K, std::size_t N, bool cold = false) {
     const mq::MatrixXf w = random_matrix(N, K, 2, 0.05f), b = random_matrix(1, N, 3, 0.1f);
     if (M == 1) {
+        const std::vector<mq::MatrixXf> copies(cold ? kColdBytes / (N * K * sizeof(float)) + 1 : 1, w);
         const Eigen::VectorXf x = random_matrix(K, 1, 1, 1.0f);
         Eigen::VectorXf y(static_cast<Eigen::Index>(N));
+        std::size_t i = 0;
         for (auto _ : state) {
-            y.noalias() = w * x;
+            y.noalias() = copies[i++ % copies.size()] * x;
             y += b.row(0).transpose();
             benchmark::DoNotOptimize(y.data());
             benchmark::ClobberMemory();
@@ -108,6 +118,19 @@ void BM_w4a8_gemv(benchmark::State& s) { BM_gemv<W4, Mode::fast>(s); }
 void BM_w4a8_gemv_mt(benchmark::State& s) { BM_gemv<W4, Mode::threaded>(s); }
 void BM_w4a8_gemv_ref(benchmark::State& s) { BM_gemv<W4, Mode::ref>(s); }
 void BM_f32_gemv_eigen(benchmark::State& s) { run_float(s, 1, std::size_t(s.range(0)), std::size_t(s.range(1))); }
+void BM_w8a8_gemv_cold(benchmark::State& s) {
+    run_quantized<mq::W8PerChannel, Mode::fast>(s, 1, std::size_t(s.range(0)), std::size_t(s.range(1)), true);
+}
+void BM_w4a8_gemv_cold(benchmark::State& s) {
+    run_quantized<W4, Mode::fast>(s, 1, std::size_t(s.range(0)), std::size_t(s.range(1)), true);
+}
+void BM_w8a8_gemv_cold_mt(benchmark::State& s) {
+    run_quantized<mq::W8PerChannel, Mode::threaded>(s, 1, std::size_t(s.range(0)), std::size_t(s.range(1)), true);
+}
+void BM_w4a8_gemv_cold_mt(benchmark::State& s) {
+    run_quantized<W4, Mode::threaded>(s, 1, std::size_t(s.range(0)), std::size_t(s.range(1)), true);
+}
+void BM_f32_gemv_eigen_cold(benchmark::State& s) { run_float(s, 1, std::size_t(s.range(0)), std::size_t(s.range(1)), true); }
 
 // {K, N}: in_proj and out_proj of mamba-130m and mamba-2.8b.
 void gemm_shapes(benchmark::internal::Benchmark* b) {
@@ -136,5 +159,10 @@ BENCHMARK(BM_w8a8_gemv)->Apply(gemv_shapes);
 BENCHMARK(BM_w4a8_gemv)->Apply(gemv_shapes);
 BENCHMARK(BM_w8a8_gemv_mt)->Apply(gemv_shapes);
 BENCHMARK(BM_w4a8_gemv_mt)->Apply(gemv_shapes);
+BENCHMARK(BM_f32_gemv_eigen_cold)->Args({2560, 10240})->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(BM_w8a8_gemv_cold)->Args({2560, 10240})->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(BM_w4a8_gemv_cold)->Args({2560, 10240})->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(BM_w8a8_gemv_cold_mt)->Args({2560, 10240})->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(BM_w4a8_gemv_cold_mt)->Args({2560, 10240})->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK(BM_w8a8_gemv_ref)->Args({2560, 10240})->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_w4a8_gemv_ref)->Args({2560, 10240})->Unit(benchmark::kMillisecond)->UseRealTime();
