@@ -108,6 +108,7 @@ void check_shapes() {
     check_case<WQ, AQ>(1, 128, 17);
     check_case<WQ, AQ>(7, 256, 40);
     check_case<WQ, AQ>(13, 384, 24, false);
+    check_case<WQ, AQ>(5, 128, 200); // 25 tiles: 4 tile groups, the last partial, split over threads
     // Mamba shapes (K = d_model or d_inner of mamba-130m / 2.8b); fewer under sanitizers.
     check_case<WQ, AQ>(7, 768, 40);
     if (!kSanitized) {
