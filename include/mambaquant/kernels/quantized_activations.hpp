@@ -92,7 +92,7 @@ MQ_ALWAYS_INLINE void set_act_params(ActBuffer<Code>& out, std::size_t m, const 
 
 // Range of a row, widened to contain 0 (params_from_range widens to 0 anyway, so the result is the same).
 template <class Arch>
-void row_min_max(Arch, const float* x, std::size_t n, float& lo, float& hi) noexcept {
+void act_row_min_max(Arch, const float* x, std::size_t n, float& lo, float& hi) noexcept {
     using B = xsimd::batch<float, Arch>;
     constexpr std::size_t W = B::size;
     B vlo(lo), vhi(hi);
@@ -130,7 +130,7 @@ void quantize_activations(Arch, ConstMatrixView<float> x, ActBuffer<Code>& out) 
     QuantParams p{};
     if constexpr (std::same_as<typename Q::granularity, per_tensor>) {
         float lo = 0.0f, hi = 0.0f;
-        for (std::size_t m = 0; m < x.rows; ++m) detail::row_min_max(Arch{}, x.row_ptr(m), x.cols, lo, hi);
+        for (std::size_t m = 0; m < x.rows; ++m) detail::act_row_min_max(Arch{}, x.row_ptr(m), x.cols, lo, hi);
         p = Q::params(lo, hi);
     }
     const B qmin(static_cast<float>(R::min)), qmax(static_cast<float>(R::max));
@@ -139,7 +139,7 @@ void quantize_activations(Arch, ConstMatrixView<float> x, ActBuffer<Code>& out) 
         const float* xr = x.row_ptr(m);
         if constexpr (std::same_as<typename Q::granularity, per_token>) {
             float lo = 0.0f, hi = 0.0f;
-            detail::row_min_max(Arch{}, xr, x.cols, lo, hi);
+            detail::act_row_min_max(Arch{}, xr, x.cols, lo, hi);
             p = Q::params(lo, hi);
         }
         detail::set_act_params<Q>(out, m, p);
