@@ -103,6 +103,8 @@ struct Checker {
             // Static with the same params: the same codes; the in-place API agrees as well.
             const mq::QuantizedTensor<Q> s = mq::quantize_tensor<Q>(xv, std::span<const mq::QuantParams>(want));
             CHECK(s.codes == t.codes);
+            CHECK(s.params == want);
+            CHECK(s.dequantize() == back);
             std::vector<Code> codes(rows * cols);
             std::vector<mq::QuantParams> params(want.size());
             mq::quantize<Q>(xv, mq::MatrixView<Code>(codes.data(), rows, cols), params);

@@ -271,6 +271,7 @@ QuantizedTensor<Q> quantize_tensor(ConstMatrixView<float> x, std::span<const Qua
     detail::require_group_divides<typename Q::granularity>(x.cols, "quantize_tensor", name);
     QuantizedTensor<Q> t(x.rows, x.cols);
     quantize_static<Q, Arch>(x, params, t.code_view(), name);
+    t.params.assign(params.begin(), params.end()); // sizes checked by quantize_static
     return t;
 }
 
