@@ -15,7 +15,7 @@
 #include <limits>
 #include <type_traits>
 
-#if defined(__AVX2__)
+#if defined(__AVX__)
 #include <immintrin.h>
 #endif
 
@@ -67,6 +67,19 @@ inline constexpr bool code_fits_v = std::is_same_v<Code, std::int8_t>
                                         ? (Range::min >= -128 && Range::max <= 127)
                                         : (std::is_same_v<Code, std::uint8_t> && Range::min >= 0 && Range::max <= 255);
 
+// True in the lanes where a or b is NaN: one unordered compare on AVX (vcmpunordps) for two
+// vectors, which keeps the range pass load-bound.
+template <class Arch>
+MQ_ALWAYS_INLINE xsimd::batch_bool<float, Arch> either_nan(const xsimd::batch<float, Arch>& a,
+                                                          const xsimd::batch<float, Arch>& b) noexcept {
+#if defined(__AVX__)
+    if constexpr (std::is_base_of_v<xsimd::avx, Arch>)
+        return xsimd::batch_bool<float, Arch>(_mm256_cmp_ps(a, b, _CMP_UNORD_Q));
+    else
+#endif
+        return xsimd::isnan(a) || xsimd::isnan(b);
+}
+
 // The reference formula for one element (identical to quantize_value, spelled out here so the
 // kernels' tails use exactly the same operations).
 template <class Range>
@@ -113,7 +126,7 @@ inline RowRange row_range(Arch, const float* x, std::size_t n) noexcept {
         lo3 = xsimd::min(lo3, d), hi3 = xsimd::max(hi3, d);
         // min/max would silently drop a NaN, so flag it apart; ±Inf shows up in lo/hi. (isnan,
         // not x != x: xsimd 8.1's AVX != is the ordered compare, false for NaN.)
-        nan = nan || xsimd::isnan(a) || xsimd::isnan(b) || xsimd::isnan(c) || xsimd::isnan(d);
+        nan = nan || detail::either_nan(a, b) || detail::either_nan(c, d);
     }
     for (; i + W <= n; i += W) {
         const B a = B::load_unaligned(x + i);

@@ -268,35 +268,50 @@ public:
     // The modelled MSE (per element) of quantizing the observed data over [lo, hi] with `bits`.
     double modelled_mse(ValueRange r, int bits, bool symmetric) const {
         detail::require_samples(count_, "MseObserver");
+        return modelled_mse(summary(), r, bits, symmetric);
+    }
+
+private:
+    // The non-empty bins: centre v, upper edge |e1| and count (signed centre for negatives).
+    struct Bin {
+        double v;
+        double edge;
+        double n;
+    };
+    std::vector<Bin> summary() const {
+        std::vector<Bin> bins;
+        for (const auto* h : {&neg_, &pos_}) {
+            const double sign = h == &neg_ ? -1.0 : 1.0;
+            for (std::size_t b = 0; b < h->kBins; ++b) {
+                const std::uint64_t n = (*h)[b];
+                if (n == 0) continue;
+                const double e0 = h->edge(b), e1 = h->edge(b + 1);
+                bins.push_back({sign * 0.5 * (e0 + e1), e1, static_cast<double>(n)});
+            }
+        }
+        return bins;
+    }
+    double modelled_mse(const std::vector<Bin>& bins, ValueRange r, int bits, bool symmetric) const {
         const double levels = symmetric ? static_cast<double>((1 << (bits - 1)) - 1) * 2.0
                                         : static_cast<double>((1 << bits) - 1);
         const double lo = r.lo, hi = r.hi;
         const double s = (hi - lo) / levels;
         double err = 0.0;
-        auto add = [&](const detail::LogHistogram<kMantissaBits>& h, double sign) {
-            for (std::size_t b = 0; b < h.kBins; ++b) {
-                const std::uint64_t n = h[b];
-                if (n == 0) continue;
-                const double e0 = h.edge(b), e1 = h.edge(b + 1);
-                const double v = sign * 0.5 * (e0 + e1);
-                double e;
-                if (v > hi)
-                    e = (v - hi) * (v - hi);
-                else if (v < lo)
-                    e = (v - lo) * (v - lo);
-                else if (e1 < 0.5 * s)
-                    e = v * v;
-                else
-                    e = s * s / 12.0;
-                err += static_cast<double>(n) * e;
-            }
-        };
-        add(pos_, 1.0);
-        add(neg_, -1.0);
+        for (const Bin& b : bins) {
+            double e;
+            if (b.v > hi)
+                e = (b.v - hi) * (b.v - hi);
+            else if (b.v < lo)
+                e = (b.v - lo) * (b.v - lo);
+            else if (b.edge < 0.5 * s)
+                e = b.v * b.v; // rounds to the exact zero code
+            else
+                e = s * s / 12.0;
+            err += b.n * e;
+        }
         return err / static_cast<double>(count_);
     }
 
-private:
     ValueRange search(int bits, bool symmetric) const {
         detail::require_samples(count_, "MseObserver");
         const float mn = std::min(range_.lo, 0.0f), mx = std::max(range_.hi, 0.0f);
@@ -307,11 +322,12 @@ private:
         };
         ValueRange best = candidate(1.0);
         if (m == 0.0f) return best;
-        double best_err = modelled_mse(best, bits, symmetric);
+        const std::vector<Bin> bins = summary();
+        double best_err = modelled_mse(bins, best, bits, symmetric);
         for (int i = 1; i < opt_.grid; ++i) {
             const double a = 1.0 - (1.0 - opt_.min_ratio) * static_cast<double>(i) / static_cast<double>(opt_.grid - 1);
             const ValueRange c = candidate(a);
-            const double e = modelled_mse(c, bits, symmetric);
+            const double e = modelled_mse(bins, c, bits, symmetric);
             if (e < best_err) best_err = e, best = c;
         }
         return best;
