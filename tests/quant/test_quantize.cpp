@@ -319,6 +319,20 @@ TEST_CASE("bad input: NaN or Inf is reported with its position, for every path")
                          "compute_params: tensor 'w' has a non-finite value (-inf) at [3, 255]; expected finite values", mq::error);
 }
 
+TEST_CASE("bad input: a finite range too wide for a finite scale (asymmetric)") {
+    mq::MatrixXf x = mq::MatrixXf::Zero(2, 64);
+    x(1, 3) = -3e38f;
+    x(1, 9) = 3e38f;
+    CHECK_THROWS_WITH_AS(mq::quantize_tensor<Q8t>(mq::view(x)),
+                         "quantize: the range [-3e+38, 3e+38] of 'x' (row 1) is too wide for a finite float scale; expected max − min <= 3.40282e+38",
+                         mq::error);
+    CHECK_THROWS_AS(mq::quantize_tensor<QT>(mq::view(x)), mq::error);
+    // Symmetric: max|x|/qmax is always finite, so the same tensor quantizes.
+    const auto t = mq::quantize_tensor<mq::Quantizer<8, mq::per_token, mq::symmetric>>(mq::view(x));
+    CHECK(t.params[1].scale == mq::params_from_range<8, mq::symmetric>(-3e38f, 3e38f).scale);
+    CHECK(int(t.codes[64 + 9]) == 127);
+}
+
 TEST_CASE("bad input: invalid static params") {
     const mq::MatrixXf x = heavy_tailed(1, 64, 4);
     std::vector<std::uint8_t> c(64);

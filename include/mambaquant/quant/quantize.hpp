@@ -14,6 +14,7 @@
 #include <cmath>
 #include <concepts>
 #include <cstddef>
+#include <limits>
 #include <span>
 #include <string>
 #include <string_view>
@@ -105,6 +106,13 @@ void require_valid_params(std::span<const QuantParams> params, std::string_view 
     fail(what, ": tensor '", name, "' has a non-finite value in row ", r);
 }
 
+// An asymmetric range wider than FLT_MAX (e.g. [−3e38, 3e38]) has no finite float scale.
+inline void require_finite_scale(const QuantParams& p, const RowRange& r, std::size_t row, std::string_view what,
+                                 std::string_view name) {
+    require(std::isfinite(p.scale) && p.inv_scale > 0.0f, what, ": the range [", r.lo, ", ", r.hi, "] of '", name,
+            "' (row ", row, ") is too wide for a finite float scale; expected max − min <= ", std::numeric_limits<float>::max());
+}
+
 template <class Arch>
 void require_finite(Arch arch, ConstMatrixView<float> x, std::string_view what, std::string_view name) {
     for (std::size_t r = 0; r < x.rows; ++r)
@@ -136,6 +144,7 @@ void quantize(ConstMatrixView<float> x, MatrixView<typename Q::code_type> codes,
             all = all.merged(rr);
         }
         params[0] = Q::params(all.lo, all.hi);
+        detail::require_finite_scale(params[0], all, 0, what, name);
         for (std::size_t r = 0; r < x.rows; ++r)
             quantize_row<typename Q::range>(arch, x.row_ptr(r), x.cols, params[0], codes.row_ptr(r));
     } else {
@@ -146,6 +155,7 @@ void quantize(ConstMatrixView<float> x, MatrixView<typename Q::code_type> codes,
                 const DynamicQuantResult res =
                     quantize_row_dynamic<Q::bits, S>(arch, x.row_ptr(r) + k * len, len, codes.row_ptr(r) + k * len);
                 if (!res.range.finite) detail::fail_non_finite(x, r, k * len, (k + 1) * len, what, name);
+                detail::require_finite_scale(res.params, res.range, r, what, name);
                 params[r * g + k] = res.params;
             }
         }
@@ -168,13 +178,18 @@ void compute_params(ConstMatrixView<float> x, std::span<QuantParams> params, std
         for (std::size_t k = 0; k < g; ++k) {
             const RowRange rr = row_range(arch, x.row_ptr(r) + k * len, len);
             if (!rr.finite) detail::fail_non_finite(x, r, k * len, (k + 1) * len, what, name);
-            if constexpr (std::same_as<G, per_tensor>)
+            if constexpr (std::same_as<G, per_tensor>) {
                 all = all.merged(rr);
-            else
+            } else {
                 params[r * g + k] = Q::params(rr.lo, rr.hi);
+                detail::require_finite_scale(params[r * g + k], rr, r, what, name);
+            }
         }
     }
-    if constexpr (std::same_as<G, per_tensor>) params[0] = Q::params(all.lo, all.hi);
+    if constexpr (std::same_as<G, per_tensor>) {
+        params[0] = Q::params(all.lo, all.hi);
+        detail::require_finite_scale(params[0], all, 0, what, name);
+    }
 }
 
 // Static quantization with given (calibrated) params; values outside the calibrated range
