@@ -1,0 +1,384 @@
+// Fast orthonormal Hadamard transform of a batch of rows, n = m·2^k, and its fusion with dynamic
+// per-token int8 quantization (the online rotation at the out_proj input).
+#pragma once
+
+#include <mambaquant/core/config.hpp>
+#include <mambaquant/core/error.hpp>
+#include <mambaquant/core/simd.hpp>
+#include <mambaquant/core/tags.hpp>
+#include <mambaquant/core/tensor.hpp>
+#include <mambaquant/quant/params.hpp>
+#include <mambaquant/quant/range.hpp>
+#include <mambaquant/transform/hadamard.hpp>
+
+#include <xsimd/xsimd.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <type_traits>
+#include <vector>
+
+MQ_NAMESPACE_BEGIN
+
+// What the kernels need for one size n, built once by setup code (make_fwht_plan) and shared
+// read-only by every call and thread. Row transform (row vector x, element order of
+// hadamard_matrix):   y = (x ⊙ s)·(H_m ⊗ H_{2^k}) / √n   (s = 1 unless randomized)
+//  1. s:      x_i ← x_i·s_i                                        (exact: s_i = ±1)
+//  2. FWHT:   radix-2 butterflies over each of the m contiguous chunks of 2^k
+//  3. dense:  z_a = chunk a; y_j = Σ_a H_m[a][j]·z_a (vectorized along the chunk)
+//  4. scale:  y ← y / √n (folded into the last pass)
+// The dense stage groups the m inputs by four: each group's 8 signed sums z0 ± z1 ± z2 ± z3 and
+// their negations cost 20 adds, then every output is m/4 − 1 adds of those — 3m + m²/4 + m
+// operations instead of m² (m = 20: 160 instead of 400).
+struct FwhtPlan {
+    std::size_t n = 0;
+    HadamardFactors factors;
+    float scale = 1.0f;        // 1/√n
+    std::vector<int> block;    // m×m, block[a·m + j] = H_m[a][j] (the reference's dense stage)
+    // Grouped dense stage, m > 1: combo[j·(m/4) + g] ∈ [0, 16) picks which of group g's 16
+    // signed sums (8 patterns, then their negations) enters output j.
+    std::vector<std::uint8_t> combo;
+    aligned_vector<float> signs; // n random signs, or empty for the plain Hadamard
+    // Inverse plan: y = x·Qᵀ = (x·Hᵀ) ⊙ s — the dense block transposed, the signs applied last.
+    bool inverse = false;
+
+    bool randomized() const noexcept { return !signs.empty(); }
+};
+
+enum class FwhtDirection { forward, inverse };
+
+namespace detail {
+// Pattern p = (s1, s2, s3) bits 0..2: u_p = z0 + (−1)^s1·z1 + (−1)^s2·z2 + (−1)^s3·z3.
+inline std::uint8_t hadamard_combo_code(const Matrix<int>& hm, std::size_t g, std::size_t j) {
+    const auto col = static_cast<Eigen::Index>(j);
+    const auto r = static_cast<Eigen::Index>(4 * g);
+    const int lead = hm(r, col);
+    unsigned p = 0;
+    for (unsigned t = 1; t < 4; ++t)
+        if (hm(r + t, col) != lead) p |= 1u << (t - 1);
+    return static_cast<std::uint8_t>(p | (lead < 0 ? 8u : 0u));
+}
+} // namespace detail
+
+// Setup: the plan for an exact Hadamard of size n = m·2^k (throws mq::error naming n otherwise),
+// randomized by diag(s) when a seed is given (s = random_signs(n, seed)).
+inline FwhtPlan make_fwht_plan(const HadamardFactors& f, std::optional<std::uint64_t> seed = std::nullopt,
+                               FwhtDirection direction = FwhtDirection::forward) {
+    require(is_hadamard_block_size(f.m), "make_fwht_plan: block order ", f.m, " is not supported; ",
+            supported_hadamard_factors_text());
+    require(is_power_of_two(f.pow2) && (std::size_t{1} << f.log2_pow2) == f.pow2,
+            "make_fwht_plan: pow2 = ", f.pow2, " must equal 2^", f.log2_pow2);
+    FwhtPlan plan;
+    plan.n = f.size();
+    plan.factors = f;
+    plan.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(plan.n)));
+    plan.inverse = direction == FwhtDirection::inverse;
+    const Matrix<int> hm = plan.inverse ? Matrix<int>(hadamard_block(f.m).transpose()) : hadamard_block(f.m);
+    plan.block.resize(f.m * f.m);
+    for (std::size_t a = 0; a < f.m; ++a)
+        for (std::size_t j = 0; j < f.m; ++j)
+            plan.block[a * f.m + j] = hm(static_cast<Eigen::Index>(a), static_cast<Eigen::Index>(j));
+    if (f.m > 1) {
+        const std::size_t groups = f.m / 4;
+        plan.combo.resize(f.m * groups);
+        for (std::size_t j = 0; j < f.m; ++j)
+            for (std::size_t g = 0; g < groups; ++g) plan.combo[j * groups + g] = detail::hadamard_combo_code(hm, g, j);
+    }
+    if (seed) {
+        const std::vector<float> s = random_signs(plan.n, *seed);
+        plan.signs.assign(s.begin(), s.end());
+    }
+    return plan;
+}
+
+inline FwhtPlan make_fwht_plan(std::size_t n, std::optional<std::uint64_t> seed = std::nullopt,
+                               FwhtDirection direction = FwhtDirection::forward) {
+    return make_fwht_plan(decompose_hadamard_size(n), seed, direction);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scalar references: the plain radix-2 loop and the plain dense m-block.
+// ---------------------------------------------------------------------------------------------
+
+// y = (x ⊙ s)·H for every row, in place. Butterfly: (a, b) ← (a + b, a − b) for stages
+// h = 1, 2, 4, …; dense: y_j = (Σ_a H_m[a][j]·z_a)·(1/√n) summed in order a = 0..m−1.
+inline void fwht_ref(MatrixView<float> x, const FwhtPlan& plan) noexcept {
+    MQ_ASSERT(x.cols == plan.n, "fwht_ref: row length must equal the plan size");
+    const std::size_t n = plan.n, m = plan.factors.m, P = plan.factors.pow2;
+    MQ_ASSERT(m <= kHadamardBlockSizes.back(), "fwht_ref: block order out of range");
+    float z[kHadamardBlockSizes.back()];
+    for (std::size_t r = 0; r < x.rows; ++r) {
+        float* row = x.row_ptr(r);
+        if (plan.randomized() && !plan.inverse)
+            for (std::size_t i = 0; i < n; ++i) row[i] *= plan.signs[i];
+        for (std::size_t a = 0; a < m; ++a) {
+            float* c = row + a * P;
+            for (std::size_t h = 1; h < P; h *= 2)
+                for (std::size_t i = 0; i < P; i += 2 * h)
+                    for (std::size_t j = i; j < i + h; ++j) {
+                        const float u = c[j], v = c[j + h];
+                        c[j] = u + v;
+                        c[j + h] = u - v;
+                    }
+        }
+        if (m == 1) {
+            for (std::size_t i = 0; i < n; ++i) row[i] *= plan.scale;
+        } else {
+            for (std::size_t b = 0; b < P; ++b) {
+                for (std::size_t a = 0; a < m; ++a) z[a] = row[a * P + b];
+                for (std::size_t j = 0; j < m; ++j) {
+                    float acc = 0.0f;
+                    for (std::size_t a = 0; a < m; ++a) acc += static_cast<float>(plan.block[a * m + j]) * z[a];
+                    row[j * P + b] = acc * plan.scale;
+                }
+            }
+        }
+        if (plan.randomized() && plan.inverse)
+            for (std::size_t i = 0; i < n; ++i) row[i] *= plan.signs[i];
+    }
+}
+
+// q = quantize_value(y, params_from_range<8, S>(min y, max y)) per row: codes uint8 for
+// asymmetric (mq::A8PerToken), int8 for symmetric.
+template <class S>
+using int8_code_t = std::conditional_t<S::is_symmetric, std::int8_t, std::uint8_t>;
+
+// Transform-then-quantize, the plain way: fwht_ref on x (in place), then per-row min/max,
+// params and codes with the scalar quantize_value.
+template <Symmetry S>
+void fwht_quantize_ref(MatrixView<float> x, const FwhtPlan& plan, MatrixView<int8_code_t<S>> codes,
+                       std::span<QuantParams> params) noexcept {
+    MQ_ASSERT(codes.rows == x.rows && codes.cols == x.cols, "fwht_quantize_ref: code shape must match x");
+    MQ_ASSERT(params.size() >= x.rows, "fwht_quantize_ref: one QuantParams per row");
+    using R = BitRange<8, S>;
+    fwht_ref(x, plan);
+    for (std::size_t r = 0; r < x.rows; ++r) {
+        const float* row = x.row_ptr(r);
+        float lo = row[0], hi = row[0];
+        for (std::size_t i = 1; i < x.cols; ++i) {
+            lo = std::min(lo, row[i]);
+            hi = std::max(hi, row[i]);
+        }
+        const QuantParams p = params_from_range<8, S>(lo, hi);
+        params[r] = p;
+        auto* q = codes.row_ptr(r);
+        for (std::size_t i = 0; i < x.cols; ++i) q[i] = static_cast<int8_code_t<S>>(quantize_value<R>(row[i], p));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SIMD kernels.
+// ---------------------------------------------------------------------------------------------
+namespace detail {
+
+template <std::size_t H>
+struct FwhtXorIndex {
+    static constexpr std::uint32_t get(std::size_t i, std::size_t) { return static_cast<std::uint32_t>(i ^ H); }
+};
+
+// In-register stage h < W: out_i = x_i + x_{i^h} for (i & h) = 0, x_{i^h} − x_i otherwise, as
+// fma(x, ±1, swizzle(x)); x·(±1) is exact so this rounds exactly like the add/sub of the loop.
+template <class Arch, std::size_t H>
+MQ_ALWAYS_INLINE xsimd::batch<float, Arch> fwht_lane_stage(const xsimd::batch<float, Arch>& v) noexcept {
+    using B = xsimd::batch<float, Arch>;
+    using U = xsimd::batch<std::uint32_t, Arch>;
+    constexpr std::size_t W = B::size;
+    alignas(64) float sign[W];
+    for (std::size_t i = 0; i < W; ++i) sign[i] = (i & H) ? -1.0f : 1.0f;
+    const B swapped = xsimd::swizzle(v, xsimd::make_batch_constant<U, FwhtXorIndex<H>>());
+    return xsimd::fma(v, B::load_aligned(sign), swapped);
+}
+
+template <class Arch, std::size_t H = 1>
+MQ_ALWAYS_INLINE xsimd::batch<float, Arch> fwht_lane_stages(xsimd::batch<float, Arch> v) noexcept {
+    if constexpr (H < xsimd::batch<float, Arch>::size) {
+        v = fwht_lane_stage<Arch, H>(v);
+        return fwht_lane_stages<Arch, 2 * H>(v);
+    } else {
+        return v;
+    }
+}
+
+// Butterflies across R registers: stages with strides 1, 2, …, R/2 (in registers).
+template <std::size_t R, class B>
+MQ_ALWAYS_INLINE void fwht_reg_stages(B* v) noexcept {
+    for (std::size_t h = 1; h < R; h *= 2)
+        for (std::size_t i = 0; i < R; i += 2 * h)
+            for (std::size_t j = i; j < i + h; ++j) {
+                const B a = v[j], b = v[j + h];
+                v[j] = a + b;
+                v[j + h] = a - b;
+            }
+}
+
+// First pass over a chunk of P ≥ W floats: load G = min(8, P/W) registers from src (times the
+// signs), all in-register stages and log2(G) cross-register stages, store to dst (times scale
+// when this pass is the last one).
+template <class Arch, std::size_t G>
+MQ_ALWAYS_INLINE void fwht_first_pass(const float* MQ_RESTRICT src, float* dst, std::size_t P,
+                                      const float* signs, bool scale_out, float scale) noexcept {
+    using B = xsimd::batch<float, Arch>;
+    constexpr std::size_t W = B::size;
+    const B sc(scale);
+    for (std::size_t base = 0; base < P; base += G * W) {
+        B v[G];
+        for (std::size_t t = 0; t < G; ++t) {
+            v[t] = B::load_unaligned(src + base + t * W);
+            if (signs) v[t] = v[t] * B::load_unaligned(signs + base + t * W);
+            v[t] = fwht_lane_stages<Arch>(v[t]);
+        }
+        fwht_reg_stages<G>(v);
+        for (std::size_t t = 0; t < G; ++t) {
+            if (scale_out) v[t] = v[t] * sc;
+            v[t].store_unaligned(dst + base + t * W);
+        }
+    }
+}
+
+// Stages h, 2h, …, (R/2)·h in one pass over a chunk of P floats (R registers per column).
+template <class Arch, std::size_t R>
+MQ_ALWAYS_INLINE void fwht_radix_pass(float* x, std::size_t P, std::size_t h, bool scale_out, float scale) noexcept {
+    using B = xsimd::batch<float, Arch>;
+    constexpr std::size_t W = B::size;
+    const B sc(scale);
+    for (std::size_t base = 0; base < P; base += R * h)
+        for (std::size_t j = base; j < base + h; j += W) {
+            B v[R];
+            for (std::size_t t = 0; t < R; ++t) v[t] = B::load_unaligned(x + j + t * h);
+            fwht_reg_stages<R>(v);
+            for (std::size_t t = 0; t < R; ++t) {
+                if (scale_out) v[t] = v[t] * sc;
+                v[t].store_unaligned(x + j + t * h);
+            }
+        }
+}
+
+// Scalar chunk transform for P < W (same butterflies as the reference).
+inline void fwht_chunk_scalar(const float* src, float* dst, std::size_t P, const float* signs) noexcept {
+    for (std::size_t i = 0; i < P; ++i) dst[i] = signs ? src[i] * signs[i] : src[i];
+    for (std::size_t h = 1; h < P; h *= 2)
+        for (std::size_t i = 0; i < P; i += 2 * h)
+            for (std::size_t j = i; j < i + h; ++j) {
+                const float u = dst[j], v = dst[j + h];
+                dst[j] = u + v;
+                dst[j + h] = u - v;
+            }
+}
+
+// FWHT of one chunk of P floats from src to dst (dst may equal src), scale folded in if asked.
+template <class Arch>
+inline void fwht_chunk(const float* src, float* dst, std::size_t P, unsigned log2P, const float* signs,
+                       bool scale_out, float scale) noexcept {
+    constexpr std::size_t W = xsimd::batch<float, Arch>::size;
+    if (P < W) {
+        fwht_chunk_scalar(src, dst, P, signs);
+        if (scale_out)
+            for (std::size_t i = 0; i < P; ++i) dst[i] *= scale;
+        return;
+    }
+    unsigned log2W = 0;
+    while ((std::size_t{1} << log2W) < W) ++log2W;
+    const unsigned cross = log2P - log2W; // stages across registers
+    unsigned first = std::min(cross, 3u);
+    unsigned rest = cross - first;
+    const bool first_last = rest == 0;
+    switch (first) {
+    case 0: fwht_first_pass<Arch, 1>(src, dst, P, signs, scale_out && first_last, scale); break;
+    case 1: fwht_first_pass<Arch, 2>(src, dst, P, signs, scale_out && first_last, scale); break;
+    case 2: fwht_first_pass<Arch, 4>(src, dst, P, signs, scale_out && first_last, scale); break;
+    default: fwht_first_pass<Arch, 8>(src, dst, P, signs, scale_out && first_last, scale); break;
+    }
+    std::size_t h = W << first;
+    while (rest > 0) {
+        // Radix-8 passes; a remainder of 4 stages goes as 2 + 2 rather than 3 + 1.
+        const unsigned take = rest == 4 ? 2u : std::min(rest, 3u);
+        rest -= take;
+        const bool last = scale_out && rest == 0;
+        if (take == 3) fwht_radix_pass<Arch, 8>(dst, P, h, last, scale);
+        else if (take == 2) fwht_radix_pass<Arch, 4>(dst, P, h, last, scale);
+        else fwht_radix_pass<Arch, 2>(dst, P, h, last, scale);
+        h <<= take;
+    }
+}
+
+// Dense m-block across chunks (row = m chunks of P), grouped by four (see FwhtPlan), for the
+// lanes [b, b + V::size) of every chunk; V is a SIMD batch or float. `u` holds 16·m/4 lanes-wide
+// values of scratch.
+template <class V>
+MQ_ALWAYS_INLINE V fwht_load(const float* p) noexcept {
+    if constexpr (std::is_same_v<V, float>) return *p;
+    else return V::load_unaligned(p);
+}
+template <class V>
+MQ_ALWAYS_INLINE void fwht_store(float* p, const V& v) noexcept {
+    if constexpr (std::is_same_v<V, float>) *p = v;
+    else v.store_unaligned(p);
+}
+
+template <class V>
+MQ_ALWAYS_INLINE void fwht_dense_lanes(float* row, std::size_t m, std::size_t P, std::size_t b,
+                                       const std::uint8_t* combo, float scale, V* u) noexcept {
+    const std::size_t groups = m / 4;
+    for (std::size_t g = 0; g < groups; ++g) {
+        const V z0 = fwht_load<V>(row + (4 * g) * P + b), z1 = fwht_load<V>(row + (4 * g + 1) * P + b);
+        const V z2 = fwht_load<V>(row + (4 * g + 2) * P + b), z3 = fwht_load<V>(row + (4 * g + 3) * P + b);
+        const V a0 = z0 + z1, a1 = z0 - z1, c0 = z2 + z3, c1 = z2 - z3;
+        V* s = u + 16 * g;
+        // p = s1 | s2·2 | s3·4 (signs of z1, z2, z3): (s2, s3) = (0,0) +c0, (1,0) −c1, (0,1) +c1, (1,1) −c0
+        s[0] = a0 + c0; s[1] = a1 + c0;
+        s[2] = a0 - c1; s[3] = a1 - c1;
+        s[4] = a0 + c1; s[5] = a1 + c1;
+        s[6] = a0 - c0; s[7] = a1 - c0;
+        for (std::size_t p = 0; p < 8; ++p) s[8 + p] = V(0) - s[p];
+    }
+    const V sc(scale);
+    for (std::size_t j = 0; j < m; ++j) {
+        const std::uint8_t* cj = combo + j * groups;
+        V acc = u[cj[0]];
+        for (std::size_t g = 1; g < groups; ++g) acc = acc + u[16 * g + cj[g]];
+        fwht_store<V>(row + j * P + b, acc * sc);
+    }
+}
+
+} // namespace detail
+
+// Transform rows of x in place: x_row ← (x_row ⊙ s)·H (see FwhtPlan). Any stride and alignment;
+// 64-byte aligned rows (aligned_vector, stride a multiple of 16) are fastest.
+template <class Arch>
+void fwht(Arch, MatrixView<float> x, const FwhtPlan& plan) noexcept {
+    using B = xsimd::batch<float, Arch>;
+    constexpr std::size_t W = B::size;
+    MQ_ASSERT(x.cols == plan.n, "fwht: row length must equal the plan size");
+    const std::size_t m = plan.factors.m, P = plan.factors.pow2;
+    const unsigned log2P = plan.factors.log2_pow2;
+    const float* signs = plan.randomized() && !plan.inverse ? plan.signs.data() : nullptr;
+    alignas(64) B u_vec[16 * (kHadamardBlockSizes.back() / 4)];
+    float* u_scalar = reinterpret_cast<float*>(u_vec);
+    for (std::size_t r = 0; r < x.rows; ++r) {
+        float* row = x.row_ptr(r);
+        for (std::size_t a = 0; a < m; ++a)
+            detail::fwht_chunk<Arch>(row + a * P, row + a * P, P, log2P, signs ? signs + a * P : nullptr,
+                                     m == 1, plan.scale);
+        if (m > 1) {
+            if (P % W == 0) {
+                for (std::size_t b = 0; b < P; b += W)
+                    detail::fwht_dense_lanes<B>(row, m, P, b, plan.combo.data(), plan.scale, u_vec);
+            } else {
+                for (std::size_t b = 0; b < P; ++b)
+                    detail::fwht_dense_lanes<float>(row, m, P, b, plan.combo.data(), plan.scale, u_scalar);
+            }
+        }
+        if (plan.randomized() && plan.inverse) {
+            const std::size_t n = plan.n, vec_end = simd_floor<Arch>(n);
+            for (std::size_t i = 0; i < vec_end; i += W)
+                (B::load_unaligned(row + i) * B::load_unaligned(plan.signs.data() + i)).store_unaligned(row + i);
+            for (std::size_t i = vec_end; i < n; ++i) row[i] *= plan.signs[i];
+        }
+    }
+}
+
+MQ_NAMESPACE_END
