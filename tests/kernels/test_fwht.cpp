@@ -134,3 +134,16 @@ TEST_CASE("make_fwht_plan rejects unsupported sizes with a clear error") {
     CHECK_THROWS_AS(mq::make_fwht_plan(mq::HadamardFactors{24, 4, 2}), mq::error);
     CHECK_THROWS_AS(mq::make_fwht_plan(mq::HadamardFactors{12, 4, 3}), mq::error);
 }
+
+TEST_CASE("the compile-time Paley blocks equal hadamard_block") {
+    auto check = [](auto table, std::size_t m) {
+        const mq::Matrix<int> h = mq::hadamard_block(m);
+        for (std::size_t i = 0; i < m; ++i)
+            for (std::size_t j = 0; j < m; ++j)
+                CHECK(table[i][j] == h(static_cast<Eigen::Index>(i), static_cast<Eigen::Index>(j)));
+    };
+    check(mq::detail::fixed_hadamard_table<12>(), 12);
+    check(mq::detail::fixed_hadamard_table<20>(), 20);
+    check(mq::detail::fixed_hadamard_table<28>(), 28);
+    check(mq::detail::fixed_hadamard_table<36>(), 36);
+}

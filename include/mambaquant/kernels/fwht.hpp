@@ -14,12 +14,14 @@
 #include <xsimd/xsimd.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <span>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 MQ_NAMESPACE_BEGIN
@@ -180,17 +182,39 @@ struct FwhtXorIndex {
     static constexpr std::uint32_t get(std::size_t i, std::size_t) { return static_cast<std::uint32_t>(i ^ H); }
 };
 
+// x_{i^h} for every lane i. On AVX the swaps are immediate-operand shuffles (no index register
+// to keep live next to the eight values of a pass); other archs use xsimd's swizzle.
+template <class Arch, std::size_t H>
+MQ_ALWAYS_INLINE xsimd::batch<float, Arch> fwht_lane_swap(const xsimd::batch<float, Arch>& v) noexcept {
+#if XSIMD_WITH_AVX
+    if constexpr (std::is_base_of_v<xsimd::avx, Arch> && xsimd::batch<float, Arch>::size == 8) {
+        if constexpr (H == 1) return _mm256_permute_ps(v, 0xB1);
+        else if constexpr (H == 2) return _mm256_permute_ps(v, 0x4E);
+        else return _mm256_permute2f128_ps(v, v, 0x01);
+    } else
+#endif
+    {
+        using U = xsimd::batch<std::uint32_t, Arch>;
+        return xsimd::swizzle(v, xsimd::make_batch_constant<U, FwhtXorIndex<H>>());
+    }
+}
+
+template <class Arch, std::size_t H>
+struct FwhtLaneSign {
+    static constexpr std::size_t W = xsimd::batch<float, Arch>::size;
+    alignas(64) static constexpr std::array<float, W> values = [] {
+        std::array<float, W> a{};
+        for (std::size_t i = 0; i < W; ++i) a[i] = (i & H) ? -1.0f : 1.0f;
+        return a;
+    }();
+};
+
 // In-register stage h < W: out_i = x_i + x_{i^h} for (i & h) = 0, x_{i^h} − x_i otherwise, as
-// fma(x, ±1, swizzle(x)); x·(±1) is exact so this rounds exactly like the add/sub of the loop.
+// fma(x, ±1, swap(x)); x·(±1) is exact so this rounds exactly like the add/sub of the loop.
 template <class Arch, std::size_t H>
 MQ_ALWAYS_INLINE xsimd::batch<float, Arch> fwht_lane_stage(const xsimd::batch<float, Arch>& v) noexcept {
     using B = xsimd::batch<float, Arch>;
-    using U = xsimd::batch<std::uint32_t, Arch>;
-    constexpr std::size_t W = B::size;
-    alignas(64) float sign[W];
-    for (std::size_t i = 0; i < W; ++i) sign[i] = (i & H) ? -1.0f : 1.0f;
-    const B swapped = xsimd::swizzle(v, xsimd::make_batch_constant<U, FwhtXorIndex<H>>());
-    return xsimd::fma(v, B::load_aligned(sign), swapped);
+    return xsimd::fma(v, B::load_aligned(FwhtLaneSign<Arch, H>::values.data()), fwht_lane_swap<Arch, H>(v));
 }
 
 template <class Arch, std::size_t H = 1>
@@ -203,16 +227,24 @@ MQ_ALWAYS_INLINE xsimd::batch<float, Arch> fwht_lane_stages(xsimd::batch<float, 
     }
 }
 
-// Butterflies across R registers: stages with strides 1, 2, …, R/2 (in registers).
-template <std::size_t R, class B>
+// Butterflies across R registers: stages with strides 1, 2, …, R/2, unrolled at compile time so
+// that the R values stay in registers.
+template <std::size_t H, class B, std::size_t... P>
+MQ_ALWAYS_INLINE void fwht_reg_stage(B* v, std::index_sequence<P...>) noexcept {
+    (([&] {
+         constexpr std::size_t i = (P / H) * 2 * H + P % H;
+         const B a = v[i], b = v[i + H];
+         v[i] = a + b;
+         v[i + H] = a - b;
+     }()),
+     ...);
+}
+template <std::size_t R, class B, std::size_t H = 1>
 MQ_ALWAYS_INLINE void fwht_reg_stages(B* v) noexcept {
-    for (std::size_t h = 1; h < R; h *= 2)
-        for (std::size_t i = 0; i < R; i += 2 * h)
-            for (std::size_t j = i; j < i + h; ++j) {
-                const B a = v[j], b = v[j + h];
-                v[j] = a + b;
-                v[j + h] = a - b;
-            }
+    if constexpr (H < R) {
+        fwht_reg_stage<H>(v, std::make_index_sequence<R / 2>{});
+        fwht_reg_stages<R, B, 2 * H>(v);
+    }
 }
 
 // First pass over a chunk of P ≥ W floats: load G = min(8, P/W) registers from src (times the
@@ -344,6 +376,111 @@ MQ_ALWAYS_INLINE void fwht_dense_lanes(float* row, std::size_t m, std::size_t P,
     }
 }
 
+
+// Compile-time copies of the small Paley blocks (prime q), so that the dense stage of the common
+// Mamba factors m = 12, 20 (768, 1536, 2560, 5120, 48, 160, 192, 384) and 28, 36 is fully
+// unrolled: no table lookups, no stored negations (a negative term is a subtraction). The tests
+// check each equals hadamard_block(m).
+template <std::size_t M>
+using SignTable = std::array<std::array<signed char, M>, M>;
+
+template <std::size_t M>
+constexpr SignTable<M> paley_one_table() {
+    constexpr std::int64_t q = static_cast<std::int64_t>(M) - 1;
+    SignTable<M> h{};
+    for (std::size_t i = 0; i < M; ++i)
+        for (std::size_t j = 0; j < M; ++j) {
+            int v;
+            if (i == 0) v = 1;
+            else if (j == 0) v = -1;
+            else v = legendre(static_cast<std::int64_t>(i) - static_cast<std::int64_t>(j), q) + (i == j ? 1 : 0);
+            h[i][j] = static_cast<signed char>(v);
+        }
+    return h;
+}
+
+template <std::size_t M>
+constexpr SignTable<M> paley_two_table() {
+    constexpr std::int64_t q = static_cast<std::int64_t>(M) / 2 - 1;
+    constexpr std::size_t c = M / 2;
+    SignTable<M> h{};
+    for (std::size_t i = 0; i < c; ++i)
+        for (std::size_t j = 0; j < c; ++j) {
+            int v;
+            if (i == 0 && j == 0) v = 0;
+            else if (i == 0 || j == 0) v = 1;
+            else v = legendre(static_cast<std::int64_t>(i) - static_cast<std::int64_t>(j), q);
+            const int e[2][2] = {{v == 0 ? 1 : v, v == 0 ? -1 : v}, {v == 0 ? -1 : v, v == 0 ? -1 : -v}};
+            for (int r = 0; r < 2; ++r)
+                for (int t = 0; t < 2; ++t) h[2 * i + r][2 * j + t] = static_cast<signed char>(e[r][t]);
+        }
+    return h;
+}
+
+template <std::size_t M>
+constexpr SignTable<M> fixed_hadamard_table() {
+    if constexpr (M == 28 || M == 36) return paley_two_table<M>();
+    else return paley_one_table<M>();
+}
+
+template <std::size_t M, bool Transposed>
+struct FixedBlock {
+    static constexpr SignTable<M> base = fixed_hadamard_table<M>();
+    // H[a][j] of the applied block (Hᵀ for an inverse plan).
+    static constexpr int at(std::size_t a, std::size_t j) { return Transposed ? base[j][a] : base[a][j]; }
+    // Group g's pattern p for output j (see FwhtPlan) and the sign of its leading entry.
+    static constexpr unsigned pattern(std::size_t g, std::size_t j) {
+        unsigned p = 0;
+        for (unsigned t = 1; t < 4; ++t)
+            if (at(4 * g + t, j) != at(4 * g, j)) p |= 1u << (t - 1);
+        return p;
+    }
+    static constexpr int lead(std::size_t g, std::size_t j) { return at(4 * g, j); }
+};
+
+template <std::size_t M, bool T, class V, std::size_t G, std::size_t J0, std::size_t... J>
+MQ_ALWAYS_INLINE void fwht_fixed_group(const float* row, std::size_t P, std::size_t b, V* acc,
+                                       std::index_sequence<J...>) noexcept {
+    using F = FixedBlock<M, T>;
+    const V z0 = fwht_load<V>(row + (4 * G) * P + b), z1 = fwht_load<V>(row + (4 * G + 1) * P + b);
+    const V z2 = fwht_load<V>(row + (4 * G + 2) * P + b), z3 = fwht_load<V>(row + (4 * G + 3) * P + b);
+    const V a0 = z0 + z1, a1 = z0 - z1, c0 = z2 + z3, c1 = z2 - z3;
+    const V u[8] = {a0 + c0, a1 + c0, a0 - c1, a1 - c1, a0 + c1, a1 + c1, a0 - c0, a1 - c0};
+    (([&] {
+         constexpr unsigned p = F::pattern(G, J0 + J);
+         if constexpr (G == 0) acc[J] = u[p];
+         else if constexpr (F::lead(G, J0 + J) * F::lead(0, J0 + J) > 0) acc[J] = acc[J] + u[p];
+         else acc[J] = acc[J] - u[p];
+     }()),
+     ...);
+}
+
+// Outputs J0 … J0 + K − 1 of lanes [b, b + V::size): y_j = lead(0, j)·(1/√n)·(u_{0,p} ± u_{1,p'} ± …),
+// every index and sign a constant; y_j goes to dst + j·dst_stride.
+template <std::size_t M, bool T, class V, std::size_t J0, std::size_t K>
+MQ_ALWAYS_INLINE void fwht_dense_fixed(const float* row, std::size_t P, std::size_t b, float scale, float* dst,
+                                       std::size_t dst_stride) noexcept {
+    V acc[K];
+    [&]<std::size_t... G>(std::index_sequence<G...>) {
+        (fwht_fixed_group<M, T, V, G, J0>(row, P, b, acc, std::make_index_sequence<K>{}), ...);
+    }(std::make_index_sequence<M / 4>{});
+    const V pos(scale), neg(-scale);
+    [&]<std::size_t... J>(std::index_sequence<J...>) {
+        ((fwht_store<V>(dst + (J0 + J) * dst_stride, acc[J] * (FixedBlock<M, T>::lead(0, J0 + J) > 0 ? pos : neg))), ...);
+    }(std::make_index_sequence<K>{});
+}
+
+// The whole dense stage of a row, all M outputs per lane vector at once (measured faster than
+// slicing the outputs to fit the registers: the compiler's spills are cheaper than recomputing
+// the group sums).
+template <std::size_t M, class V>
+inline void fwht_dense_fixed_row(float* row, std::size_t P, std::size_t step, bool transposed, float scale) noexcept {
+    if (transposed)
+        for (std::size_t b = 0; b < P; b += step) fwht_dense_fixed<M, true, V, 0, M>(row, P, b, scale, row + b, P);
+    else
+        for (std::size_t b = 0; b < P; b += step) fwht_dense_fixed<M, false, V, 0, M>(row, P, b, scale, row + b, P);
+}
+
 } // namespace detail
 
 // Transform rows of x in place: x_row ← (x_row ⊙ s)·H (see FwhtPlan). Any stride and alignment;
@@ -363,7 +500,14 @@ void fwht(Arch, MatrixView<float> x, const FwhtPlan& plan) noexcept {
         for (std::size_t a = 0; a < m; ++a)
             detail::fwht_chunk<Arch>(row + a * P, row + a * P, P, log2P, signs ? signs + a * P : nullptr,
                                      m == 1, plan.scale);
-        if (m > 1) {
+        if (m > 1 && P % W == 0 && (m == 12 || m == 20 || m == 28 || m == 36)) {
+            switch (m) {
+            case 12: detail::fwht_dense_fixed_row<12, B>(row, P, W, plan.inverse, plan.scale); break;
+            case 20: detail::fwht_dense_fixed_row<20, B>(row, P, W, plan.inverse, plan.scale); break;
+            case 28: detail::fwht_dense_fixed_row<28, B>(row, P, W, plan.inverse, plan.scale); break;
+            default: detail::fwht_dense_fixed_row<36, B>(row, P, W, plan.inverse, plan.scale); break;
+            }
+        } else if (m > 1) {
             if (P % W == 0) {
                 for (std::size_t b = 0; b < P; b += W)
                     detail::fwht_dense_lanes<B>(row, m, P, b, plan.combo.data(), plan.scale, u_vec);
