@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 namespace {
@@ -146,4 +147,73 @@ TEST_CASE("the compile-time Paley blocks equal hadamard_block") {
     check(mq::detail::fixed_hadamard_table<20>(), 20);
     check(mq::detail::fixed_hadamard_table<28>(), 28);
     check(mq::detail::fixed_hadamard_table<36>(), 36);
+}
+
+namespace {
+
+template <class S>
+void check_fused(std::size_t n, std::optional<std::uint64_t> seed) {
+    using code_t = mq::int8_code_t<S>;
+    using R = mq::BitRange<8, S>;
+    CAPTURE(n);
+    CAPTURE(S::name);
+    const mq::FwhtPlan plan = mq::make_fwht_plan(n, seed);
+    const std::size_t rows = 7;
+    Rows x(rows, n, 5 * n + 1);
+    // Give rows different ranges, one all-zero row and one constant row (degenerate ranges).
+    for (std::size_t r = 0; r < rows; ++r)
+        for (std::size_t i = 0; i < n; ++i) x.data[r * n + i] *= static_cast<float>(r + 1) * 0.5f;
+    for (std::size_t i = 0; i < n; ++i) x.data[2 * n + i] = 0.0f;
+    for (std::size_t i = 0; i < n; ++i) x.data[3 * n + i] = 1.5f;
+    const Rows x_before = x;
+
+    std::vector<code_t> fused(rows * n), ref(rows * n);
+    std::vector<mq::QuantParams> pf(rows), pr(rows);
+    mq::aligned_vector<float> scratch(n);
+    mq::fwht_quantize<S>(mq::default_arch{}, mq::ConstMatrixView<float>(x.data.data(), rows, n), plan,
+                         mq::MatrixView<code_t>(fused.data(), rows, n), pf, scratch);
+    CHECK(x.data == x_before.data); // input untouched
+
+    // Transform-then-quantize with the bare SIMD transform and the scalar quantizer: bit for bit.
+    Rows y = x;
+    mq::fwht(mq::default_arch{}, y.view(), plan);
+    for (std::size_t r = 0; r < rows; ++r) {
+        float lo = y.data[r * n], hi = lo;
+        for (std::size_t i = 0; i < n; ++i) {
+            lo = std::min(lo, y.data[r * n + i]);
+            hi = std::max(hi, y.data[r * n + i]);
+        }
+        const mq::QuantParams p = mq::params_from_range<8, S>(lo, hi);
+        CHECK(pf[r] == p);
+        for (std::size_t i = 0; i < n; ++i)
+            CHECK(fused[r * n + i] == static_cast<code_t>(mq::quantize_value<R>(y.data[r * n + i], p)));
+    }
+
+    // Against the plain reference: identical for power-of-two sizes (same arithmetic); otherwise
+    // the dense stage sums in another order, so a code may move by one step at a rounding tie.
+    Rows z = x;
+    mq::fwht_quantize_ref<S>(z.view(), plan, mq::MatrixView<code_t>(ref.data(), rows, n), pr);
+    int max_diff = 0;
+    for (std::size_t i = 0; i < fused.size(); ++i) max_diff = std::max(max_diff, std::abs(int(fused[i]) - int(ref[i])));
+    if (plan.factors.m == 1) {
+        CHECK(max_diff == 0);
+        for (std::size_t r = 0; r < rows; ++r) CHECK(pf[r] == pr[r]);
+    } else {
+        CHECK(max_diff <= 1);
+    }
+    // Dequantized codes approximate the rotated row within half a step.
+    for (std::size_t r = 0; r < rows; ++r)
+        for (std::size_t i = 0; i < n; i += 97)
+            CHECK(std::abs(mq::dequantize_value(fused[r * n + i], pf[r]) - y.data[r * n + i]) <= 0.5f * pf[r].scale * 1.0001f);
+}
+
+} // namespace
+
+TEST_CASE("fused Hadamard + per-token int8 equals transform-then-quantize") {
+    for (std::size_t n : {768u, 1536u, 2560u, 5120u, 256u, 1024u, 48u, 8u, 172u * 4}) {
+        check_fused<mq::asymmetric>(n, std::nullopt);
+        check_fused<mq::symmetric>(n, std::nullopt);
+    }
+    check_fused<mq::asymmetric>(2560, 11);
+    check_fused<mq::symmetric>(4096, 12);
 }

@@ -481,6 +481,48 @@ inline void fwht_dense_fixed_row(float* row, std::size_t P, std::size_t step, bo
         for (std::size_t b = 0; b < P; b += step) fwht_dense_fixed<M, false, V, 0, M>(row, P, b, scale, row + b, P);
 }
 
+// Prefetch a row into L2 (a row of up to 8192 floats plus the current one would crowd L1).
+inline void prefetch_row(const float* p, std::size_t n) noexcept {
+#if defined(__GNUC__) || defined(__clang__)
+    for (std::size_t i = 0; i < n; i += 64 / sizeof(float)) __builtin_prefetch(p + i, 1, 2);
+#else
+    (void)p;
+    (void)n;
+#endif
+}
+
+} // namespace detail
+
+namespace detail {
+// Steps 3–4 of FwhtPlan on one row whose chunks are transformed: the dense block (m > 1) with the
+// scale, and the signs of an inverse randomized plan.
+template <class Arch>
+inline void fwht_dense_stage(float* row, const FwhtPlan& plan, xsimd::batch<float, Arch>* u_vec, float* u_scalar) noexcept {
+    using B = xsimd::batch<float, Arch>;
+    constexpr std::size_t W = B::size;
+    const std::size_t m = plan.factors.m, P = plan.factors.pow2;
+    if (m > 1 && P % W == 0 && (m == 12 || m == 20 || m == 28 || m == 36)) {
+        switch (m) {
+        case 12: fwht_dense_fixed_row<12, B>(row, P, W, plan.inverse, plan.scale); break;
+        case 20: fwht_dense_fixed_row<20, B>(row, P, W, plan.inverse, plan.scale); break;
+        case 28: fwht_dense_fixed_row<28, B>(row, P, W, plan.inverse, plan.scale); break;
+        default: fwht_dense_fixed_row<36, B>(row, P, W, plan.inverse, plan.scale); break;
+        }
+    } else if (m > 1) {
+        if (P % W == 0) {
+            for (std::size_t b = 0; b < P; b += W) fwht_dense_lanes<B>(row, m, P, b, plan.combo.data(), plan.scale, u_vec);
+        } else {
+            for (std::size_t b = 0; b < P; ++b)
+                fwht_dense_lanes<float>(row, m, P, b, plan.combo.data(), plan.scale, u_scalar);
+        }
+    }
+    if (plan.randomized() && plan.inverse) {
+        const std::size_t n = plan.n, vec_end = simd_floor<Arch>(n);
+        for (std::size_t i = 0; i < vec_end; i += W)
+            (B::load_unaligned(row + i) * B::load_unaligned(plan.signs.data() + i)).store_unaligned(row + i);
+        for (std::size_t i = vec_end; i < n; ++i) row[i] *= plan.signs[i];
+    }
+}
 } // namespace detail
 
 // Transform rows of x in place: x_row ← (x_row ⊙ s)·H (see FwhtPlan). Any stride and alignment;
@@ -488,40 +530,128 @@ inline void fwht_dense_fixed_row(float* row, std::size_t P, std::size_t step, bo
 template <class Arch>
 void fwht(Arch, MatrixView<float> x, const FwhtPlan& plan) noexcept {
     using B = xsimd::batch<float, Arch>;
-    constexpr std::size_t W = B::size;
     MQ_ASSERT(x.cols == plan.n, "fwht: row length must equal the plan size");
     const std::size_t m = plan.factors.m, P = plan.factors.pow2;
     const unsigned log2P = plan.factors.log2_pow2;
     const float* signs = plan.randomized() && !plan.inverse ? plan.signs.data() : nullptr;
     alignas(64) B u_vec[16 * (kHadamardBlockSizes.back() / 4)];
-    float* u_scalar = reinterpret_cast<float*>(u_vec);
+    alignas(64) float u_scalar[16 * (kHadamardBlockSizes.back() / 4)];
     for (std::size_t r = 0; r < x.rows; ++r) {
         float* row = x.row_ptr(r);
+        // The passes over a row run from L1; for long rows (a batch of them is far beyond L2)
+        // ask for the next row now, so that its trip from memory overlaps this row's arithmetic
+        // (measured: helps n = 8192, costs a little on rows that stay in L2).
+        if (plan.n >= 4096 && r + 1 < x.rows) detail::prefetch_row(x.row_ptr(r + 1), plan.n);
         for (std::size_t a = 0; a < m; ++a)
             detail::fwht_chunk<Arch>(row + a * P, row + a * P, P, log2P, signs ? signs + a * P : nullptr,
                                      m == 1, plan.scale);
-        if (m > 1 && P % W == 0 && (m == 12 || m == 20 || m == 28 || m == 36)) {
-            switch (m) {
-            case 12: detail::fwht_dense_fixed_row<12, B>(row, P, W, plan.inverse, plan.scale); break;
-            case 20: detail::fwht_dense_fixed_row<20, B>(row, P, W, plan.inverse, plan.scale); break;
-            case 28: detail::fwht_dense_fixed_row<28, B>(row, P, W, plan.inverse, plan.scale); break;
-            default: detail::fwht_dense_fixed_row<36, B>(row, P, W, plan.inverse, plan.scale); break;
-            }
-        } else if (m > 1) {
-            if (P % W == 0) {
-                for (std::size_t b = 0; b < P; b += W)
-                    detail::fwht_dense_lanes<B>(row, m, P, b, plan.combo.data(), plan.scale, u_vec);
+        detail::fwht_dense_stage<Arch>(row, plan, u_vec, u_scalar);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fused online rotation + dynamic per-token int8 quantization (the out_proj input).
+// ---------------------------------------------------------------------------------------------
+namespace detail {
+
+// q_i = clamp(round_half_even(y_i·inv_scale) + zero, qmin, qmax), 32 at a time on AVX2, in the
+// integer domain: vcvtps2dq rounds half to even (the default MXCSR mode, as std::nearbyint), and
+// |y·inv_scale| ≤ 2^8 because the parameters come from this row's own range, so adding the zero
+// point as an integer and clamping by saturating packs (int32 → int16 → uint8 / int8, then −128 →
+// −127 for symmetric codes) is exactly quantize_value's float arithmetic.
+template <class Arch, Symmetry S>
+inline void quantize_row(Arch, const float* y, std::size_t n, const QuantParams& p, int8_code_t<S>* q) noexcept {
+    using R = BitRange<8, S>;
+    std::size_t i = 0;
+#if XSIMD_WITH_AVX2
+    if constexpr (std::is_base_of_v<xsimd::avx2, Arch> && xsimd::batch<float, Arch>::size == 8) {
+        const __m256 inv = _mm256_set1_ps(p.inv_scale);
+        const __m256i zero16 = _mm256_set1_epi16(static_cast<short>(p.zero));
+        const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        const __m256i qmin8 = _mm256_set1_epi8(static_cast<char>(R::min));
+        auto rounded = [&](const float* src) { return _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(src), inv)); };
+        for (; i + 32 <= n; i += 32) {
+            __m256i ab = _mm256_packs_epi32(rounded(y + i), rounded(y + i + 8));
+            __m256i cd = _mm256_packs_epi32(rounded(y + i + 16), rounded(y + i + 24));
+            __m256i bytes;
+            if constexpr (S::is_symmetric) {
+                bytes = _mm256_max_epi8(_mm256_packs_epi16(ab, cd), qmin8);
             } else {
-                for (std::size_t b = 0; b < P; ++b)
-                    detail::fwht_dense_lanes<float>(row, m, P, b, plan.combo.data(), plan.scale, u_scalar);
+                ab = _mm256_adds_epi16(ab, zero16);
+                cd = _mm256_adds_epi16(cd, zero16);
+                bytes = _mm256_packus_epi16(ab, cd);
             }
+            // The packs work per 128-bit lane: dwords come out a0 b0 c0 d0 a1 b1 c1 d1.
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + i), _mm256_permutevar8x32_epi32(bytes, order));
         }
-        if (plan.randomized() && plan.inverse) {
-            const std::size_t n = plan.n, vec_end = simd_floor<Arch>(n);
-            for (std::size_t i = 0; i < vec_end; i += W)
-                (B::load_unaligned(row + i) * B::load_unaligned(plan.signs.data() + i)).store_unaligned(row + i);
-            for (std::size_t i = vec_end; i < n; ++i) row[i] *= plan.signs[i];
+    }
+#endif
+    for (; i < n; ++i) q[i] = static_cast<int8_code_t<S>>(quantize_value<R>(y[i], p));
+}
+
+template <class Arch>
+inline void row_min_max(Arch, const float* y, std::size_t n, float& lo_out, float& hi_out) noexcept {
+    using B = xsimd::batch<float, Arch>;
+    constexpr std::size_t W = B::size;
+    float lo = y[0], hi = y[0];
+    std::size_t i = 0;
+    if (n >= 4 * W) {
+        B l0 = B::load_unaligned(y), l1 = l0, h0 = l0, h1 = l0;
+        for (; i + 2 * W <= n; i += 2 * W) {
+            const B a = B::load_unaligned(y + i), b = B::load_unaligned(y + i + W);
+            l0 = xsimd::min(l0, a);
+            h0 = xsimd::max(h0, a);
+            l1 = xsimd::min(l1, b);
+            h1 = xsimd::max(h1, b);
         }
+        alignas(64) float ls[W], hs[W];
+        xsimd::min(l0, l1).store_aligned(ls);
+        xsimd::max(h0, h1).store_aligned(hs);
+        for (std::size_t k = 0; k < W; ++k) {
+            lo = std::min(lo, ls[k]);
+            hi = std::max(hi, hs[k]);
+        }
+    }
+    for (; i < n; ++i) {
+        lo = std::min(lo, y[i]);
+        hi = std::max(hi, y[i]);
+    }
+    lo_out = lo;
+    hi_out = hi;
+}
+
+} // namespace detail
+
+// Fused online kernel, one pass over the data: for each token row, y = (x ⊙ s)·H into `scratch`
+// (n floats, stays in L1), then p = params_from_range<8, S>(min y, max y) and
+// q = quantize_value(y, p). Equals fwht followed by per-row quantization bit for bit.
+// S = asymmetric gives uint8 codes (mq::A8PerToken), S = symmetric int8 codes in [−127, 127].
+// x is left untouched.
+template <Symmetry S, class Arch>
+void fwht_quantize(Arch, ConstMatrixView<float> x, const FwhtPlan& plan, MatrixView<int8_code_t<S>> codes,
+                   std::span<QuantParams> params, std::span<float> scratch) noexcept {
+    using B = xsimd::batch<float, Arch>;
+    MQ_ASSERT(x.cols == plan.n, "fwht_quantize: row length must equal the plan size");
+    MQ_ASSERT(codes.rows == x.rows && codes.cols == x.cols, "fwht_quantize: code shape must match x");
+    MQ_ASSERT(params.size() >= x.rows, "fwht_quantize: one QuantParams per row");
+    MQ_ASSERT(scratch.size() >= plan.n, "fwht_quantize: scratch needs n floats");
+    const std::size_t n = plan.n, m = plan.factors.m, P = plan.factors.pow2;
+    const unsigned log2P = plan.factors.log2_pow2;
+    const float* signs = plan.randomized() && !plan.inverse ? plan.signs.data() : nullptr;
+    float* y = scratch.data();
+    alignas(64) B u_vec[16 * (kHadamardBlockSizes.back() / 4)];
+    alignas(64) float u_scalar[16 * (kHadamardBlockSizes.back() / 4)];
+    for (std::size_t r = 0; r < x.rows; ++r) {
+        const float* row = x.row_ptr(r);
+        if (plan.n >= 4096 && r + 1 < x.rows) detail::prefetch_row(x.row_ptr(r + 1), n);
+        for (std::size_t a = 0; a < m; ++a)
+            detail::fwht_chunk<Arch>(row + a * P, y + a * P, P, log2P, signs ? signs + a * P : nullptr, m == 1, plan.scale);
+        detail::fwht_dense_stage<Arch>(y, plan, u_vec, u_scalar);
+        float lo, hi;
+        detail::row_min_max(Arch{}, y, n, lo, hi);
+        const QuantParams p = params_from_range<8, S>(lo, hi);
+        params[r] = p;
+        detail::quantize_row<Arch, S>(Arch{}, y, n, p, codes.row_ptr(r));
     }
 }
 
