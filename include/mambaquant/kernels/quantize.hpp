@@ -27,8 +27,10 @@ MQ_NAMESPACE_BEGIN
 // • Multiply by inv_scale, never divide: one multiply per element, and the same float op in the
 //   SIMD kernel (vmulps) and in the reference (operator*), so both see the same product.
 // • Rounding is round-half-to-even, the IEEE default mode: std::nearbyint in the reference,
-//   vroundps(_MM_FROUND_TO_NEAREST_INT) in the kernel. Half-way products go to the even code
-//   (0.5 → 0, 1.5 → 2), which avoids the upward bias of round-half-away.
+//   vcvtps2dq in the AVX2 loop and vroundps(_MM_FROUND_TO_NEAREST_INT) in the portable loop.
+//   Half-way products go to the even code (0.5 → 0, 1.5 → 2, −2.5 → −2), which avoids the bias
+//   of round-half-away. (The process must run in the default rounding mode, as it does unless
+//   someone calls fesetround.)
 // • The zero point is added and the result clamped *in float*, then converted: the float is
 //   already an integer inside [qmin, qmax], so the conversion is exact, and an input far outside
 //   the range (static params, outliers) saturates to qmin/qmax instead of overflowing an int.
