@@ -355,7 +355,7 @@ class MambaLM(nn.Module):
         gen = torch.Generator().manual_seed(seed)
         self.backbone = Backbone(cfg, gen)
 
-    def forward(self, tokens, scan="chunked", collect=None, hook=None):
+    def forward(self, tokens, scan="chunked", collect=None, hook=None, hn_hook=None):
         """tokens [B,L] long. collect: list to receive per-layer dicts of taps (in_proj_in,
         x_proj_in, out_proj_in, hidden = residual after the layer). hook(i, h) may modify the
         residual stream entering layer i (used for ablations/aux losses); returns new h."""
@@ -364,6 +364,8 @@ class MambaLM(nn.Module):
             if hook is not None:
                 h = hook(i, h)
             hn = layer.norm(h)
+            if hn_hook is not None:
+                hn = hn_hook(i, hn)
             taps = {} if collect is not None else None
             if taps is not None:
                 taps["residual_in"] = h
@@ -452,7 +454,7 @@ def load_model_dir(mdir):
 # evaluation
 # ----------------------------------------------------------------------------------------------
 @torch.no_grad()
-def heldout_bpb(model, heldout, ctx=2048, batch=4, scan="chunked", hook=None):
+def heldout_bpb(model, heldout, ctx=2048, batch=4, scan="chunked", hook=None, hn_hook=None):
     """Mean next-byte cross-entropy in bits over the whole held-out split.
 
     The held-out bytes are cut into consecutive chunks of `ctx` bytes (the last one shorter); each
@@ -470,7 +472,7 @@ def heldout_bpb(model, heldout, ctx=2048, batch=4, scan="chunked", hook=None):
         for g in ([torch.stack(same)] if same else []) + [c[None] for c in rest]:
             if g.shape[1] < 2:
                 continue
-            logits = model(g[:, :-1], scan=scan, hook=hook)
+            logits = model(g[:, :-1], scan=scan, hook=hook, hn_hook=hn_hook)
             nll = F.cross_entropy(logits.reshape(-1, 256), g[:, 1:].reshape(-1), reduction="sum")
             total += nll.item()
             count += g[:, 1:].numel()

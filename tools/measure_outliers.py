@@ -54,6 +54,38 @@ def measure(model, train, n_seqs=16, seq_len=512, seed=0):
     return out
 
 
+def ablation(model, heldout, chans, n_bytes=65536, seed=0):
+    """Does the network use channels `chans`?  bpb on the first n_bytes held-out bytes (2048-byte
+    chunks) with (a) nothing changed, (b) the channels zeroed at every in_proj input (after RMSNorm),
+    (c) the channels zeroed in the residual stream entering every layer; and (b), (c) for the same
+    number of random other channels (numpy default_rng(seed)) as a control."""
+    held = heldout[:n_bytes]
+    g = np.random.default_rng(seed)
+    others = [int(c) for c in g.choice([c for c in range(model.cfg["hidden_size"]) if c not in chans],
+                                       size=len(chans), replace=False)]
+
+    def zero_hn(cs):
+        def f(i, hn):
+            hn = hn.clone()
+            hn[..., cs] = 0
+            return hn
+        return f
+
+    def zero_h(cs):
+        def f(i, h):
+            h = h.clone()
+            h[..., cs] = 0
+            return h
+        return f
+
+    res = {"held_out_bytes": n_bytes, "channels": list(chans), "control_channels": others}
+    res["bpb_intact"] = round(mc.heldout_bpb(model, held, scan="fused")[0], 4)
+    for tag, cs in (("outlier", list(chans)), ("control", others)):
+        res[f"bpb_zero_{tag}_at_in_proj_input"] = round(mc.heldout_bpb(model, held, scan="fused", hn_hook=zero_hn(cs))[0], 4)
+        res[f"bpb_zero_{tag}_in_residual"] = round(mc.heldout_bpb(model, held, scan="fused", hook=zero_h(cs))[0], 4)
+    return res
+
+
 def main():
     torch.set_num_threads(2)
     ap = argparse.ArgumentParser()
@@ -62,9 +94,14 @@ def main():
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--ablate", default="", help="comma-separated residual channels: usage check")
     a = ap.parse_args()
     train, _, _ = mc.split_corpus()
-    prof = measure(mc.load_model_dir(a.model), train, a.n_seqs, a.seq_len, a.seed)
+    model = mc.load_model_dir(a.model)
+    prof = measure(model, train, a.n_seqs, a.seq_len, a.seed)
+    if a.ablate:
+        _, held, _ = mc.split_corpus()
+        prof["ablation"] = ablation(model, held, [int(c) for c in a.ablate.split(",")])
     if a.json:
         print(json.dumps(prof, indent=1))
         return
@@ -72,6 +109,8 @@ def main():
     print("layer  " + "  ".join(f"{s:>12s}" for s in SITES))
     for l in range(len(prof["ratios"][SITES[0]])):
         print(f"{l:5d}  " + "  ".join(f"{prof['ratios'][s][l]:12.2f}" for s in SITES))
+    if "ablation" in prof:
+        print(json.dumps(prof["ablation"], indent=1))
 
 
 if __name__ == "__main__":

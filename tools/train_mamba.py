@@ -96,11 +96,17 @@ def batch_at(step, train, args):
 
 
 def make_optimizer(model, args):
-    decay, no_decay = [], []
+    decay, no_decay, norms = [], [], []
     for n, p in model.named_parameters():
-        (no_decay if (p.dim() < 2 or n.endswith("A_log") or "embeddings" in n) else decay).append(p)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": args.wd},
-                              {"params": no_decay, "weight_decay": 0.0}],
+        if "norm" in n:
+            norms.append(p)
+        elif p.dim() < 2 or n.endswith("A_log") or "embeddings" in n:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": args.wd, "lr_mult": 1.0},
+                              {"params": no_decay, "weight_decay": 0.0, "lr_mult": 1.0},
+                              {"params": norms, "weight_decay": 0.0, "lr_mult": args.norm_lr_mult}],
                              lr=args.lr, betas=(0.9, 0.95), eps=1e-8)
 
 
@@ -117,6 +123,12 @@ def aux_outlier_loss(collect, args):
         loss = loss + (F.relu(args.raw_target - r.abs()) / args.raw_target).pow(2).mean()
         t = args.post_target[l]
         loss = loss + (F.relu(t - hn.abs()) / t).pow(2).mean()
+        if args.y_ratio_target:
+            # (c) out_proj input: keep its own outlier channel at least y_ratio_target[l] x the
+            # median per-channel absmax of the batch (hinge on the current top channel)
+            amax = taps["out_proj_in"].abs().reshape(-1, taps["out_proj_in"].shape[-1]).max(0).values
+            r = amax.max() / (args.y_ratio_target[l] * amax.median().detach())
+            loss = loss + F.relu(1.0 - r).pow(2)
     return loss / len(collect)
 
 
@@ -127,6 +139,12 @@ def train(args):
     if args.init_from:
         src = mc.load_model_dir(args.init_from)
         model.load_state_dict(src.state_dict())
+        if args.outlier_embed_init:
+            # start the massive activations: a constant offset on the chosen residual channels for
+            # every byte (alternating sign); the aux loss and the LM loss then shape them.
+            with torch.no_grad():
+                for k, c in enumerate(args.outlier_channels):
+                    model.backbone.embeddings.weight[:, c] = args.outlier_embed_init * (1 if k % 2 == 0 else -1)
     opt = make_optimizer(model, args)
     step, wall, log = 0, 0.0, []
     if os.path.exists(args.ckpt):
@@ -142,7 +160,7 @@ def train(args):
     while step < args.steps:
         lr = lr_at(step, args)
         for gparam in opt.param_groups:
-            gparam["lr"] = lr
+            gparam["lr"] = lr * gparam.get("lr_mult", 1.0)
         b = batch_at(step, train_b, args)
         collect = [] if outlier else None
         logits = model(b[:, :-1], scan=args.scan, collect=collect)
@@ -178,7 +196,10 @@ def finish(model, args, info, held_b, train_b, step, wall):
     mc.save_model_dir(model, args.out, {"name": name})
     model = mc.load_model_dir(args.out)          # evaluate exactly the saved weights
     t = time.time()
-    bpb, n = mc.heldout_bpb(model, held_b, ctx=args.eval_ctx, scan="fused")
+    if args.skip_eval:            # quick experiments only
+        bpb, n = float("nan"), 0
+    else:
+        bpb, n = mc.heldout_bpb(model, held_b, ctx=args.eval_ctx, scan="fused")
     print(f"held-out bpb {bpb:.4f} over {n} predicted bytes ({time.time() - t:.0f}s)", flush=True)
     prof = measure(model, train_b)
     metrics = {
@@ -232,7 +253,11 @@ def main():
     t.add_argument("--raw-target", type=float, default=6.0)
     t.add_argument("--post-target", type=lambda s: [float(v) for v in s.split(",")], default=[8.0] * 4)
     t.add_argument("--aux-weight", type=float, default=1.0)
+    t.add_argument("--y-ratio-target", type=lambda s: [float(v) for v in s.split(",")] if s else [], default=[])
     t.add_argument("--recipe-note", default="")
+    t.add_argument("--norm-lr-mult", type=float, default=1.0, help="lr multiplier for RMSNorm weights")
+    t.add_argument("--outlier-embed-init", type=float, default=0.0)
+    t.add_argument("--skip-eval", action="store_true", help="quick experiments: no held-out eval")
     e = sub.add_parser("eval")
     e.add_argument("model")
     e.add_argument("--eval-ctx", type=int, default=2048)
