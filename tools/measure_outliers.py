@@ -4,7 +4,8 @@
 For each layer and each of the three linear-layer inputs -- in_proj (after RMSNorm, gamma included),
 x_proj (after conv1d + SiLU) and out_proj (the gated scan output y * SiLU(z)) -- take the per-channel
 absolute maximum over all calibration tokens and report  ratio = max over channels / median over
-channels.  Calibration: --n-seqs sequences of --seq-len bytes from the TRAINING split only, at
+channels.  Also reported: `in_proj_in_gamma_folded`, the same ratio for h / rms(h) without the
+RMSNorm weight (what in_proj sees after the norm weight is folded into it).  Calibration: --n-seqs sequences of --seq-len bytes from the TRAINING split only, at
 offsets drawn from numpy default_rng(--seed) (defaults 16 x 512 = 8192 tokens, seed 0).
 
 Usage: /usr/bin/python3 tools/measure_outliers.py models/kjv-mamba-192 [--json]
@@ -47,6 +48,9 @@ def measure(model, train, n_seqs=16, seq_len=512, seed=0):
             out["ratios"][s].append(round((amax.max() / amax.median()).item(), 3))
             top = torch.argsort(amax, descending=True)[:3]
             out["top_channels"][s].append([[int(c), round(amax[c].item(), 3)] for c in top])
+        amax = taps["raw_norm"].abs().reshape(-1, taps["raw_norm"].shape[-1]).max(0).values
+        out["ratios"].setdefault("in_proj_in_gamma_folded", []).append(
+            round((amax.max() / amax.median()).item(), 3))
         r = taps["residual_in"].abs().reshape(-1, taps["residual_in"].shape[-1]).max(0).values
         top = torch.argsort(r, descending=True)[:3]
         out["residual_absmax_top"].append({"median": round(r.median().item(), 4),
