@@ -21,13 +21,14 @@ def main():
     ap.add_argument("model")
     ap.add_argument("--ablate", default="15,104")
     ap.add_argument("--plain", default="")
+    ap.add_argument("--ablate-bytes", type=int, default=32768)
     a = ap.parse_args()
     train, held, _ = mc.split_corpus()
     model = mc.load_model_dir(a.model)
     path = os.path.join(a.model, "metrics.json")
     m = json.load(open(path))
     m["outlier_profile"] = measure(model, train)
-    m["outlier_profile"]["ablation"] = ablation(model, held, [int(c) for c in a.ablate.split(",")])
+    m["outlier_profile"]["ablation"] = ablation(model, held, [int(c) for c in a.ablate.split(",")], n_bytes=a.ablate_bytes)
     if a.plain:
         p = json.load(open(os.path.join(a.plain, "metrics.json")))
         pr, orr = p["outlier_profile"]["ratios"], m["outlier_profile"]["ratios"]
