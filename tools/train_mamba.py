@@ -14,7 +14,7 @@ Subcommands
 
 Training scan: the fused C kernel (tools/scan_kernel.c, the sequential recurrence with a hand-written
 backward, compiled with gcc on first use) because this CPU's generic-BLAS torch build is slow;
-`--scan chunked` uses the exact chunked torch scan instead (same results, ~3x slower here).
+`--scan chunked` uses the exact chunked torch scan instead (same results, ~1.8x slower per step here).
 """
 import argparse
 import json
