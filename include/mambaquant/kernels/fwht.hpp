@@ -109,39 +109,45 @@ inline FwhtPlan make_fwht_plan(std::size_t n, std::optional<std::uint64_t> seed 
 
 // y = (x ⊙ s)·H for every row, in place. Butterfly: (a, b) ← (a + b, a − b) for stages
 // h = 1, 2, 4, …; dense: y_j = (Σ_a H_m[a][j]·z_a)·(1/√n) summed in order a = 0..m−1.
-inline void fwht_ref(MatrixView<float> x, const FwhtPlan& plan) noexcept {
+// T = double gives the offline path (folding into weights) its full precision.
+template <class T = float>
+void fwht_ref(MatrixView<T> x, const FwhtPlan& plan) noexcept {
     MQ_ASSERT(x.cols == plan.n, "fwht_ref: row length must equal the plan size");
     const std::size_t n = plan.n, m = plan.factors.m, P = plan.factors.pow2;
     MQ_ASSERT(m <= kHadamardBlockSizes.back(), "fwht_ref: block order out of range");
-    float z[kHadamardBlockSizes.back()];
+    T z[kHadamardBlockSizes.back()];
+    // 1/√n: the plan's float for T = float (the kernels' very value), full precision otherwise.
+    T scale;
+    if constexpr (std::is_same_v<T, float>) scale = plan.scale;
+    else scale = T(1) / std::sqrt(static_cast<T>(n));
     for (std::size_t r = 0; r < x.rows; ++r) {
-        float* row = x.row_ptr(r);
+        T* row = x.row_ptr(r);
         if (plan.randomized() && !plan.inverse)
-            for (std::size_t i = 0; i < n; ++i) row[i] *= plan.signs[i];
+            for (std::size_t i = 0; i < n; ++i) row[i] *= static_cast<T>(plan.signs[i]);
         for (std::size_t a = 0; a < m; ++a) {
-            float* c = row + a * P;
+            T* c = row + a * P;
             for (std::size_t h = 1; h < P; h *= 2)
                 for (std::size_t i = 0; i < P; i += 2 * h)
                     for (std::size_t j = i; j < i + h; ++j) {
-                        const float u = c[j], v = c[j + h];
+                        const T u = c[j], v = c[j + h];
                         c[j] = u + v;
                         c[j + h] = u - v;
                     }
         }
         if (m == 1) {
-            for (std::size_t i = 0; i < n; ++i) row[i] *= plan.scale;
+            for (std::size_t i = 0; i < n; ++i) row[i] *= scale;
         } else {
             for (std::size_t b = 0; b < P; ++b) {
                 for (std::size_t a = 0; a < m; ++a) z[a] = row[a * P + b];
                 for (std::size_t j = 0; j < m; ++j) {
-                    float acc = 0.0f;
-                    for (std::size_t a = 0; a < m; ++a) acc += static_cast<float>(plan.block[a * m + j]) * z[a];
-                    row[j * P + b] = acc * plan.scale;
+                    T acc = 0;
+                    for (std::size_t a = 0; a < m; ++a) acc += static_cast<T>(plan.block[a * m + j]) * z[a];
+                    row[j * P + b] = acc * scale;
                 }
             }
         }
         if (plan.randomized() && plan.inverse)
-            for (std::size_t i = 0; i < n; ++i) row[i] *= plan.signs[i];
+            for (std::size_t i = 0; i < n; ++i) row[i] *= static_cast<T>(plan.signs[i]);
     }
 }
 
