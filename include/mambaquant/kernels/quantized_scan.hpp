@@ -62,7 +62,9 @@ void quantize_scan_C(ConstMatrixView<float> C, float* ws_c, float* ws_cs) noexce
 }
 } // namespace detail
 
-// Scalar reference: token-major, std::exp, int32 accumulation of the code products.
+// Scalar reference: token-major, std::exp, int32 accumulation of the code products. The rotation
+// and the D skip use std::fma like the SIMD kernel, so for equal states the two agree bit for bit
+// (tested with exp-free inputs: A = 0, Δ = 1) except for the SiLU gate's exp.
 template <QuantizerPolicy Q, class State>
 void quantized_selective_scan_ref(const SelectiveScanArgs<State>& a, const QuantizedScanArgs& q) noexcept {
     MQ_ASSERT(detail::scan_args_consistent(a), "quantized_selective_scan_ref: inconsistent shapes");
@@ -76,7 +78,7 @@ void quantized_selective_scan_ref(const SelectiveScanArgs<State>& a, const Quant
     auto rotated = [&](std::size_t d, std::size_t n) -> float {
         if (!q.rotation) return static_cast<float>(a.state(d, n));
         float r = 0.0f;
-        for (std::size_t m = 0; m < N; ++m) r += static_cast<float>(a.state(d, m)) * q.rotation[m * N + n];
+        for (std::size_t m = 0; m < N; ++m) r = std::fma(static_cast<float>(a.state(d, m)), q.rotation[m * N + n], r);
         return r;
     };
     for (std::size_t t = 0; t < L; ++t) {
@@ -88,7 +90,8 @@ void quantized_selective_scan_ref(const SelectiveScanArgs<State>& a, const Quant
                 float arg = dt * a.A(d, n);
                 if (t == 0 && a.first_step_log_scale) arg += a.first_step_log_scale[n];
                 State& s = a.state(d, n);
-                s = static_cast<State>(std::exp(arg)) * s + static_cast<State>(dt * a.B(t, n) * xv);
+                // one rounding, as the SIMD kernel's FMA (and whatever the compiler contracts)
+                s = std::fma(static_cast<State>(std::exp(arg)), s, static_cast<State>(dt * a.B(t, n) * xv));
             }
         }
         float lo = std::numeric_limits<float>::infinity(), hi = -lo;
@@ -106,7 +109,7 @@ void quantized_selective_scan_ref(const SelectiveScanArgs<State>& a, const Quant
                 acc += (quantize_value<typename Q::range>(rotated(d, n), ps) - ps.zero) *
                        static_cast<std::int32_t>(ws_c[t * N + n]);
             float out = static_cast<float>(acc) * out_scale;
-            if (a.D) out += a.D[d] * a.x(t, d);
+            if (a.D) out = std::fma(a.D[d], a.x(t, d), out);
             if (a.z.data) out *= silu_ref(a.z(t, d));
             a.y(t, d) = out;
         }

@@ -80,7 +80,7 @@ void selective_scan_ref_range(const SelectiveScanArgs<State>& a, std::size_t d_b
                 const State dA = static_cast<State>(std::exp(arg));
                 const State dBu = static_cast<State>(dt * a.B(t, n) * xv);
                 State& s = a.state(d, n);
-                s = dA * s + dBu;
+                s = std::fma(dA, s, dBu); // one rounding, as the SIMD kernel's FMA
                 acc += s * static_cast<State>(a.C(t, n));
             }
             float out = static_cast<float>(acc);
