@@ -2,7 +2,9 @@
 #include <mambaquant/core/rng.hpp>
 #include <mambaquant/core/simd.hpp>
 #include <mambaquant/core/tensor.hpp>
+#include <mambaquant/kernels/quantized_scan.hpp>
 #include <mambaquant/kernels/selective_scan.hpp>
+#include <mambaquant/quant/quantizer.hpp>
 
 #include <benchmark/benchmark.h>
 
@@ -92,9 +94,32 @@ void BM_f32_selective_scan_step_ref(benchmark::State& st) {
     set_tokens(st, 1);
 }
 
+// The scan with the int8 per-token output matmul (two passes over the recurrence), with the
+// 16×16 Hadamard on the state dimension (R4).
+template <bool kRef>
+void quantized_scan(benchmark::State& st) {
+    const auto E = static_cast<std::size_t>(st.range(0)), L = static_cast<std::size_t>(st.range(1));
+    ScanData data(E, L);
+    auto a = data.args();
+    mq::aligned_vector<float> ws(mq::quantized_scan_workspace_size(L, kN)), h(kN * kN);
+    for (std::size_t i = 0; i < kN; ++i)
+        for (std::size_t j = 0; j < kN; ++j) h[i * kN + j] = __builtin_popcount(static_cast<unsigned>(i & j)) % 2 ? -0.25f : 0.25f;
+    const mq::QuantizedScanArgs q{h.data(), ws.data(), ws.size()};
+    for (auto _ : st) {
+        if constexpr (kRef) mq::quantized_selective_scan_ref<mq::A8PerToken>(a, q);
+        else mq::quantized_selective_scan<mq::default_arch, mq::A8PerToken>(mq::default_arch{}, a, q);
+        benchmark::DoNotOptimize(data.y.data());
+    }
+    set_tokens(st, L);
+}
+void BM_i8_quantized_scan(benchmark::State& st) { quantized_scan<false>(st); }
+void BM_i8_quantized_scan_ref(benchmark::State& st) { quantized_scan<true>(st); }
+
 } // namespace
 
 BENCHMARK(BM_f32_selective_scan)->Args({1536, 1024})->Args({5120, 1024})->Args({1536, 2048})->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_f32_selective_scan_ref)->Args({1536, 1024})->Args({5120, 1024})->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_f32_selective_scan_step)->Arg(1536)->Arg(5120);
 BENCHMARK(BM_f32_selective_scan_step_ref)->Arg(1536)->Arg(5120);
+BENCHMARK(BM_i8_quantized_scan)->Args({1536, 1024})->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_i8_quantized_scan_ref)->Args({1536, 1024})->Unit(benchmark::kMillisecond);

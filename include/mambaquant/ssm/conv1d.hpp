@@ -14,14 +14,14 @@
 
 MQ_NAMESPACE_BEGIN
 
-// Conv weights of one layer: weight [E, K] (the checkpoint's [E, 1, K] with the 1 dropped) and
-// bias [E] (may be empty).
+// Conv weights of one layer, from the checkpoint's weight [E, K] ([E, 1, K] with the 1 dropped)
+// and bias [E] (may be empty); stored tap-major [K, E] for the kernel.
 struct ConvWeights {
-    MatrixXf weight;
+    MatrixXf weight_t; // [K, E]
     aligned_vector<float> bias;
 
-    std::size_t channels() const noexcept { return static_cast<std::size_t>(weight.rows()); }
-    std::size_t taps() const noexcept { return static_cast<std::size_t>(weight.cols()); }
+    std::size_t channels() const noexcept { return static_cast<std::size_t>(weight_t.cols()); }
+    std::size_t taps() const noexcept { return static_cast<std::size_t>(weight_t.rows()); }
 
     static ConvWeights from(ConstMatrixView<float> weight, std::span<const float> bias = {}) {
         require(weight.rows > 0 && weight.cols > 0, "ConvWeights: weight must be non-empty, got [", weight.rows,
@@ -34,7 +34,7 @@ struct ConvWeights {
                 require(std::isfinite(weight(d, k)), "ConvWeights: weight[", d, ", ", k, "] is not finite");
         for (std::size_t d = 0; d < bias.size(); ++d) require(std::isfinite(bias[d]), "ConvWeights: bias[", d, "] is not finite");
         ConvWeights w;
-        w.weight = as_eigen(weight);
+        w.weight_t = as_eigen(weight).transpose();
         w.bias.assign(bias.begin(), bias.end());
         return w;
     }
@@ -42,7 +42,7 @@ struct ConvWeights {
 
 // y = SiLU(causal_conv1d(x) + bias) (SiLU optional) over L tokens. With a cache, its window
 // is the history before x and is updated to the last K−1 inputs; without one, the history is
-// zero (a fresh sequence). y may alias x. Throws mq::error on mismatched shapes, L = 0 or
+// zero (a fresh sequence). y must not overlap x. Throws mq::error on mismatched shapes, L = 0 or
 // non-finite input.
 template <class Arch = default_arch>
 void causal_conv1d(const ConvWeights& w, ConstMatrixView<float> x, ConvCache* cache, MatrixView<float> y,
@@ -61,7 +61,7 @@ void causal_conv1d(const ConvWeights& w, ConstMatrixView<float> x, ConvCache* ca
             if (!std::isfinite(x(t, d))) fail("causal_conv1d: x[", t, ", ", d, "] is not finite (", x(t, d), ")");
     CausalConv1dArgs a;
     a.x = x;
-    a.weight = view(w.weight);
+    a.weight = view(w.weight_t);
     a.bias = w.bias.empty() ? nullptr : w.bias.data();
     if (cache && K > 1) a.window = view(cache->window);
     a.silu = apply_silu;
@@ -69,7 +69,7 @@ void causal_conv1d(const ConvWeights& w, ConstMatrixView<float> x, ConvCache* ca
     causal_conv1d(arch, a);
 }
 
-// One decode token: x, y [E] (may alias); the cache's window rolls by one.
+// One decode token: x, y [E] (distinct); the cache's window rolls by one.
 template <class Arch = default_arch>
 void causal_conv1d_step(const ConvWeights& w, std::span<const float> x, ConvCache& cache, std::span<float> y,
                         bool apply_silu = true, Arch arch = {}) {
