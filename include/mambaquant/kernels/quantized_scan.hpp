@@ -132,14 +132,13 @@ void quantized_scan_block(const SelectiveScanArgs<float>& a, const QuantizedScan
     float* ws_lo = ws_si + L;           // [L × W] per-lane minima
     float* ws_hi = ws_lo + L * kQuantizedScanMaxLanes;
     alignas(64) float a_tile[N * W];
-    alignas(64) float s_tile[N * W];
-    for (std::size_t j = 0; j < W; ++j)
-        for (std::size_t n = 0; n < N; ++n) {
-            a_tile[n * W + j] = a.A(d0 + j, n);
-            s_tile[n * W + j] = a.state(d0 + j, n);
-        }
+    {
+        Bt a_cols[N];
+        load_columns<Arch, N>(a.A.data + d0 * a.A.stride, a.A.stride, a_cols);
+        for (std::size_t n = 0; n < N; ++n) a_cols[n].store_aligned(a_tile + n * W);
+    }
     Bt s[N];
-    for (std::size_t n = 0; n < N; ++n) s[n] = Bt::load_aligned(s_tile + n * W);
+    load_columns<Arch, N>(a.state.data + d0 * a.state.stride, a.state.stride, s);
     const Bt bias = a.delta_bias ? Bt::load_unaligned(a.delta_bias + d0) : Bt(0.0f);
     const Bt dskip = a.D ? Bt::load_unaligned(a.D + d0) : Bt(0.0f);
     constexpr float kQmin = static_cast<float>(Q::range::min), kQmax = static_cast<float>(Q::range::max);
@@ -193,11 +192,7 @@ void quantized_scan_block(const SelectiveScanArgs<float>& a, const QuantizedScan
             out.store_unaligned(a.y.data + t * a.y.stride + d0);
         }
     }
-    if constexpr (kWrite) {
-        for (std::size_t n = 0; n < N; ++n) s[n].store_aligned(s_tile + n * W);
-        for (std::size_t j = 0; j < W; ++j)
-            for (std::size_t n = 0; n < N; ++n) a.state(d0 + j, n) = s_tile[n * W + j];
-    }
+    if constexpr (kWrite) store_columns<Arch, N>(s, a.state.data + d0 * a.state.stride, a.state.stride);
 }
 
 template <class Arch, std::size_t N, QuantizerPolicy Q>

@@ -12,6 +12,10 @@
 #include <cstddef>
 #include <type_traits>
 
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
+
 MQ_NAMESPACE_BEGIN
 
 // Per channel d, state index n, token t (state_{-1} = the incoming state):
@@ -51,6 +55,85 @@ MQ_ALWAYS_INLINE void prefetch_read(const void* p) noexcept {
 #else
     (void)p;
 #endif
+}
+
+#if defined(__AVX__)
+// In-register 8×8 transpose (unpack, shuffle, lane permute: 24 shuffles for 64 floats).
+MQ_ALWAYS_INLINE void transpose8x8(__m256* r) noexcept {
+    const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    const __m256 s0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+    const __m256 s1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+    const __m256 s2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+    const __m256 s3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+    const __m256 s4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+    const __m256 s5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+    const __m256 s6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+    const __m256 s7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+    r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+    r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+    r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+    r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+    r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+    r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+    r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+    r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+#endif
+
+template <class Arch, std::size_t N>
+inline constexpr bool use_avx_transpose_v =
+#if defined(__AVX__)
+    std::is_base_of_v<xsimd::avx, Arch> && xsimd::batch<float, Arch>::size == 8 && N % 8 == 0;
+#else
+    false;
+#endif
+
+// out[n] lane j = src[j·stride + n] for W channels j and N state indices n: a [W, N] block of a
+// row-major [E, N] tensor seen column by column (exact moves, so the layout never changes a bit).
+template <class Arch, std::size_t N>
+MQ_ALWAYS_INLINE void load_columns(const float* src, std::size_t stride, xsimd::batch<float, Arch>* out) noexcept {
+    using Bt = xsimd::batch<float, Arch>;
+    constexpr std::size_t W = Bt::size;
+    if constexpr (use_avx_transpose_v<Arch, N>) {
+#if defined(__AVX__)
+        for (std::size_t c = 0; c < N; c += 8) {
+            __m256 r[8];
+            for (std::size_t j = 0; j < 8; ++j) r[j] = _mm256_loadu_ps(src + j * stride + c);
+            transpose8x8(r);
+            for (std::size_t i = 0; i < 8; ++i) out[c + i] = Bt(r[i]);
+        }
+#endif
+    } else {
+        alignas(64) float tile[N * W];
+        for (std::size_t j = 0; j < W; ++j)
+            for (std::size_t n = 0; n < N; ++n) tile[n * W + j] = src[j * stride + n];
+        for (std::size_t n = 0; n < N; ++n) out[n] = Bt::load_aligned(tile + n * W);
+    }
+}
+
+// The inverse: dst[j·stride + n] = in[n] lane j.
+template <class Arch, std::size_t N>
+MQ_ALWAYS_INLINE void store_columns(const xsimd::batch<float, Arch>* in, float* dst, std::size_t stride) noexcept {
+    using Bt = xsimd::batch<float, Arch>;
+    constexpr std::size_t W = Bt::size;
+    if constexpr (use_avx_transpose_v<Arch, N>) {
+#if defined(__AVX__)
+        for (std::size_t c = 0; c < N; c += 8) {
+            __m256 r[8];
+            for (std::size_t i = 0; i < 8; ++i) r[i] = in[c + i];
+            transpose8x8(r);
+            for (std::size_t j = 0; j < 8; ++j) _mm256_storeu_ps(dst + j * stride + c, r[j]);
+        }
+#endif
+    } else {
+        alignas(64) float tile[N * W];
+        for (std::size_t n = 0; n < N; ++n) in[n].store_aligned(tile + n * W);
+        for (std::size_t j = 0; j < W; ++j)
+            for (std::size_t n = 0; n < N; ++n) dst[j * stride + n] = tile[n * W + j];
+    }
 }
 
 template <class State>
@@ -99,16 +182,15 @@ void selective_scan_block(const SelectiveScanArgs<float>& a, std::size_t d0) noe
     using Bt = xsimd::batch<float, Arch>;
     constexpr std::size_t W = Bt::size;
     const std::size_t L = a.length();
+    // A's columns for this block, kept in a stack tile in L1 (16 more registers would spill).
     alignas(64) float a_tile[N * W];
-    alignas(64) float s_tile[N * W];
-    for (std::size_t j = 0; j < W; ++j)
-        for (std::size_t n = 0; n < N; ++n) {
-            a_tile[n * W + j] = a.A(d0 + j, n);
-            s_tile[n * W + j] = a.state(d0 + j, n);
-        }
+    {
+        Bt a_cols[N];
+        load_columns<Arch, N>(a.A.data + d0 * a.A.stride, a.A.stride, a_cols);
+        for (std::size_t n = 0; n < N; ++n) a_cols[n].store_aligned(a_tile + n * W);
+    }
     Bt s[N];
-#pragma GCC unroll 32
-    for (std::size_t n = 0; n < N; ++n) s[n] = Bt::load_aligned(s_tile + n * W);
+    load_columns<Arch, N>(a.state.data + d0 * a.state.stride, a.state.stride, s);
     const Bt bias = a.delta_bias ? Bt::load_unaligned(a.delta_bias + d0) : Bt(0.0f);
     const Bt dskip = a.D ? Bt::load_unaligned(a.D + d0) : Bt(0.0f);
     // Rows ahead to prefetch: consecutive tokens of one channel block are a row stride apart
@@ -150,10 +232,7 @@ void selective_scan_block(const SelectiveScanArgs<float>& a, std::size_t d0) noe
         if (a.z.data) out *= silu<Arch>(Bt::load_unaligned(a.z.data + t * a.z.stride + d0));
         out.store_unaligned(a.y.data + t * a.y.stride + d0);
     }
-#pragma GCC unroll 32
-    for (std::size_t n = 0; n < N; ++n) s[n].store_aligned(s_tile + n * W);
-    for (std::size_t j = 0; j < W; ++j)
-        for (std::size_t n = 0; n < N; ++n) a.state(d0 + j, n) = s_tile[n * W + j];
+    store_columns<Arch, N>(s, a.state.data + d0 * a.state.stride, a.state.stride);
 }
 
 template <class Arch, std::size_t N>
