@@ -60,6 +60,26 @@ TEST_CASE("exp_approx: relative error bound over the clamped range, and the twin
     CHECK(mismatches == 0);
 }
 
+TEST_CASE("exp2_approx: relative error bound over [-126, 127], and the twin is bit-identical") {
+    const auto xs = sweep(mq::kExp2Min, mq::kExp2Max, kPoints);
+    std::vector<float> ys(xs.size());
+    mq::exp2_approx(mq::default_arch{}, xs.data(), ys.data(), xs.size());
+    double worst = 0.0;
+    std::size_t mismatches = 0;
+    for (std::size_t i = 0; i < xs.size(); ++i) {
+        const double want = std::exp2(static_cast<double>(xs[i]));
+        worst = std::max(worst, std::fabs(ys[i] - want) / want);
+        if (std::bit_cast<std::uint32_t>(ys[i]) != std::bit_cast<std::uint32_t>(mq::exp2_approx_ref(xs[i]))) ++mismatches;
+    }
+    MESSAGE("exp2_approx max relative error: ", worst);
+    CHECK(worst <= mq::kExp2MaxRelError);
+    CHECK(mismatches == 0);
+    CHECK(mq::exp2_approx_ref(0.0f) == 1.0f);
+    CHECK(mq::exp2_approx_ref(-3.0f) == 0.125f);
+    CHECK(mq::exp2_approx_ref(-1000.0f) == std::exp2(-126.0f));
+    CHECK(mq::exp2_approx_ref(1000.0f) == std::exp2(127.0f));
+}
+
 TEST_CASE("exp_approx: clamping outside the range") {
     CHECK(mq::exp_approx_ref(0.0f) == 1.0f);
     CHECK(mq::exp_approx_ref(-1000.0f) == mq::exp_approx_ref(mq::kExpMin));

@@ -135,7 +135,8 @@ void quantized_scan_block(const SelectiveScanArgs<float>& a, const QuantizedScan
     {
         Bt a_cols[N];
         load_columns<Arch, N>(a.A.data + d0 * a.A.stride, a.A.stride, a_cols);
-        for (std::size_t n = 0; n < N; ++n) a_cols[n].store_aligned(a_tile + n * W);
+        // exp(Δ·A) = 2^(Δ·A·log2 e): the base change folded into A once per block
+        for (std::size_t n = 0; n < N; ++n) (a_cols[n] * Bt(kLog2e)).store_aligned(a_tile + n * W);
     }
     Bt s[N];
     load_columns<Arch, N>(a.state.data + d0 * a.state.stride, a.state.stride, s);
@@ -151,9 +152,10 @@ void quantized_scan_block(const SelectiveScanArgs<float>& a, const QuantizedScan
         const bool first = t == 0 && a.first_step_log_scale;
 #pragma GCC unroll 32
         for (std::size_t n = 0; n < N; ++n) {
-            const Bt arg = first ? xsimd::fma(dt, Bt::load_aligned(a_tile + n * W), Bt(a.first_step_log_scale[n]))
+            const Bt arg = first ? xsimd::fma(dt, Bt::load_aligned(a_tile + n * W),
+                                              Bt(a.first_step_log_scale[n] * kLog2e))
                                  : dt * Bt::load_aligned(a_tile + n * W);
-            s[n] = xsimd::fma(exp_approx<Arch>(arg), s[n], dx * Bt(brow[n]));
+            s[n] = xsimd::fma(exp2_approx<Arch>(arg), s[n], dx * Bt(brow[n]));
         }
         Bt r[N];
         if (q.rotation) {

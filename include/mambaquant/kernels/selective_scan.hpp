@@ -187,7 +187,8 @@ void selective_scan_block(const SelectiveScanArgs<float>& a, std::size_t d0) noe
     {
         Bt a_cols[N];
         load_columns<Arch, N>(a.A.data + d0 * a.A.stride, a.A.stride, a_cols);
-        for (std::size_t n = 0; n < N; ++n) a_cols[n].store_aligned(a_tile + n * W);
+        // exp(Δ·A) = 2^(Δ·A·log2 e): the base change folded into A once per block
+        for (std::size_t n = 0; n < N; ++n) (a_cols[n] * Bt(kLog2e)).store_aligned(a_tile + n * W);
     }
     Bt s[N];
     load_columns<Arch, N>(a.state.data + d0 * a.state.stride, a.state.stride, s);
@@ -215,15 +216,15 @@ void selective_scan_block(const SelectiveScanArgs<float>& a, std::size_t d0) noe
         if (t == 0 && a.first_step_log_scale) {
 #pragma GCC unroll 32
             for (std::size_t n = 0; n < N; ++n) {
-                const Bt dA = exp_approx<Arch>(xsimd::fma(dt, Bt::load_aligned(a_tile + n * W),
-                                                          Bt(a.first_step_log_scale[n])));
+                const Bt dA = exp2_approx<Arch>(xsimd::fma(dt, Bt::load_aligned(a_tile + n * W),
+                                                           Bt(a.first_step_log_scale[n] * kLog2e)));
                 s[n] = xsimd::fma(dA, s[n], dx * Bt(brow[n]));
                 acc = xsimd::fma(s[n], Bt(crow[n]), acc);
             }
         } else {
 #pragma GCC unroll 32
             for (std::size_t n = 0; n < N; ++n) {
-                const Bt dA = exp_approx<Arch>(dt * Bt::load_aligned(a_tile + n * W));
+                const Bt dA = exp2_approx<Arch>(dt * Bt::load_aligned(a_tile + n * W));
                 s[n] = xsimd::fma(dA, s[n], dx * Bt(brow[n]));
                 acc = xsimd::fma(s[n], Bt(crow[n]), acc);
             }
