@@ -1,5 +1,7 @@
 // Tests of exp_approx (error bound, bit-identical scalar twin) and the SiLU/softplus built on it.
+#include <mambaquant/core/tensor.hpp>
 #include <mambaquant/kernels/exp.hpp>
+#include <mambaquant/kernels/finite.hpp>
 #include <mambaquant/kernels/silu.hpp>
 #include <mambaquant/kernels/softplus.hpp>
 
@@ -11,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -125,4 +128,24 @@ TEST_CASE("softplus: the bias is added before the activation") {
     }
     mq::softplus(mq::default_arch{}, x.data(), b.data(), y.data(), x.size());
     for (std::size_t i = 0; i < x.size(); ++i) CHECK(y[i] == doctest::Approx(mq::softplus_ref(x[i] + b[i])).epsilon(1e-6));
+}
+
+TEST_CASE("all_finite: SIMD and scalar twin agree on NaN, ±inf and negatives anywhere, tails included") {
+    mq::MatrixXf m = mq::MatrixXf::Constant(5, 19, 0.5f);
+    CHECK(mq::all_finite(mq::default_arch{}, mq::view(std::as_const(m)), true));
+    for (const float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
+                            -std::numeric_limits<float>::infinity(), -1.0f}) {
+        for (const Eigen::Index col : {Eigen::Index(0), Eigen::Index(9), Eigen::Index(18)}) {
+            mq::MatrixXf b = m;
+            b(3, col) = bad;
+            const auto v = mq::view(std::as_const(b));
+            const bool finite = std::isfinite(bad);
+            CHECK(mq::all_finite(mq::default_arch{}, v) == finite);
+            CHECK(mq::all_finite_ref(v) == finite);
+            CHECK_FALSE(mq::all_finite(mq::default_arch{}, v, true));
+            CHECK_FALSE(mq::all_finite_ref(v, true));
+        }
+    }
+    mq::MatrixXf z = mq::MatrixXf::Constant(2, 9, -0.0f);
+    CHECK(mq::all_finite(mq::default_arch{}, mq::view(std::as_const(z)), true));
 }

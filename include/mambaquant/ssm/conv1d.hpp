@@ -6,6 +6,7 @@
 #include <mambaquant/core/simd.hpp>
 #include <mambaquant/core/tensor.hpp>
 #include <mambaquant/kernels/conv1d.hpp>
+#include <mambaquant/kernels/finite.hpp>
 #include <mambaquant/ssm/cache.hpp>
 
 #include <cmath>
@@ -56,9 +57,10 @@ void causal_conv1d(const ConvWeights& w, ConstMatrixView<float> x, ConvCache* ca
     if (cache)
         require(cache->channels() == E && cache->taps() == K, "causal_conv1d: cache: expected E = ", E, ", K = ",
                 K, ", got E = ", cache->channels(), ", K = ", cache->taps());
-    for (std::size_t t = 0; t < L; ++t)
-        for (std::size_t d = 0; d < E; ++d)
-            if (!std::isfinite(x(t, d))) fail("causal_conv1d: x[", t, ", ", d, "] is not finite (", x(t, d), ")");
+    if (!all_finite(arch, x))
+        for (std::size_t t = 0; t < L; ++t)
+            for (std::size_t d = 0; d < E; ++d)
+                require(std::isfinite(x(t, d)), "causal_conv1d: x[", t, ", ", d, "] is not finite (", x(t, d), ")");
     CausalConv1dArgs a;
     a.x = x;
     a.weight = view(w.weight_t);

@@ -5,6 +5,7 @@
 #include <mambaquant/core/error.hpp>
 #include <mambaquant/core/simd.hpp>
 #include <mambaquant/core/tensor.hpp>
+#include <mambaquant/kernels/finite.hpp>
 #include <mambaquant/kernels/selective_scan.hpp>
 #include <mambaquant/kernels/softplus.hpp>
 #include <mambaquant/ssm/cache.hpp>
@@ -70,21 +71,17 @@ struct ScanInputs {
 };
 
 namespace detail {
-// All elements finite, one pass: v·0 is 0 for finite v and NaN for ±inf and NaN.
-inline bool all_finite(ConstMatrixView<float> v) noexcept {
-    float acc = 0.0f;
-    for (std::size_t r = 0; r < v.rows; ++r) {
-        const float* row = v.data + r * v.stride;
-        for (std::size_t c = 0; c < v.cols; ++c) acc += row[c] * 0.0f;
-    }
-    return acc == 0.0f;
-}
-inline void require_finite(ConstMatrixView<float> v, const char* name) {
-    if (all_finite(v)) return;
+// Finite (and non-negative) or an error naming the first bad element; the fast check first.
+template <class Arch>
+void require_finite(Arch arch, ConstMatrixView<float> v, const char* name, bool nonnegative = false) {
+    if (all_finite(arch, v, nonnegative)) return;
     for (std::size_t r = 0; r < v.rows; ++r)
-        for (std::size_t c = 0; c < v.cols; ++c)
+        for (std::size_t c = 0; c < v.cols; ++c) {
             require(std::isfinite(v(r, c)), "selective_scan: ", name, "[", r, ", ", c, "] is not finite (",
                     v(r, c), ")");
+            require(!nonnegative || v(r, c) >= 0.0f, "selective_scan: ", name, "[", r, ", ", c, "] = ", v(r, c),
+                    " is negative (pass the raw projection with delta_softplus = true)");
+        }
 }
 inline void require_view(ConstMatrixView<float> v, std::size_t rows, std::size_t cols, const char* name) {
     require(v.data != nullptr || v.size() == 0, "selective_scan: ", name, " has no data");
@@ -94,8 +91,8 @@ inline void require_view(ConstMatrixView<float> v, std::size_t rows, std::size_t
             v.cols);
 }
 
-template <class P, class State>
-SelectiveScanArgs<State> checked_scan_args(const P& policy, const ScanWeights& w, const ScanInputs& in,
+template <class Arch, class P, class State>
+SelectiveScanArgs<State> checked_scan_args(Arch arch, const P& policy, const ScanWeights& w, const ScanInputs& in,
                                            ScanCache<State>& cache, MatrixView<float> y) {
     const std::size_t E = w.channels(), N = w.state_size(), L = in.x.rows;
     require(E > 0 && N > 0, "selective_scan: ScanWeights are empty");
@@ -108,16 +105,11 @@ SelectiveScanArgs<State> checked_scan_args(const P& policy, const ScanWeights& w
     require_view(y, L, E, "y");
     require(cache.channels() == E && cache.state_size() == N, "selective_scan: cache state: expected [", E, " x ",
             N, "], got [", cache.channels(), " x ", cache.state_size(), "]");
-    require_finite(in.x, "x");
-    require_finite(in.delta, "delta");
-    require_finite(in.B, "B");
-    require_finite(in.C, "C");
-    if (in.z.data != nullptr) require_finite(in.z, "z");
-    if (!in.delta_softplus)
-        for (std::size_t t = 0; t < L; ++t)
-            for (std::size_t d = 0; d < E; ++d)
-                require(in.delta(t, d) >= 0.0f, "selective_scan: delta[", t, ", ", d, "] = ", in.delta(t, d),
-                        " is negative (pass the raw projection with delta_softplus = true)");
+    require_finite(arch, in.x, "x");
+    require_finite(arch, in.delta, "delta", !in.delta_softplus); // Δ itself must be ≥ 0
+    require_finite(arch, in.B, "B");
+    require_finite(arch, in.C, "C");
+    if (in.z.data != nullptr) require_finite(arch, in.z, "z");
     policy.check(E, N);
     SelectiveScanArgs<State> a;
     a.x = in.x;
@@ -140,7 +132,7 @@ SelectiveScanArgs<State> checked_scan_args(const P& policy, const ScanWeights& w
 template <ScanPolicy P, class State, class Arch = default_arch>
 void selective_scan(const P& policy, const ScanWeights& w, const ScanInputs& in, ScanCache<State>& cache,
                     MatrixView<float> y, Arch arch = {}) {
-    const SelectiveScanArgs<State> a = detail::checked_scan_args(policy, w, in, cache, y);
+    const SelectiveScanArgs<State> a = detail::checked_scan_args(arch, policy, w, in, cache, y);
     policy.run(arch, a, cache);
 }
 
