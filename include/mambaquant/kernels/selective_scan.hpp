@@ -258,8 +258,13 @@ void selective_scan_ref(const SelectiveScanArgs<State>& a) noexcept {
 
 // SIMD scan: channel blocks of the SIMD width, each over the whole sequence with its state in
 // registers. Specialized for N ∈ {4, 8, 16, 32} with a float state; other N or state types
-// run the reference. Differs from the reference only by exp_approx (≤ kExpMaxRelError per
-// decay factor), softplus/SiLU built on it, and FMA contraction; see the tests for the bound.
+// run the reference. It differs from the reference by the decay 2^(Δ·(A·log2 e)) through
+// exp2_approx (≤ kExp2MaxRelError, plus one more rounding of the product), softplus/SiLU on
+// exp_approx, Δ·x formed once (Δ·x·B instead of Δ·B·x) and y summed as two partial sums (even
+// and odd n). Measured against float64 the outputs stay within 1e-6 of the magnitude of their
+// terms on Mamba shapes up to L = 2048 (test_selective_scan.cpp checks ≤ 1e-5). Channel tails
+// (E not a multiple of the width) run the reference arithmetic. Prefill, decode steps and
+// chunked prefill run the same per-channel arithmetic, so they agree bit for bit.
 template <class Arch, class State>
 void selective_scan(Arch, const SelectiveScanArgs<State>& a) noexcept {
     MQ_ASSERT(detail::scan_args_consistent(a), "selective_scan: inconsistent shapes");
