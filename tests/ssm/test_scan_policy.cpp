@@ -10,6 +10,7 @@
 #include <cmath>
 #include <span>
 #include <cstddef>
+#include <utility>
 #include <vector>
 
 namespace {
