@@ -26,6 +26,8 @@ struct Shapes {
     int d, e, n, r, k = 4;
 };
 
+inline std::vector<std::vector<double>> load_channel_profile();
+
 inline MatrixXd gaussian(mq::Rng& rng, Eigen::Index rows, Eigen::Index cols, double sigma) {
     MatrixXd m(rows, cols);
     for (Eigen::Index i = 0; i < rows; ++i)
@@ -83,6 +85,19 @@ inline MatrixXf profile_activations(mq::Rng& rng, const std::vector<double>& p, 
     MatrixXd x = std::sqrt(rho) * (f * b) + gaussian(rng, rows, d, std::sqrt(1.0 - rho));
     for (Eigen::Index j = 0; j < d; ++j) x.col(j) = (x.col(j).array() * p[static_cast<std::size_t>(j)] + 0.1 * p[static_cast<std::size_t>(j)]).matrix();
     return x.cast<float>();
+}
+
+// A residual-stream input [L, D] shaped like mamba-130m's (its layer-0 channel profile when
+// D = 768 and the shared data is there, a seeded random profile otherwise).
+inline MatrixXd residual_input(mq::Rng& rng, Eigen::Index d, Eigen::Index rows) {
+    std::vector<double> p;
+    const auto profile = load_channel_profile();
+    if (d == 768 && !profile.empty()) {
+        p = profile[0];
+    } else {
+        for (Eigen::Index j = 0; j < d; ++j) p.push_back(0.5 + 2.5 * rng.uniform() * rng.uniform());
+    }
+    return profile_activations(rng, p, rows, 8, 0.5).cast<double>();
 }
 
 // What a calibration pass records inside a layer (all in the layer's own units).

@@ -83,7 +83,7 @@ TEST_CASE("KltHadamard: built on the library's Hadamard for m·2^k sizes, random
     for (Eigen::Index n : {12, 48, 192}) {
         CAPTURE(n);
         mq::CovarianceAccumulator acc(static_cast<std::size_t>(n));
-        acc.add(mqtest::gaussian(rng, 4 * n, n, 1.0) * mqtest::gaussian(rng, n, n, 1.0));
+        acc.add(mq::MatrixXd(mqtest::gaussian(rng, 4 * n, n, 1.0) * mqtest::gaussian(rng, n, n, 1.0)));
         const mq::Klt k = mq::klt_from_covariance(acc.covariance());
         const mq::KltHadamard q = mq::klt_hadamard(k);
         CHECK((q.matrix - k.basis * mq::hadamard_matrix<double>(static_cast<std::size_t>(n))).cwiseAbs().maxCoeff() == 0.0);
