@@ -22,12 +22,12 @@ MQ_NAMESPACE_BEGIN
 
 namespace detail {
 // W·Q (Q acting on the input side of a weight [out, in]).
-inline MatrixXf times(const MatrixXf& w, const MatrixXd& q) { return (w.cast<double>() * q).cast<float>(); }
+inline MatrixXf fusion_fold_right(const MatrixXf& w, const MatrixXd& q) { return (w.cast<double>() * q).cast<float>(); }
 // Qᵀ·W (Q acting on the output side).
-inline MatrixXf transpose_times(const MatrixXd& q, const Eigen::Ref<const MatrixXf>& w) {
+inline MatrixXf fusion_fold_left(const MatrixXd& q, const Eigen::Ref<const MatrixXf>& w) {
     return (q.transpose() * w.cast<double>()).cast<float>();
 }
-inline bool all_ones(const Eigen::VectorXf& v) { return (v.array() == 1.0f).all(); }
+inline bool fusion_all_ones(const Eigen::VectorXf& v) { return (v.array() == 1.0f).all(); }
 } // namespace detail
 
 // hn = h·rsqrt(mean(h²) + ε)·γ, so hn·W_inᵀ = (h·rsqrt(…))·(W_in·diag(γ))ᵀ:
@@ -49,11 +49,11 @@ inline MambaLayerWeights rotate_residual(const MambaLayerWeights& w, const Matri
     validate(w);
     const auto d = static_cast<Eigen::Index>(w.d_model());
     require_orthogonal(q1, d, "rotate_residual (R1): Q1");
-    require(detail::all_ones(w.norm), "rotate_residual (R1): the layer's RMSNorm γ is not 1; fold it into in_proj "
+    require(detail::fusion_all_ones(w.norm), "rotate_residual (R1): the layer's RMSNorm γ is not 1; fold it into in_proj "
                                       "first (fold_norm)");
     MambaLayerWeights out = w;
-    out.in_proj = detail::times(w.in_proj, q1);
-    out.out_proj = detail::transpose_times(q1, w.out_proj);
+    out.in_proj = detail::fusion_fold_right(w.in_proj, q1);
+    out.out_proj = detail::fusion_fold_left(q1, w.out_proj);
     return out;
 }
 
@@ -67,7 +67,7 @@ inline MambaWeights rotate_residual(const MambaWeights& m, const MatrixXd& q1) {
     MambaWeights out;
     out.layers.reserve(m.layers.size());
     for (const auto& layer : m.layers) out.layers.push_back(rotate_residual(fold_norm(layer), q1));
-    out.embedding = detail::times(m.embedding, q1);
+    out.embedding = detail::fusion_fold_right(m.embedding, q1);
     const MatrixXd head_gamma = m.head().cast<double>().array().rowwise() * m.norm_f.cast<double>().transpose().array();
     out.lm_head = (head_gamma * q1).cast<float>();
     out.norm_f = Eigen::VectorXf::Ones(d);
@@ -83,9 +83,9 @@ inline MambaLayerWeights rotate_dt_path(const MambaLayerWeights& w, const Matrix
     const auto r = static_cast<Eigen::Index>(w.dt_rank());
     require_orthogonal(q5, r, "rotate_dt_path (R5): Q5");
     MambaLayerWeights out = w;
-    out.x_proj.topRows(r) = detail::transpose_times(q5, w.x_proj.topRows(r));
+    out.x_proj.topRows(r) = detail::fusion_fold_left(q5, w.x_proj.topRows(r));
     out.dt_shift = (q5.transpose() * w.dt_shift.cast<double>()).cast<float>();
-    out.dt_proj = detail::times(w.dt_proj, q5);
+    out.dt_proj = detail::fusion_fold_right(w.dt_proj, q5);
     return out;
 }
 
@@ -97,9 +97,9 @@ inline MambaLayerWeights rotate_out_proj_input(const MambaLayerWeights& w, const
     const auto e = static_cast<Eigen::Index>(w.d_inner());
     require_orthogonal(h, e, "rotate_out_proj_input (R2): H");
     MambaLayerWeights out = w;
-    out.out_proj = detail::times(w.out_proj, h);
+    out.out_proj = detail::fusion_fold_right(w.out_proj, h);
     out.out_rotation = w.out_rotation.size() == 0 ? MatrixXf(h.cast<float>())
-                                                  : detail::times(w.out_rotation, h);
+                                                  : detail::fusion_fold_right(w.out_rotation, h);
     return out;
 }
 
@@ -113,9 +113,9 @@ inline MambaLayerWeights rotate_state(const MambaLayerWeights& w, const MatrixXd
     const auto r = static_cast<Eigen::Index>(w.dt_rank()), n = static_cast<Eigen::Index>(w.d_state());
     require_orthogonal(h, n, "rotate_state (R4): H");
     MambaLayerWeights out = w;
-    out.x_proj.middleRows(r + n, n) = detail::transpose_times(h, w.x_proj.middleRows(r + n, n));
+    out.x_proj.middleRows(r + n, n) = detail::fusion_fold_left(h, w.x_proj.middleRows(r + n, n));
     out.state_rotation = w.state_rotation.size() == 0 ? MatrixXf(h.cast<float>())
-                                                      : detail::times(w.state_rotation, h);
+                                                      : detail::fusion_fold_right(w.state_rotation, h);
     return out;
 }
 

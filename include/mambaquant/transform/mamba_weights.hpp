@@ -59,12 +59,12 @@ struct MambaLayerWeights {
 };
 
 namespace detail {
-inline void require_dims(const char* tensor, Eigen::Index rows, Eigen::Index cols, Eigen::Index want_rows,
+inline void require_layer_dims(const char* tensor, Eigen::Index rows, Eigen::Index cols, Eigen::Index want_rows,
                          Eigen::Index want_cols) {
     require(rows == want_rows && cols == want_cols, "MambaLayerWeights: ", tensor, ": expected shape [",
             want_rows, " x ", want_cols, "], got [", rows, " x ", cols, "]");
 }
-inline void require_len(const char* tensor, Eigen::Index size, Eigen::Index want) {
+inline void require_layer_len(const char* tensor, Eigen::Index size, Eigen::Index want) {
     require(size == want, "MambaLayerWeights: ", tensor, ": expected length ", want, ", got ", size);
 }
 } // namespace detail
@@ -76,22 +76,22 @@ inline void validate(const MambaLayerWeights& w) {
                        k = w.conv_w.cols();
     require(d > 0 && e > 0 && r > 0 && n > 0 && k > 0, "MambaLayerWeights: empty dimension (D=", d, ", E=", e,
             ", R=", r, ", N=", n, ", K=", k, ")");
-    detail::require_dims("in_proj", w.in_proj.rows(), w.in_proj.cols(), 2 * e, d);
-    detail::require_dims("conv_w", w.conv_w.rows(), w.conv_w.cols(), e, k);
-    detail::require_len("conv_b", w.conv_b.size(), e);
-    detail::require_dims("x_proj", w.x_proj.rows(), w.x_proj.cols(), r + 2 * n, e);
-    detail::require_dims("dt_proj", w.dt_proj.rows(), w.dt_proj.cols(), e, r);
-    detail::require_len("dt_bias", w.dt_bias.size(), e);
-    detail::require_dims("A_log", w.A_log.rows(), w.A_log.cols(), e, n);
-    detail::require_len("D", w.D.size(), e);
-    detail::require_dims("out_proj", w.out_proj.rows(), w.out_proj.cols(), d, e);
-    detail::require_len("norm", w.norm.size(), d);
-    detail::require_len("gate_scale", w.gate_scale.size(), e);
-    detail::require_len("dt_shift", w.dt_shift.size(), r);
-    detail::require_len("state_scale", w.state_scale.size(), n);
-    if (w.out_rotation.size() != 0) detail::require_dims("out_rotation", w.out_rotation.rows(), w.out_rotation.cols(), e, e);
+    detail::require_layer_dims("in_proj", w.in_proj.rows(), w.in_proj.cols(), 2 * e, d);
+    detail::require_layer_dims("conv_w", w.conv_w.rows(), w.conv_w.cols(), e, k);
+    detail::require_layer_len("conv_b", w.conv_b.size(), e);
+    detail::require_layer_dims("x_proj", w.x_proj.rows(), w.x_proj.cols(), r + 2 * n, e);
+    detail::require_layer_dims("dt_proj", w.dt_proj.rows(), w.dt_proj.cols(), e, r);
+    detail::require_layer_len("dt_bias", w.dt_bias.size(), e);
+    detail::require_layer_dims("A_log", w.A_log.rows(), w.A_log.cols(), e, n);
+    detail::require_layer_len("D", w.D.size(), e);
+    detail::require_layer_dims("out_proj", w.out_proj.rows(), w.out_proj.cols(), d, e);
+    detail::require_layer_len("norm", w.norm.size(), d);
+    detail::require_layer_len("gate_scale", w.gate_scale.size(), e);
+    detail::require_layer_len("dt_shift", w.dt_shift.size(), r);
+    detail::require_layer_len("state_scale", w.state_scale.size(), n);
+    if (w.out_rotation.size() != 0) detail::require_layer_dims("out_rotation", w.out_rotation.rows(), w.out_rotation.cols(), e, e);
     if (w.state_rotation.size() != 0)
-        detail::require_dims("state_rotation", w.state_rotation.rows(), w.state_rotation.cols(), n, n);
+        detail::require_layer_dims("state_rotation", w.state_rotation.rows(), w.state_rotation.cols(), n, n);
 }
 
 // A whole Mamba-1 model: embedding [V, D], layers, final norm [D], LM head [V, D]. When

@@ -33,19 +33,19 @@ struct SmoothResult {
 };
 
 namespace detail {
-inline void require_stat(const Eigen::VectorXd& v, Eigen::Index n, const char* site, const char* what) {
+inline void smooth_require_stat(const Eigen::VectorXd& v, Eigen::Index n, const char* site, const char* what) {
     require(v.size() == n, site, ": ", what, " has ", v.size(), " channels, expected ", n);
     for (Eigen::Index i = 0; i < n; ++i)
         require(std::isfinite(v[i]) && v[i] >= 0.0, site, ": ", what, "[", i, "] = ", v[i],
                 " (must be finite and >= 0)");
 }
-inline void require_scale(const Eigen::VectorXd& s, Eigen::Index n, const char* site) {
+inline void smooth_require_scale(const Eigen::VectorXd& s, Eigen::Index n, const char* site) {
     require(s.size() == n, site, ": scale has ", s.size(), " entries, expected ", n);
     for (Eigen::Index i = 0; i < n; ++i)
         require(std::isfinite(s[i]) && s[i] > 0.0, site, ": scale[", i, "] = ", s[i], " (must be finite and > 0)");
 }
 // max_i |W_ij| over the rows of W: one value per input column j.
-inline Eigen::VectorXd column_absmax(const Eigen::Ref<const MatrixXf>& w) {
+inline Eigen::VectorXd smooth_column_absmax(const Eigen::Ref<const MatrixXf>& w) {
     return w.cast<double>().cwiseAbs().colwise().maxCoeff().transpose();
 }
 } // namespace detail
@@ -58,13 +58,13 @@ inline Eigen::VectorXd smoothing_scales(const Eigen::VectorXd& act_absmax, const
                                         SmoothParams p = {}, const char* site = "smoothing_scales") {
     require(p.alpha >= 0.0 && p.alpha <= 1.0, site, ": alpha must be in [0, 1], got ", p.alpha);
     require(std::isfinite(p.floor) && p.floor > 0.0, site, ": floor must be finite and > 0, got ", p.floor);
-    detail::require_stat(act_absmax, act_absmax.size(), site, "activation max|X|");
-    detail::require_stat(weight_absmax, act_absmax.size(), site, "weight max|W|");
+    detail::smooth_require_stat(act_absmax, act_absmax.size(), site, "activation max|X|");
+    detail::smooth_require_stat(weight_absmax, act_absmax.size(), site, "weight max|W|");
     Eigen::VectorXd s(act_absmax.size());
     for (Eigen::Index j = 0; j < s.size(); ++j)
         s[j] = std::pow(std::max(act_absmax[j], p.floor), p.alpha) /
                std::pow(std::max(weight_absmax[j], p.floor), 1.0 - p.alpha);
-    detail::require_scale(s, s.size(), site); // e.g. an overflow for absurd statistics
+    detail::smooth_require_scale(s, s.size(), site); // e.g. an overflow for absurd statistics
     return s;
 }
 
@@ -73,7 +73,7 @@ inline Eigen::VectorXd smoothing_scales(const Eigen::VectorXd& act_absmax, const
 //   W_in ← W_in·diag(s)   (both the x and the z rows read hn).
 inline MambaLayerWeights apply_norm_smoothing(const MambaLayerWeights& w, const Eigen::VectorXd& s) {
     validate(w);
-    detail::require_scale(s, w.norm.size(), "apply_norm_smoothing");
+    detail::smooth_require_scale(s, w.norm.size(), "apply_norm_smoothing");
     MambaLayerWeights out = w;
     out.norm = (w.norm.cast<double>().array() / s.array()).cast<float>().matrix();
     out.in_proj = (w.in_proj.cast<double>().array().rowwise() * s.transpose().array()).cast<float>();
@@ -84,7 +84,7 @@ inline SmoothResult smooth_norm(const MambaLayerWeights& w, const Eigen::VectorX
                                 SmoothParams p = {}) {
     validate(w);
     const Eigen::VectorXd s =
-        smoothing_scales(in_proj_input_absmax, detail::column_absmax(w.in_proj), p, "smooth_norm");
+        smoothing_scales(in_proj_input_absmax, detail::smooth_column_absmax(w.in_proj), p, "smooth_norm");
     return {apply_norm_smoothing(w, s), s};
 }
 
@@ -97,7 +97,7 @@ inline SmoothResult smooth_norm(const MambaLayerWeights& w, const Eigen::VectorX
 inline MambaLayerWeights apply_gate_smoothing(const MambaLayerWeights& w, const Eigen::VectorXd& s) {
     validate(w);
     const Eigen::Index e = static_cast<Eigen::Index>(w.d_inner());
-    detail::require_scale(s, e, "apply_gate_smoothing");
+    detail::smooth_require_scale(s, e, "apply_gate_smoothing");
     require(w.out_rotation.size() == 0, "apply_gate_smoothing: the layer already has an online out_proj rotation (R2); "
                                         "apply S2 before R2");
     MambaLayerWeights out = w;
@@ -111,7 +111,7 @@ inline SmoothResult smooth_gate(const MambaLayerWeights& w, const Eigen::VectorX
                                 SmoothParams p = {}) {
     validate(w);
     const Eigen::VectorXd s =
-        smoothing_scales(out_proj_input_absmax, detail::column_absmax(w.out_proj), p, "smooth_gate (S2)");
+        smoothing_scales(out_proj_input_absmax, detail::smooth_column_absmax(w.out_proj), p, "smooth_gate (S2)");
     return {apply_gate_smoothing(w, s), s};
 }
 
@@ -126,7 +126,7 @@ inline SmoothResult smooth_gate(const MambaLayerWeights& w, const Eigen::VectorX
 inline MambaLayerWeights apply_state_smoothing(const MambaLayerWeights& w, const Eigen::VectorXd& s) {
     validate(w);
     const Eigen::Index r = static_cast<Eigen::Index>(w.dt_rank()), n = static_cast<Eigen::Index>(w.d_state());
-    detail::require_scale(s, n, "apply_state_smoothing");
+    detail::smooth_require_scale(s, n, "apply_state_smoothing");
     require(w.state_rotation.size() == 0,
             "apply_state_smoothing: the layer already has an online state rotation (R4); apply S4 before R4");
     MambaLayerWeights out = w;
@@ -141,8 +141,8 @@ inline Eigen::VectorXd state_smoothing_scales(const Eigen::VectorXd& state_absma
     const char* site = "state_smoothing_scales (S4)";
     require(std::isfinite(p.lo) && std::isfinite(p.hi) && p.lo > 0.0 && p.lo <= p.hi, site,
             ": clamp must satisfy 0 < lo <= hi, got [", p.lo, ", ", p.hi, "]");
-    detail::require_stat(state_absmax, state_absmax.size(), site, "max|state|");
-    detail::require_stat(c_absmax, state_absmax.size(), site, "max|C|");
+    detail::smooth_require_stat(state_absmax, state_absmax.size(), site, "max|state|");
+    detail::smooth_require_stat(c_absmax, state_absmax.size(), site, "max|C|");
     Eigen::VectorXd s(state_absmax.size());
     constexpr double kTiny = 1e-30; // 0/0 → 1; 0 in C alone → hi; 0 in the state alone → lo
     for (Eigen::Index i = 0; i < s.size(); ++i)
@@ -164,7 +164,7 @@ inline SmoothResult smooth_state(const MambaLayerWeights& w, const Eigen::Vector
 inline MambaLayerWeights apply_dt_smoothing(const MambaLayerWeights& w, const Eigen::VectorXd& s) {
     validate(w);
     const Eigen::Index r = static_cast<Eigen::Index>(w.dt_rank());
-    detail::require_scale(s, r, "apply_dt_smoothing");
+    detail::smooth_require_scale(s, r, "apply_dt_smoothing");
     MambaLayerWeights out = w;
     out.x_proj.topRows(r) = (w.x_proj.topRows(r).cast<double>().array().colwise() / s.array()).cast<float>();
     out.dt_shift = (w.dt_shift.cast<double>().array() / s.array()).cast<float>().matrix();
@@ -174,7 +174,7 @@ inline MambaLayerWeights apply_dt_smoothing(const MambaLayerWeights& w, const Ei
 // s from max|dt_r| of the dt input as the layer computes it (after any shift) and dt_proj columns.
 inline SmoothResult smooth_dt(const MambaLayerWeights& w, const Eigen::VectorXd& dt_input_absmax, SmoothParams p = {}) {
     validate(w);
-    const Eigen::VectorXd s = smoothing_scales(dt_input_absmax, detail::column_absmax(w.dt_proj), p, "smooth_dt (S5)");
+    const Eigen::VectorXd s = smoothing_scales(dt_input_absmax, detail::smooth_column_absmax(w.dt_proj), p, "smooth_dt (S5)");
     return {apply_dt_smoothing(w, s), s};
 }
 
@@ -184,7 +184,7 @@ inline SmoothResult smooth_dt(const MambaLayerWeights& w, const Eigen::VectorXd&
 inline MambaLayerWeights apply_conv_smoothing(const MambaLayerWeights& w, const Eigen::VectorXd& s) {
     validate(w);
     const Eigen::Index e = static_cast<Eigen::Index>(w.d_inner());
-    detail::require_scale(s, e, "apply_conv_smoothing");
+    detail::smooth_require_scale(s, e, "apply_conv_smoothing");
     MambaLayerWeights out = w;
     out.in_proj.topRows(e) = (w.in_proj.topRows(e).cast<double>().array().colwise() / s.array()).cast<float>();
     out.conv_w = (w.conv_w.cast<double>().array().colwise() * s.array()).cast<float>();
