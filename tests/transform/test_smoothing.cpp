@@ -18,7 +18,11 @@ namespace {
 constexpr double kTol = 1e-5; // the bar: the transformed float layer within 1e-5 relative
 
 std::vector<mqtest::Shapes> shapes() {
+#if defined(__SANITIZE_ADDRESS__) // the -O2 run covers the Mamba shape; ASan keeps CI short
+    return {{50, 100, 16, 4}};
+#else
     return {{768, 1536, 16, 48}, {50, 100, 16, 4}}; // mamba-130m, and odd sizes
+#endif
 }
 Eigen::VectorXd absmax(const mq::MatrixXd& m) { return m.cwiseAbs().colwise().maxCoeff().transpose(); }
 
