@@ -1,0 +1,65 @@
+#include <mambaquant/calib/covariance.hpp>
+#include <mambaquant/core/rng.hpp>
+#include <mambaquant/transform/klt.hpp>
+
+#include "mamba_reference.hpp"
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <limits>
+
+TEST_CASE("klt: K·Λ·Kᵀ reconstructs the covariance, K is orthogonal, λ descending, signs fixed") {
+    mq::Rng rng(11);
+    for (Eigen::Index d : {1, 7, 96}) {
+        CAPTURE(d);
+        const mq::MatrixXd g = mqtest::gaussian(rng, 3 * d + 5, d, 1.0);
+        mq::CovarianceAccumulator acc(static_cast<std::size_t>(d));
+        acc.add(g);
+        const mq::MatrixXd cov = acc.covariance();
+        const mq::Klt k = mq::klt_from_covariance(cov);
+        REQUIRE(k.dim() == static_cast<std::size_t>(d));
+        const mq::MatrixXd recon = k.basis * k.eigenvalues.asDiagonal() * k.basis.transpose();
+        CHECK((recon - cov).cwiseAbs().maxCoeff() < 1e-12 * cov.cwiseAbs().maxCoeff() * d);
+        CHECK((k.basis.transpose() * k.basis - mq::MatrixXd::Identity(d, d)).cwiseAbs().maxCoeff() < 1e-12 * d);
+        for (Eigen::Index j = 1; j < d; ++j) CHECK(k.eigenvalues[j - 1] >= k.eigenvalues[j]);
+        for (Eigen::Index j = 0; j < d; ++j) {
+            Eigen::Index at = 0;
+            k.basis.col(j).cwiseAbs().maxCoeff(&at);
+            CHECK(k.basis(at, j) > 0.0);
+        }
+        // Deterministic: the same covariance gives the same bits.
+        const mq::Klt again = mq::klt_from_covariance(cov);
+        CHECK(again.basis == k.basis);
+        CHECK(again.eigenvalues == k.eigenvalues);
+    }
+}
+
+TEST_CASE("klt: the sign rule makes the basis independent of the eigensolver's sign choice") {
+    // A diagonal covariance with distinct entries has eigenvectors ±e_i: the rule picks +e_i, in
+    // descending order of the diagonal.
+    mq::MatrixXd c = mq::MatrixXd::Zero(4, 4);
+    c.diagonal() << 1.0, 4.0, 2.0, 3.0;
+    const mq::Klt k = mq::klt_from_covariance(c);
+    CHECK(k.eigenvalues[0] == doctest::Approx(4.0));
+    CHECK(k.eigenvalues[3] == doctest::Approx(1.0));
+    mq::MatrixXd expected = mq::MatrixXd::Zero(4, 4);
+    expected(1, 0) = expected(3, 1) = expected(2, 2) = expected(0, 3) = 1.0;
+    CHECK((k.basis - expected).cwiseAbs().maxCoeff() < 1e-15);
+
+    mq::MatrixXd flipped = mq::MatrixXd::Identity(3, 3);
+    flipped.col(1) *= -1.0;
+    mq::fix_eigenvector_signs(flipped);
+    CHECK(flipped == mq::MatrixXd::Identity(3, 3));
+}
+
+TEST_CASE("klt: bad covariances are clear errors") {
+    CHECK_THROWS_WITH_AS(mq::klt_from_covariance(mq::MatrixXd(0, 0)), doctest::Contains("square and non-empty"), mq::error);
+    CHECK_THROWS_WITH_AS(mq::klt_from_covariance(mq::MatrixXd::Zero(3, 4)), doctest::Contains("got [3 x 4]"), mq::error);
+    mq::MatrixXd c = mq::MatrixXd::Identity(3, 3);
+    c(1, 2) = std::numeric_limits<double>::quiet_NaN();
+    CHECK_THROWS_WITH_AS(mq::klt_from_covariance(c), doctest::Contains("non-finite"), mq::error);
+    c = mq::MatrixXd::Identity(3, 3);
+    c(0, 2) = 0.5;
+    CHECK_THROWS_WITH_AS(mq::klt_from_covariance(c), doctest::Contains("not symmetric"), mq::error);
+}
