@@ -173,7 +173,10 @@ inline MambaConfig load_mamba_config(const std::filesystem::path& path) {
 // config.json text in the requested layout (the vocabulary written padded in the transformers one).
 inline std::string mamba_config_json(const MambaConfig& c, ConfigLayout layout) {
     nlohmann::json j;
+    const bool whole_expand = c.d_model > 0 && c.d_inner % c.d_model == 0;
     if (layout == ConfigLayout::mamba_ssm) {
+        require(whole_expand, "mamba_config_json: d_inner ", c.d_inner, " is not a multiple of d_model ", c.d_model,
+                ", which the mamba_ssm layout (expand) cannot express");
         j = {{"d_model", c.d_model}, {"n_layer", c.n_layer}, {"vocab_size", c.vocab_size},
              {"ssm_cfg", {{"d_state", c.d_state}, {"d_conv", c.d_conv}, {"expand", c.d_inner / c.d_model},
                           {"dt_rank", c.dt_rank}, {"conv_bias", c.conv_bias}}},
@@ -185,6 +188,7 @@ inline std::string mamba_config_json(const MambaConfig& c, ConfigLayout layout) 
              {"expand", c.d_inner / c.d_model}, {"intermediate_size", c.d_inner}, {"time_step_rank", c.dt_rank},
              {"layer_norm_epsilon", c.norm_eps}, {"tie_word_embeddings", c.tie_embeddings},
              {"use_conv_bias", c.conv_bias}, {"use_bias", false}, {"hidden_act", "silu"}};
+        if (!whole_expand) j.erase("expand");
     }
     return j.dump(2);
 }
