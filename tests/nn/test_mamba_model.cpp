@@ -198,3 +198,21 @@ TEST_CASE("random model is deterministic and finite") {
     CHECK(la.allFinite());
     CHECK(la.cwiseAbs().maxCoeff() > 0.0f);
 }
+
+TEST_CASE("save then load round-trips a model in both layouts") {
+    const auto model = mq::MambaModel::load(kGolden / "tiny-mamba" / "hf");
+    const Golden g = load_golden(kGolden / "tiny-mamba" / "golden.safetensors", 2);
+    for (auto layout : {mq::ConfigLayout::mamba_ssm, mq::ConfigLayout::transformers}) {
+        const auto dir = std::filesystem::temp_directory_path() / "mq_test_model_save";
+        std::filesystem::remove_all(dir);
+        model.save(dir, layout);
+        const auto back = mq::MambaModel::load(dir);
+        CHECK(back.config().layout == layout);
+        CHECK(back.config().padded_vocab == 104);
+        CHECK(back.embedding() == model.embedding());
+        // A survives log then exp to within an ulp or two.
+        CHECK((back.layers()[1].weights().A - model.layers()[1].weights().A).cwiseAbs().maxCoeff() < 1e-5f);
+        check_against_golden(back, g);
+        std::filesystem::remove_all(dir);
+    }
+}

@@ -16,6 +16,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <fstream>
 #include <span>
 #include <string>
 #include <vector>
@@ -136,6 +137,45 @@ public:
                                    cfg.norm_eps);
         }
         return m;
+    }
+
+    // Writes config.json (in `layout`) and model.safetensors with Hugging Face names, F32,
+    // A stored back as A_log = log(−A). The embedding takes `layout`'s spelling; the head is
+    // written only when untied.
+    void save(const std::filesystem::path& dir, ConfigLayout layout = ConfigLayout::transformers,
+              const Metadata& metadata = {{"format", "pt"}}) const {
+        std::filesystem::create_directories(dir);
+        std::vector<MatrixXf> owned; // A_log per layer, kept alive until the write
+        owned.reserve(layers_.size());
+        std::vector<TensorData> ts;
+        const auto D = config_.d_model, E = config_.d_inner, N = config_.d_state, R = config_.dt_rank,
+                   K = config_.d_conv, V = config_.padded_vocab;
+        auto add = [&](std::string name, const auto& m, std::vector<std::size_t> shape) {
+            ts.push_back({std::move(name), DType::F32, std::move(shape),
+                          std::as_bytes(std::span<const float>(m.data(), static_cast<std::size_t>(m.size())))});
+        };
+        add(layout == ConfigLayout::mamba_ssm ? "backbone.embedding.weight" : "backbone.embeddings.weight", embedding_, {V, D});
+        if (!tied_) add("lm_head.weight", lm_head_, {V, D});
+        add("backbone.norm_f.weight", norm_f_, {D});
+        for (std::size_t i = 0; i < layers_.size(); ++i) {
+            const auto& w = layers_[i].weights();
+            const std::string p = "backbone.layers." + std::to_string(i) + ".";
+            owned.push_back((-w.A.array()).log().matrix());
+            add(p + "norm.weight", w.norm, {D});
+            add(p + "mixer.in_proj.weight", w.in_proj, {2 * E, D});
+            add(p + "mixer.conv1d.weight", w.conv_weight, {E, 1, K});
+            if (config_.conv_bias) add(p + "mixer.conv1d.bias", w.conv_bias, {E});
+            add(p + "mixer.x_proj.weight", w.x_proj, {R + 2 * N, E});
+            add(p + "mixer.dt_proj.weight", w.dt_proj, {E, R});
+            add(p + "mixer.dt_proj.bias", w.dt_bias, {E});
+            add(p + "mixer.A_log", owned.back(), {E, N});
+            add(p + "mixer.D", w.D, {E});
+            add(p + "mixer.out_proj.weight", w.out_proj, {D, E});
+        }
+        MambaConfig c = config_;
+        c.tie_embeddings = tied_;
+        std::ofstream(dir / "config.json") << mamba_config_json(c, layout) << '\n';
+        save_safetensors(dir / kSafetensorsSingleName, ts, metadata);
     }
 
     const MambaConfig& config() const noexcept { return config_; }
