@@ -97,6 +97,9 @@ public:
     FloatTensor load_float(std::string_view name, const std::vector<std::size_t>& shape) const {
         return file_of(name).load_float(name, shape);
     }
+    void load_float_into(std::string_view name, const std::vector<std::size_t>& shape, std::span<float> dst) const {
+        file_of(name).load_float_into(name, shape, dst);
+    }
 
 private:
     static Checkpoint open_index(const std::filesystem::path& index_path) {

@@ -336,6 +336,17 @@ public:
         convert_to_float(t.dtype, bytes(t).data(), out.data.data(), out.data.size());
         return out;
     }
+    // Converts straight into caller memory of exactly numel floats (no intermediate copy).
+    void load_float_into(std::string_view name, const std::vector<std::size_t>& expected_shape, std::span<float> dst) const {
+        const TensorInfo& t = info(name);
+        require(t.shape == expected_shape, source_, ": tensor \"", name, "\": expected shape ",
+                detail::shape_string(expected_shape), ", got ", detail::shape_string(t.shape));
+        require(dtype_is_float(t.dtype), source_, ": tensor \"", name, "\": dtype ", dtype_name(t.dtype),
+                " is not a float type");
+        require(dst.size() == t.numel(), source_, ": tensor \"", name, "\": destination holds ", dst.size(),
+                " floats, tensor has ", t.numel());
+        convert_to_float(t.dtype, bytes(t).data(), dst.data(), dst.size());
+    }
     FloatTensor load_float(std::string_view name, const std::vector<std::size_t>& expected_shape) const {
         const TensorInfo& t = info(name);
         require(t.shape == expected_shape, source_, ": tensor \"", name, "\": expected shape ",

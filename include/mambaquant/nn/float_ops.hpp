@@ -65,15 +65,19 @@ inline void causal_conv1d(const Eigen::Ref<const MatrixXf>& x, const MatrixXf& w
 // delta [L,E], x [L,E], B/C [L,N] (column blocks of x_proj's output), A [E,N]; y [L,E].
 inline void selective_scan(const MatrixXf& delta, const MatrixXf& x, const Eigen::Ref<const MatrixXf>& B,
                            const Eigen::Ref<const MatrixXf>& C, const MatrixXf& A, const Eigen::RowVectorXf& Dv,
-                           MatrixXf& state, MatrixXf& dA, MatrixXf& y) {
+                           MatrixXf& state, MatrixXf& dA, Eigen::VectorXf& dx, MatrixXf& y) {
     const Eigen::Index L = x.rows(), E = x.cols();
     y.resize(L, E);
     dA.resize(A.rows(), A.cols());
+    dx.resize(E);
     for (Eigen::Index t = 0; t < L; ++t) {
-        dA.array() = (A.array().colwise() * delta.row(t).transpose().array()).exp();
-        const Eigen::VectorXf dx = delta.row(t).cwiseProduct(x.row(t)).transpose(); // Δ·x per channel
-        state.array() = dA.array() * state.array() + (dx * B.row(t)).array();
-        y.row(t) = (state * C.row(t).transpose()).transpose() + Dv.cwiseProduct(x.row(t));
+        // exp(Δ·A)·state first, then the rank-1 Δ·x ⊗ B written over state (no temporaries).
+        dA.array() = (A.array().colwise() * delta.row(t).transpose().array()).exp() * state.array();
+        dx = delta.row(t).cwiseProduct(x.row(t)).transpose();
+        state.noalias() = dx * B.row(t);
+        state += dA;
+        y.row(t).noalias() = C.row(t) * state.transpose();
+        y.row(t) += Dv.cwiseProduct(x.row(t));
     }
 }
 

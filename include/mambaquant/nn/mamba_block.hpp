@@ -50,6 +50,7 @@ struct MambaCache {
 // Scratch for one block call, reused across layers and calls (no allocation once warm).
 struct MambaWorkspace {
     MatrixXf hn, xz, xc, dbc, delta, y, out, dA;
+    Eigen::VectorXf dx;
 };
 
 namespace detail {
@@ -124,7 +125,7 @@ public:
         detail::float_linear_tmp(ws.dbc.leftCols(R), w_.dt_proj, ws.delta);                   // [L, E]
         ws.delta.array() = nn_float::softplus((ws.delta.rowwise() + w_.dt_bias).array());
         nn_float::selective_scan(ws.delta, ws.xc, ws.dbc.middleCols(R, N), ws.dbc.middleCols(R + N, N), w_.A, w_.D,
-                                 cache.state, ws.dA, ws.y);
+                                 cache.state, ws.dA, ws.dx, ws.y);
         ws.y.array() *= nn_float::silu(ws.xz.rightCols(E).array());      // y ⊙ SiLU(z)
         detail::float_linear_tmp(ws.y, w_.out_proj, ws.out);
         h += ws.out;

@@ -67,9 +67,9 @@ public:
                 ": tensor \"backbone.embeddings.weight\" (or \"backbone.embedding.weight\") not found");
         require(!(new_name && old_name), ck.path().string(),
                 ": both \"backbone.embeddings.weight\" and \"backbone.embedding.weight\" present");
-        m.embedding_ = ck.load_float(new_name ? "backbone.embeddings.weight" : "backbone.embedding.weight", {V, D}).matrix();
+        m.embedding_ = load_matrix(ck, new_name ? "backbone.embeddings.weight" : "backbone.embedding.weight", {V, D}, V, D);
         if (ck.contains("lm_head.weight")) {
-            m.lm_head_ = ck.load_float("lm_head.weight", {V, D}).matrix();
+            m.lm_head_ = load_matrix(ck, "lm_head.weight", {V, D}, V, D);
             m.tied_ = false;
         } else {
             require(cfg.tie_embeddings, ck.path().string(),
@@ -83,16 +83,17 @@ public:
             const std::string mx = p + "mixer.";
             MambaLayerWeights w;
             w.norm = row_vector(ck.load_float(p + "norm.weight", {D}));
-            w.in_proj = ck.load_float(mx + "in_proj.weight", {2 * E, D}).matrix();
-            w.conv_weight = ck.load_float(mx + "conv1d.weight", {E, 1, K}).matrix(); // [E·1, K]
+            w.in_proj = load_matrix(ck, mx + "in_proj.weight", {2 * E, D}, 2 * E, D);
+            w.conv_weight = load_matrix(ck, mx + "conv1d.weight", {E, 1, K}, E, K);
             if (cfg.conv_bias) w.conv_bias = row_vector(ck.load_float(mx + "conv1d.bias", {E}));
             else w.conv_bias = Eigen::RowVectorXf::Zero(static_cast<Eigen::Index>(E));
-            w.x_proj = ck.load_float(mx + "x_proj.weight", {R + 2 * N, E}).matrix();
-            w.dt_proj = ck.load_float(mx + "dt_proj.weight", {E, R}).matrix();
+            w.x_proj = load_matrix(ck, mx + "x_proj.weight", {R + 2 * N, E}, R + 2 * N, E);
+            w.dt_proj = load_matrix(ck, mx + "dt_proj.weight", {E, R}, E, R);
             w.dt_bias = row_vector(ck.load_float(mx + "dt_proj.bias", {E}));
-            w.A = -ck.load_float(mx + "A_log", {E, N}).matrix().array().exp().matrix(); // A = −exp(A_log)
+            w.A = load_matrix(ck, mx + "A_log", {E, N}, E, N);
+            w.A = -w.A.array().exp().matrix(); // A = −exp(A_log)
             w.D = row_vector(ck.load_float(mx + "D", {E}));
-            w.out_proj = ck.load_float(mx + "out_proj.weight", {D, E}).matrix();
+            w.out_proj = load_matrix(ck, mx + "out_proj.weight", {D, E}, D, E);
             m.layers_.emplace_back(std::move(w), D, E, N, R, K, cfg.norm_eps);
         }
         return m;
@@ -250,6 +251,12 @@ public:
     }
 
 private:
+    static MatrixXf load_matrix(const Checkpoint& ck, const std::string& name, const std::vector<std::size_t>& shape,
+                                std::size_t rows, std::size_t cols) {
+        MatrixXf m(static_cast<Eigen::Index>(rows), static_cast<Eigen::Index>(cols));
+        ck.load_float_into(name, shape, std::span<float>(m.data(), rows * cols));
+        return m;
+    }
     static Eigen::RowVectorXf row_vector(const FloatTensor& t) {
         return Eigen::Map<const Eigen::RowVectorXf>(t.data.data(), static_cast<Eigen::Index>(t.data.size()));
     }
