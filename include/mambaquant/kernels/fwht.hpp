@@ -1,0 +1,658 @@
+// Fast orthonormal Hadamard transform of a batch of rows, n = m·2^k, and its fusion with dynamic
+// per-token int8 quantization (the online rotation at the out_proj input).
+#pragma once
+
+#include <mambaquant/core/config.hpp>
+#include <mambaquant/core/error.hpp>
+#include <mambaquant/core/simd.hpp>
+#include <mambaquant/core/tags.hpp>
+#include <mambaquant/core/tensor.hpp>
+#include <mambaquant/quant/params.hpp>
+#include <mambaquant/quant/range.hpp>
+#include <mambaquant/transform/hadamard.hpp>
+
+#include <xsimd/xsimd.hpp>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+MQ_NAMESPACE_BEGIN
+
+// What the kernels need for one size n, built once by setup code (make_fwht_plan) and shared
+// read-only by every call and thread. Row transform (row vector x, element order of
+// hadamard_matrix):   y = (x ⊙ s)·(H_m ⊗ H_{2^k}) / √n   (s = 1 unless randomized)
+//  1. s:      x_i ← x_i·s_i                                        (exact: s_i = ±1)
+//  2. FWHT:   radix-2 butterflies over each of the m contiguous chunks of 2^k
+//  3. dense:  z_a = chunk a; y_j = Σ_a H_m[a][j]·z_a (vectorized along the chunk)
+//  4. scale:  y ← y / √n (folded into the last pass)
+// The dense stage groups the m inputs by four: each group's 8 signed sums z0 ± z1 ± z2 ± z3 and
+// their negations cost 20 adds, then every output is m/4 − 1 adds of those — 3m + m²/4 + m
+// operations instead of m² (m = 20: 160 instead of 400).
+struct FwhtPlan {
+    std::size_t n = 0;
+    HadamardFactors factors;
+    float scale = 1.0f;        // 1/√n
+    std::vector<int> block;    // m×m, block[a·m + j] = H_m[a][j] (the reference's dense stage)
+    // Grouped dense stage, m > 1: combo[j·(m/4) + g] ∈ [0, 16) picks which of group g's 16
+    // signed sums (8 patterns, then their negations) enters output j.
+    std::vector<std::uint8_t> combo;
+    aligned_vector<float> signs; // n random signs, or empty for the plain Hadamard
+    // Inverse plan: y = x·Qᵀ = (x·Hᵀ) ⊙ s — the dense block transposed, the signs applied last.
+    bool inverse = false;
+
+    bool randomized() const noexcept { return !signs.empty(); }
+};
+
+enum class FwhtDirection { forward, inverse };
+
+namespace detail {
+// Pattern p = (s1, s2, s3) bits 0..2: u_p = z0 + (−1)^s1·z1 + (−1)^s2·z2 + (−1)^s3·z3.
+inline std::uint8_t hadamard_combo_code(const Matrix<int>& hm, std::size_t g, std::size_t j) {
+    const auto col = static_cast<Eigen::Index>(j);
+    const auto r = static_cast<Eigen::Index>(4 * g);
+    const int lead = hm(r, col);
+    unsigned p = 0;
+    for (unsigned t = 1; t < 4; ++t)
+        if (hm(r + t, col) != lead) p |= 1u << (t - 1);
+    return static_cast<std::uint8_t>(p | (lead < 0 ? 8u : 0u));
+}
+} // namespace detail
+
+// Setup: the plan for an exact Hadamard of size n = m·2^k (throws mq::error naming n otherwise),
+// randomized by diag(s) when a seed is given (s = random_signs(n, seed)).
+inline FwhtPlan make_fwht_plan(const HadamardFactors& f, std::optional<std::uint64_t> seed = std::nullopt,
+                               FwhtDirection direction = FwhtDirection::forward) {
+    require(is_hadamard_block_size(f.m), "make_fwht_plan: block order ", f.m, " is not supported; ",
+            supported_hadamard_factors_text());
+    require(is_power_of_two(f.pow2) && (std::size_t{1} << f.log2_pow2) == f.pow2,
+            "make_fwht_plan: pow2 = ", f.pow2, " must equal 2^", f.log2_pow2);
+    FwhtPlan plan;
+    plan.n = f.size();
+    plan.factors = f;
+    plan.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(plan.n)));
+    plan.inverse = direction == FwhtDirection::inverse;
+    const Matrix<int> hm = plan.inverse ? Matrix<int>(hadamard_block(f.m).transpose()) : hadamard_block(f.m);
+    plan.block.resize(f.m * f.m);
+    for (std::size_t a = 0; a < f.m; ++a)
+        for (std::size_t j = 0; j < f.m; ++j)
+            plan.block[a * f.m + j] = hm(static_cast<Eigen::Index>(a), static_cast<Eigen::Index>(j));
+    if (f.m > 1) {
+        const std::size_t groups = f.m / 4;
+        plan.combo.resize(f.m * groups);
+        for (std::size_t j = 0; j < f.m; ++j)
+            for (std::size_t g = 0; g < groups; ++g) plan.combo[j * groups + g] = detail::hadamard_combo_code(hm, g, j);
+    }
+    if (seed) {
+        const std::vector<float> s = random_signs(plan.n, *seed);
+        plan.signs.assign(s.begin(), s.end());
+    }
+    return plan;
+}
+
+inline FwhtPlan make_fwht_plan(std::size_t n, std::optional<std::uint64_t> seed = std::nullopt,
+                               FwhtDirection direction = FwhtDirection::forward) {
+    return make_fwht_plan(decompose_hadamard_size(n), seed, direction);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scalar references: the plain radix-2 loop and the plain dense m-block.
+// ---------------------------------------------------------------------------------------------
+
+// y = (x ⊙ s)·H for every row, in place. Butterfly: (a, b) ← (a + b, a − b) for stages
+// h = 1, 2, 4, …; dense: y_j = (Σ_a H_m[a][j]·z_a)·(1/√n) summed in order a = 0..m−1.
+inline void fwht_ref(MatrixView<float> x, const FwhtPlan& plan) noexcept {
+    MQ_ASSERT(x.cols == plan.n, "fwht_ref: row length must equal the plan size");
+    const std::size_t n = plan.n, m = plan.factors.m, P = plan.factors.pow2;
+    MQ_ASSERT(m <= kHadamardBlockSizes.back(), "fwht_ref: block order out of range");
+    float z[kHadamardBlockSizes.back()];
+    for (std::size_t r = 0; r < x.rows; ++r) {
+        float* row = x.row_ptr(r);
+        if (plan.randomized() && !plan.inverse)
+            for (std::size_t i = 0; i < n; ++i) row[i] *= plan.signs[i];
+        for (std::size_t a = 0; a < m; ++a) {
+            float* c = row + a * P;
+            for (std::size_t h = 1; h < P; h *= 2)
+                for (std::size_t i = 0; i < P; i += 2 * h)
+                    for (std::size_t j = i; j < i + h; ++j) {
+                        const float u = c[j], v = c[j + h];
+                        c[j] = u + v;
+                        c[j + h] = u - v;
+                    }
+        }
+        if (m == 1) {
+            for (std::size_t i = 0; i < n; ++i) row[i] *= plan.scale;
+        } else {
+            for (std::size_t b = 0; b < P; ++b) {
+                for (std::size_t a = 0; a < m; ++a) z[a] = row[a * P + b];
+                for (std::size_t j = 0; j < m; ++j) {
+                    float acc = 0.0f;
+                    for (std::size_t a = 0; a < m; ++a) acc += static_cast<float>(plan.block[a * m + j]) * z[a];
+                    row[j * P + b] = acc * plan.scale;
+                }
+            }
+        }
+        if (plan.randomized() && plan.inverse)
+            for (std::size_t i = 0; i < n; ++i) row[i] *= plan.signs[i];
+    }
+}
+
+// q = quantize_value(y, params_from_range<8, S>(min y, max y)) per row: codes uint8 for
+// asymmetric (mq::A8PerToken), int8 for symmetric.
+template <class S>
+using int8_code_t = std::conditional_t<S::is_symmetric, std::int8_t, std::uint8_t>;
+
+// Transform-then-quantize, the plain way: fwht_ref on x (in place), then per-row min/max,
+// params and codes with the scalar quantize_value.
+template <Symmetry S>
+void fwht_quantize_ref(MatrixView<float> x, const FwhtPlan& plan, MatrixView<int8_code_t<S>> codes,
+                       std::span<QuantParams> params) noexcept {
+    MQ_ASSERT(codes.rows == x.rows && codes.cols == x.cols, "fwht_quantize_ref: code shape must match x");
+    MQ_ASSERT(params.size() >= x.rows, "fwht_quantize_ref: one QuantParams per row");
+    using R = BitRange<8, S>;
+    fwht_ref(x, plan);
+    for (std::size_t r = 0; r < x.rows; ++r) {
+        const float* row = x.row_ptr(r);
+        float lo = row[0], hi = row[0];
+        for (std::size_t i = 1; i < x.cols; ++i) {
+            lo = std::min(lo, row[i]);
+            hi = std::max(hi, row[i]);
+        }
+        const QuantParams p = params_from_range<8, S>(lo, hi);
+        params[r] = p;
+        auto* q = codes.row_ptr(r);
+        for (std::size_t i = 0; i < x.cols; ++i) q[i] = static_cast<int8_code_t<S>>(quantize_value<R>(row[i], p));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SIMD kernels.
+// ---------------------------------------------------------------------------------------------
+namespace detail {
+
+template <std::size_t H>
+struct FwhtXorIndex {
+    static constexpr std::uint32_t get(std::size_t i, std::size_t) { return static_cast<std::uint32_t>(i ^ H); }
+};
+
+// x_{i^h} for every lane i. On AVX the swaps are immediate-operand shuffles (no index register
+// to keep live next to the eight values of a pass); other archs use xsimd's swizzle.
+template <class Arch, std::size_t H>
+MQ_ALWAYS_INLINE xsimd::batch<float, Arch> fwht_lane_swap(const xsimd::batch<float, Arch>& v) noexcept {
+#if XSIMD_WITH_AVX
+    if constexpr (std::is_base_of_v<xsimd::avx, Arch> && xsimd::batch<float, Arch>::size == 8) {
+        if constexpr (H == 1) return _mm256_permute_ps(v, 0xB1);
+        else if constexpr (H == 2) return _mm256_permute_ps(v, 0x4E);
+        else return _mm256_permute2f128_ps(v, v, 0x01);
+    } else
+#endif
+    {
+        using U = xsimd::batch<std::uint32_t, Arch>;
+        return xsimd::swizzle(v, xsimd::make_batch_constant<U, FwhtXorIndex<H>>());
+    }
+}
+
+template <class Arch, std::size_t H>
+struct FwhtLaneSign {
+    static constexpr std::size_t W = xsimd::batch<float, Arch>::size;
+    alignas(64) static constexpr std::array<float, W> values = [] {
+        std::array<float, W> a{};
+        for (std::size_t i = 0; i < W; ++i) a[i] = (i & H) ? -1.0f : 1.0f;
+        return a;
+    }();
+};
+
+// In-register stage h < W: out_i = x_i + x_{i^h} for (i & h) = 0, x_{i^h} − x_i otherwise, as
+// fma(x, ±1, swap(x)); x·(±1) is exact so this rounds exactly like the add/sub of the loop.
+template <class Arch, std::size_t H>
+MQ_ALWAYS_INLINE xsimd::batch<float, Arch> fwht_lane_stage(const xsimd::batch<float, Arch>& v) noexcept {
+    using B = xsimd::batch<float, Arch>;
+    return xsimd::fma(v, B::load_aligned(FwhtLaneSign<Arch, H>::values.data()), fwht_lane_swap<Arch, H>(v));
+}
+
+template <class Arch, std::size_t H = 1>
+MQ_ALWAYS_INLINE xsimd::batch<float, Arch> fwht_lane_stages(xsimd::batch<float, Arch> v) noexcept {
+    if constexpr (H < xsimd::batch<float, Arch>::size) {
+        v = fwht_lane_stage<Arch, H>(v);
+        return fwht_lane_stages<Arch, 2 * H>(v);
+    } else {
+        return v;
+    }
+}
+
+// Butterflies across R registers: stages with strides 1, 2, …, R/2, unrolled at compile time so
+// that the R values stay in registers.
+template <std::size_t H, class B, std::size_t... P>
+MQ_ALWAYS_INLINE void fwht_reg_stage(B* v, std::index_sequence<P...>) noexcept {
+    (([&] {
+         constexpr std::size_t i = (P / H) * 2 * H + P % H;
+         const B a = v[i], b = v[i + H];
+         v[i] = a + b;
+         v[i + H] = a - b;
+     }()),
+     ...);
+}
+template <std::size_t R, class B, std::size_t H = 1>
+MQ_ALWAYS_INLINE void fwht_reg_stages(B* v) noexcept {
+    if constexpr (H < R) {
+        fwht_reg_stage<H>(v, std::make_index_sequence<R / 2>{});
+        fwht_reg_stages<R, B, 2 * H>(v);
+    }
+}
+
+// First pass over a chunk of P ≥ W floats: load G = min(8, P/W) registers from src (times the
+// signs), all in-register stages and log2(G) cross-register stages, store to dst (times scale
+// when this pass is the last one).
+template <class Arch, std::size_t G>
+MQ_ALWAYS_INLINE void fwht_first_pass(const float* MQ_RESTRICT src, float* dst, std::size_t P,
+                                      const float* signs, bool scale_out, float scale) noexcept {
+    using B = xsimd::batch<float, Arch>;
+    constexpr std::size_t W = B::size;
+    const B sc(scale);
+    for (std::size_t base = 0; base < P; base += G * W) {
+        B v[G];
+        for (std::size_t t = 0; t < G; ++t) {
+            v[t] = B::load_unaligned(src + base + t * W);
+            if (signs) v[t] = v[t] * B::load_unaligned(signs + base + t * W);
+            v[t] = fwht_lane_stages<Arch>(v[t]);
+        }
+        fwht_reg_stages<G>(v);
+        for (std::size_t t = 0; t < G; ++t) {
+            if (scale_out) v[t] = v[t] * sc;
+            v[t].store_unaligned(dst + base + t * W);
+        }
+    }
+}
+
+// Stages h, 2h, …, (R/2)·h in one pass over a chunk of P floats (R registers per column).
+template <class Arch, std::size_t R>
+MQ_ALWAYS_INLINE void fwht_radix_pass(float* x, std::size_t P, std::size_t h, bool scale_out, float scale) noexcept {
+    using B = xsimd::batch<float, Arch>;
+    constexpr std::size_t W = B::size;
+    const B sc(scale);
+    for (std::size_t base = 0; base < P; base += R * h)
+        for (std::size_t j = base; j < base + h; j += W) {
+            B v[R];
+            for (std::size_t t = 0; t < R; ++t) v[t] = B::load_unaligned(x + j + t * h);
+            fwht_reg_stages<R>(v);
+            for (std::size_t t = 0; t < R; ++t) {
+                if (scale_out) v[t] = v[t] * sc;
+                v[t].store_unaligned(x + j + t * h);
+            }
+        }
+}
+
+// Scalar chunk transform for P < W (same butterflies as the reference).
+inline void fwht_chunk_scalar(const float* src, float* dst, std::size_t P, const float* signs) noexcept {
+    for (std::size_t i = 0; i < P; ++i) dst[i] = signs ? src[i] * signs[i] : src[i];
+    for (std::size_t h = 1; h < P; h *= 2)
+        for (std::size_t i = 0; i < P; i += 2 * h)
+            for (std::size_t j = i; j < i + h; ++j) {
+                const float u = dst[j], v = dst[j + h];
+                dst[j] = u + v;
+                dst[j + h] = u - v;
+            }
+}
+
+// FWHT of one chunk of P floats from src to dst (dst may equal src), scale folded in if asked.
+template <class Arch>
+inline void fwht_chunk(const float* src, float* dst, std::size_t P, unsigned log2P, const float* signs,
+                       bool scale_out, float scale) noexcept {
+    constexpr std::size_t W = xsimd::batch<float, Arch>::size;
+    if (P < W) {
+        fwht_chunk_scalar(src, dst, P, signs);
+        if (scale_out)
+            for (std::size_t i = 0; i < P; ++i) dst[i] *= scale;
+        return;
+    }
+    unsigned log2W = 0;
+    while ((std::size_t{1} << log2W) < W) ++log2W;
+    const unsigned cross = log2P - log2W; // stages across registers
+    unsigned first = std::min(cross, 3u);
+    unsigned rest = cross - first;
+    const bool first_last = rest == 0;
+    switch (first) {
+    case 0: fwht_first_pass<Arch, 1>(src, dst, P, signs, scale_out && first_last, scale); break;
+    case 1: fwht_first_pass<Arch, 2>(src, dst, P, signs, scale_out && first_last, scale); break;
+    case 2: fwht_first_pass<Arch, 4>(src, dst, P, signs, scale_out && first_last, scale); break;
+    default: fwht_first_pass<Arch, 8>(src, dst, P, signs, scale_out && first_last, scale); break;
+    }
+    std::size_t h = W << first;
+    while (rest > 0) {
+        // Radix-8 passes; a remainder of 4 stages goes as 2 + 2 rather than 3 + 1.
+        const unsigned take = rest == 4 ? 2u : std::min(rest, 3u);
+        rest -= take;
+        const bool last = scale_out && rest == 0;
+        if (take == 3) fwht_radix_pass<Arch, 8>(dst, P, h, last, scale);
+        else if (take == 2) fwht_radix_pass<Arch, 4>(dst, P, h, last, scale);
+        else fwht_radix_pass<Arch, 2>(dst, P, h, last, scale);
+        h <<= take;
+    }
+}
+
+// Dense m-block across chunks (row = m chunks of P), grouped by four (see FwhtPlan), for the
+// lanes [b, b + V::size) of every chunk; V is a SIMD batch or float. `u` holds 16·m/4 lanes-wide
+// values of scratch.
+template <class V>
+MQ_ALWAYS_INLINE V fwht_load(const float* p) noexcept {
+    if constexpr (std::is_same_v<V, float>) return *p;
+    else return V::load_unaligned(p);
+}
+template <class V>
+MQ_ALWAYS_INLINE void fwht_store(float* p, const V& v) noexcept {
+    if constexpr (std::is_same_v<V, float>) *p = v;
+    else v.store_unaligned(p);
+}
+
+template <class V>
+MQ_ALWAYS_INLINE void fwht_dense_lanes(float* row, std::size_t m, std::size_t P, std::size_t b,
+                                       const std::uint8_t* combo, float scale, V* u) noexcept {
+    const std::size_t groups = m / 4;
+    for (std::size_t g = 0; g < groups; ++g) {
+        const V z0 = fwht_load<V>(row + (4 * g) * P + b), z1 = fwht_load<V>(row + (4 * g + 1) * P + b);
+        const V z2 = fwht_load<V>(row + (4 * g + 2) * P + b), z3 = fwht_load<V>(row + (4 * g + 3) * P + b);
+        const V a0 = z0 + z1, a1 = z0 - z1, c0 = z2 + z3, c1 = z2 - z3;
+        V* s = u + 16 * g;
+        // p = s1 | s2·2 | s3·4 (signs of z1, z2, z3): (s2, s3) = (0,0) +c0, (1,0) −c1, (0,1) +c1, (1,1) −c0
+        s[0] = a0 + c0; s[1] = a1 + c0;
+        s[2] = a0 - c1; s[3] = a1 - c1;
+        s[4] = a0 + c1; s[5] = a1 + c1;
+        s[6] = a0 - c0; s[7] = a1 - c0;
+        for (std::size_t p = 0; p < 8; ++p) s[8 + p] = V(0) - s[p];
+    }
+    const V sc(scale);
+    for (std::size_t j = 0; j < m; ++j) {
+        const std::uint8_t* cj = combo + j * groups;
+        V acc = u[cj[0]];
+        for (std::size_t g = 1; g < groups; ++g) acc = acc + u[16 * g + cj[g]];
+        fwht_store<V>(row + j * P + b, acc * sc);
+    }
+}
+
+
+// Compile-time copies of the small Paley blocks (prime q), so that the dense stage of the common
+// Mamba factors m = 12, 20 (768, 1536, 2560, 5120, 48, 160, 192, 384) and 28, 36 is fully
+// unrolled: no table lookups, no stored negations (a negative term is a subtraction). The tests
+// check each equals hadamard_block(m).
+template <std::size_t M>
+using SignTable = std::array<std::array<signed char, M>, M>;
+
+template <std::size_t M>
+constexpr SignTable<M> paley_one_table() {
+    constexpr std::int64_t q = static_cast<std::int64_t>(M) - 1;
+    SignTable<M> h{};
+    for (std::size_t i = 0; i < M; ++i)
+        for (std::size_t j = 0; j < M; ++j) {
+            int v;
+            if (i == 0) v = 1;
+            else if (j == 0) v = -1;
+            else v = legendre(static_cast<std::int64_t>(i) - static_cast<std::int64_t>(j), q) + (i == j ? 1 : 0);
+            h[i][j] = static_cast<signed char>(v);
+        }
+    return h;
+}
+
+template <std::size_t M>
+constexpr SignTable<M> paley_two_table() {
+    constexpr std::int64_t q = static_cast<std::int64_t>(M) / 2 - 1;
+    constexpr std::size_t c = M / 2;
+    SignTable<M> h{};
+    for (std::size_t i = 0; i < c; ++i)
+        for (std::size_t j = 0; j < c; ++j) {
+            int v;
+            if (i == 0 && j == 0) v = 0;
+            else if (i == 0 || j == 0) v = 1;
+            else v = legendre(static_cast<std::int64_t>(i) - static_cast<std::int64_t>(j), q);
+            const int e[2][2] = {{v == 0 ? 1 : v, v == 0 ? -1 : v}, {v == 0 ? -1 : v, v == 0 ? -1 : -v}};
+            for (int r = 0; r < 2; ++r)
+                for (int t = 0; t < 2; ++t) h[2 * i + r][2 * j + t] = static_cast<signed char>(e[r][t]);
+        }
+    return h;
+}
+
+template <std::size_t M>
+constexpr SignTable<M> fixed_hadamard_table() {
+    if constexpr (M == 28 || M == 36) return paley_two_table<M>();
+    else return paley_one_table<M>();
+}
+
+template <std::size_t M, bool Transposed>
+struct FixedBlock {
+    static constexpr SignTable<M> base = fixed_hadamard_table<M>();
+    // H[a][j] of the applied block (Hᵀ for an inverse plan).
+    static constexpr int at(std::size_t a, std::size_t j) { return Transposed ? base[j][a] : base[a][j]; }
+    // Group g's pattern p for output j (see FwhtPlan) and the sign of its leading entry.
+    static constexpr unsigned pattern(std::size_t g, std::size_t j) {
+        unsigned p = 0;
+        for (unsigned t = 1; t < 4; ++t)
+            if (at(4 * g + t, j) != at(4 * g, j)) p |= 1u << (t - 1);
+        return p;
+    }
+    static constexpr int lead(std::size_t g, std::size_t j) { return at(4 * g, j); }
+};
+
+template <std::size_t M, bool T, class V, std::size_t G, std::size_t J0, std::size_t... J>
+MQ_ALWAYS_INLINE void fwht_fixed_group(const float* row, std::size_t P, std::size_t b, V* acc,
+                                       std::index_sequence<J...>) noexcept {
+    using F = FixedBlock<M, T>;
+    const V z0 = fwht_load<V>(row + (4 * G) * P + b), z1 = fwht_load<V>(row + (4 * G + 1) * P + b);
+    const V z2 = fwht_load<V>(row + (4 * G + 2) * P + b), z3 = fwht_load<V>(row + (4 * G + 3) * P + b);
+    const V a0 = z0 + z1, a1 = z0 - z1, c0 = z2 + z3, c1 = z2 - z3;
+    const V u[8] = {a0 + c0, a1 + c0, a0 - c1, a1 - c1, a0 + c1, a1 + c1, a0 - c0, a1 - c0};
+    (([&] {
+         constexpr unsigned p = F::pattern(G, J0 + J);
+         if constexpr (G == 0) acc[J] = u[p];
+         else if constexpr (F::lead(G, J0 + J) * F::lead(0, J0 + J) > 0) acc[J] = acc[J] + u[p];
+         else acc[J] = acc[J] - u[p];
+     }()),
+     ...);
+}
+
+// Outputs J0 … J0 + K − 1 of lanes [b, b + V::size): y_j = lead(0, j)·(1/√n)·(u_{0,p} ± u_{1,p'} ± …),
+// every index and sign a constant; y_j goes to dst + j·dst_stride.
+template <std::size_t M, bool T, class V, std::size_t J0, std::size_t K>
+MQ_ALWAYS_INLINE void fwht_dense_fixed(const float* row, std::size_t P, std::size_t b, float scale, float* dst,
+                                       std::size_t dst_stride) noexcept {
+    V acc[K];
+    [&]<std::size_t... G>(std::index_sequence<G...>) {
+        (fwht_fixed_group<M, T, V, G, J0>(row, P, b, acc, std::make_index_sequence<K>{}), ...);
+    }(std::make_index_sequence<M / 4>{});
+    const V pos(scale), neg(-scale);
+    [&]<std::size_t... J>(std::index_sequence<J...>) {
+        ((fwht_store<V>(dst + (J0 + J) * dst_stride, acc[J] * (FixedBlock<M, T>::lead(0, J0 + J) > 0 ? pos : neg))), ...);
+    }(std::make_index_sequence<K>{});
+}
+
+// The whole dense stage of a row, all M outputs per lane vector at once (measured faster than
+// slicing the outputs to fit the registers: the compiler's spills are cheaper than recomputing
+// the group sums).
+template <std::size_t M, class V>
+inline void fwht_dense_fixed_row(float* row, std::size_t P, std::size_t step, bool transposed, float scale) noexcept {
+    if (transposed)
+        for (std::size_t b = 0; b < P; b += step) fwht_dense_fixed<M, true, V, 0, M>(row, P, b, scale, row + b, P);
+    else
+        for (std::size_t b = 0; b < P; b += step) fwht_dense_fixed<M, false, V, 0, M>(row, P, b, scale, row + b, P);
+}
+
+// Prefetch a row into L2 (a row of up to 8192 floats plus the current one would crowd L1).
+inline void prefetch_row(const float* p, std::size_t n) noexcept {
+#if defined(__GNUC__) || defined(__clang__)
+    for (std::size_t i = 0; i < n; i += 64 / sizeof(float)) __builtin_prefetch(p + i, 1, 2);
+#else
+    (void)p;
+    (void)n;
+#endif
+}
+
+} // namespace detail
+
+namespace detail {
+// Steps 3–4 of FwhtPlan on one row whose chunks are transformed: the dense block (m > 1) with the
+// scale, and the signs of an inverse randomized plan.
+template <class Arch>
+inline void fwht_dense_stage(float* row, const FwhtPlan& plan, xsimd::batch<float, Arch>* u_vec, float* u_scalar) noexcept {
+    using B = xsimd::batch<float, Arch>;
+    constexpr std::size_t W = B::size;
+    const std::size_t m = plan.factors.m, P = plan.factors.pow2;
+    if (m > 1 && P % W == 0 && (m == 12 || m == 20 || m == 28 || m == 36)) {
+        switch (m) {
+        case 12: fwht_dense_fixed_row<12, B>(row, P, W, plan.inverse, plan.scale); break;
+        case 20: fwht_dense_fixed_row<20, B>(row, P, W, plan.inverse, plan.scale); break;
+        case 28: fwht_dense_fixed_row<28, B>(row, P, W, plan.inverse, plan.scale); break;
+        default: fwht_dense_fixed_row<36, B>(row, P, W, plan.inverse, plan.scale); break;
+        }
+    } else if (m > 1) {
+        if (P % W == 0) {
+            for (std::size_t b = 0; b < P; b += W) fwht_dense_lanes<B>(row, m, P, b, plan.combo.data(), plan.scale, u_vec);
+        } else {
+            for (std::size_t b = 0; b < P; ++b)
+                fwht_dense_lanes<float>(row, m, P, b, plan.combo.data(), plan.scale, u_scalar);
+        }
+    }
+    if (plan.randomized() && plan.inverse) {
+        const std::size_t n = plan.n, vec_end = simd_floor<Arch>(n);
+        for (std::size_t i = 0; i < vec_end; i += W)
+            (B::load_unaligned(row + i) * B::load_unaligned(plan.signs.data() + i)).store_unaligned(row + i);
+        for (std::size_t i = vec_end; i < n; ++i) row[i] *= plan.signs[i];
+    }
+}
+} // namespace detail
+
+// Transform rows of x in place: x_row ← (x_row ⊙ s)·H (see FwhtPlan). Any stride and alignment;
+// 64-byte aligned rows (aligned_vector, stride a multiple of 16) are fastest.
+template <class Arch>
+void fwht(Arch, MatrixView<float> x, const FwhtPlan& plan) noexcept {
+    using B = xsimd::batch<float, Arch>;
+    MQ_ASSERT(x.cols == plan.n, "fwht: row length must equal the plan size");
+    const std::size_t m = plan.factors.m, P = plan.factors.pow2;
+    const unsigned log2P = plan.factors.log2_pow2;
+    const float* signs = plan.randomized() && !plan.inverse ? plan.signs.data() : nullptr;
+    alignas(64) B u_vec[16 * (kHadamardBlockSizes.back() / 4)];
+    alignas(64) float u_scalar[16 * (kHadamardBlockSizes.back() / 4)];
+    for (std::size_t r = 0; r < x.rows; ++r) {
+        float* row = x.row_ptr(r);
+        // The passes over a row run from L1; for long rows (a batch of them is far beyond L2)
+        // ask for the next row now, so that its trip from memory overlaps this row's arithmetic
+        // (measured: helps n = 8192, costs a little on rows that stay in L2).
+        if (plan.n >= 4096 && r + 1 < x.rows) detail::prefetch_row(x.row_ptr(r + 1), plan.n);
+        for (std::size_t a = 0; a < m; ++a)
+            detail::fwht_chunk<Arch>(row + a * P, row + a * P, P, log2P, signs ? signs + a * P : nullptr,
+                                     m == 1, plan.scale);
+        detail::fwht_dense_stage<Arch>(row, plan, u_vec, u_scalar);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fused online rotation + dynamic per-token int8 quantization (the out_proj input).
+// ---------------------------------------------------------------------------------------------
+namespace detail {
+
+// q_i = clamp(round_half_even(y_i·inv_scale) + zero, qmin, qmax), 32 at a time on AVX2, in the
+// integer domain: vcvtps2dq rounds half to even (the default MXCSR mode, as std::nearbyint), and
+// |y·inv_scale| ≤ 2^8 because the parameters come from this row's own range, so adding the zero
+// point as an integer and clamping by saturating packs (int32 → int16 → uint8 / int8, then −128 →
+// −127 for symmetric codes) is exactly quantize_value's float arithmetic.
+template <class Arch, Symmetry S>
+inline void quantize_row(Arch, const float* y, std::size_t n, const QuantParams& p, int8_code_t<S>* q) noexcept {
+    using R = BitRange<8, S>;
+    std::size_t i = 0;
+#if XSIMD_WITH_AVX2
+    if constexpr (std::is_base_of_v<xsimd::avx2, Arch> && xsimd::batch<float, Arch>::size == 8) {
+        const __m256 inv = _mm256_set1_ps(p.inv_scale);
+        const __m256i zero16 = _mm256_set1_epi16(static_cast<short>(p.zero));
+        const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        const __m256i qmin8 = _mm256_set1_epi8(static_cast<char>(R::min));
+        auto rounded = [&](const float* src) { return _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(src), inv)); };
+        for (; i + 32 <= n; i += 32) {
+            __m256i ab = _mm256_packs_epi32(rounded(y + i), rounded(y + i + 8));
+            __m256i cd = _mm256_packs_epi32(rounded(y + i + 16), rounded(y + i + 24));
+            __m256i bytes;
+            if constexpr (S::is_symmetric) {
+                bytes = _mm256_max_epi8(_mm256_packs_epi16(ab, cd), qmin8);
+            } else {
+                ab = _mm256_adds_epi16(ab, zero16);
+                cd = _mm256_adds_epi16(cd, zero16);
+                bytes = _mm256_packus_epi16(ab, cd);
+            }
+            // The packs work per 128-bit lane: dwords come out a0 b0 c0 d0 a1 b1 c1 d1.
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + i), _mm256_permutevar8x32_epi32(bytes, order));
+        }
+    }
+#endif
+    for (; i < n; ++i) q[i] = static_cast<int8_code_t<S>>(quantize_value<R>(y[i], p));
+}
+
+template <class Arch>
+inline void row_min_max(Arch, const float* y, std::size_t n, float& lo_out, float& hi_out) noexcept {
+    using B = xsimd::batch<float, Arch>;
+    constexpr std::size_t W = B::size;
+    float lo = y[0], hi = y[0];
+    std::size_t i = 0;
+    if (n >= 4 * W) {
+        B l0 = B::load_unaligned(y), l1 = l0, h0 = l0, h1 = l0;
+        for (; i + 2 * W <= n; i += 2 * W) {
+            const B a = B::load_unaligned(y + i), b = B::load_unaligned(y + i + W);
+            l0 = xsimd::min(l0, a);
+            h0 = xsimd::max(h0, a);
+            l1 = xsimd::min(l1, b);
+            h1 = xsimd::max(h1, b);
+        }
+        alignas(64) float ls[W], hs[W];
+        xsimd::min(l0, l1).store_aligned(ls);
+        xsimd::max(h0, h1).store_aligned(hs);
+        for (std::size_t k = 0; k < W; ++k) {
+            lo = std::min(lo, ls[k]);
+            hi = std::max(hi, hs[k]);
+        }
+    }
+    for (; i < n; ++i) {
+        lo = std::min(lo, y[i]);
+        hi = std::max(hi, y[i]);
+    }
+    lo_out = lo;
+    hi_out = hi;
+}
+
+} // namespace detail
+
+// Fused online kernel, one pass over the data: for each token row, y = (x ⊙ s)·H into `scratch`
+// (n floats, stays in L1), then p = params_from_range<8, S>(min y, max y) and
+// q = quantize_value(y, p). Equals fwht followed by per-row quantization bit for bit.
+// S = asymmetric gives uint8 codes (mq::A8PerToken), S = symmetric int8 codes in [−127, 127].
+// x is left untouched.
+template <Symmetry S, class Arch>
+void fwht_quantize(Arch, ConstMatrixView<float> x, const FwhtPlan& plan, MatrixView<int8_code_t<S>> codes,
+                   std::span<QuantParams> params, std::span<float> scratch) noexcept {
+    using B = xsimd::batch<float, Arch>;
+    MQ_ASSERT(x.cols == plan.n, "fwht_quantize: row length must equal the plan size");
+    MQ_ASSERT(codes.rows == x.rows && codes.cols == x.cols, "fwht_quantize: code shape must match x");
+    MQ_ASSERT(params.size() >= x.rows, "fwht_quantize: one QuantParams per row");
+    MQ_ASSERT(scratch.size() >= plan.n, "fwht_quantize: scratch needs n floats");
+    const std::size_t n = plan.n, m = plan.factors.m, P = plan.factors.pow2;
+    const unsigned log2P = plan.factors.log2_pow2;
+    const float* signs = plan.randomized() && !plan.inverse ? plan.signs.data() : nullptr;
+    float* y = scratch.data();
+    alignas(64) B u_vec[16 * (kHadamardBlockSizes.back() / 4)];
+    alignas(64) float u_scalar[16 * (kHadamardBlockSizes.back() / 4)];
+    for (std::size_t r = 0; r < x.rows; ++r) {
+        const float* row = x.row_ptr(r);
+        if (plan.n >= 4096 && r + 1 < x.rows) detail::prefetch_row(x.row_ptr(r + 1), n);
+        for (std::size_t a = 0; a < m; ++a)
+            detail::fwht_chunk<Arch>(row + a * P, y + a * P, P, log2P, signs ? signs + a * P : nullptr, m == 1, plan.scale);
+        detail::fwht_dense_stage<Arch>(y, plan, u_vec, u_scalar);
+        float lo, hi;
+        detail::row_min_max(Arch{}, y, n, lo, hi);
+        const QuantParams p = params_from_range<8, S>(lo, hi);
+        params[r] = p;
+        detail::quantize_row<Arch, S>(Arch{}, y, n, p, codes.row_ptr(r));
+    }
+}
+
+MQ_NAMESPACE_END

@@ -1,0 +1,279 @@
+// SIMD kernels that quantize and dequantize one contiguous row of floats, and their scalar twins.
+#pragma once
+
+#include <mambaquant/core/config.hpp>
+#include <mambaquant/core/simd.hpp>
+#include <mambaquant/quant/params.hpp>
+#include <mambaquant/quant/range.hpp>
+
+#include <xsimd/xsimd.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
+
+MQ_NAMESPACE_BEGIN
+
+// Numerics shared by every kernel here and its `*_ref` twin (they agree bit for bit):
+//   quantize:   q  = clamp(round_half_even(x · inv_scale) + zero, qmin, qmax)
+//   dequantize: x̂ = float(q − zero) · scale
+// • Multiply by inv_scale, never divide: one multiply per element, and the same float op in the
+//   SIMD kernel (vmulps) and in the reference (operator*), so both see the same product.
+// • Rounding is round-half-to-even, the IEEE default mode: std::nearbyint in the reference,
+//   vroundps(_MM_FROUND_TO_NEAREST_INT) in the kernel. Half-way products go to the even code
+//   (0.5 → 0, 1.5 → 2), which avoids the upward bias of round-half-away.
+// • The zero point is added and the result clamped *in float*, then converted: the float is
+//   already an integer inside [qmin, qmax], so the conversion is exact, and an input far outside
+//   the range (static params, outliers) saturates to qmin/qmax instead of overflowing an int.
+// • No multiply-add is formed anywhere (rounding sits between the multiply and the add), so
+//   -ffp-contract cannot make the kernel and the reference differ.
+// Inputs must be finite (setup code checks; the range kernels report it). Kernels never allocate
+// or throw; they only MQ_ASSERT their preconditions.
+
+// The value range of a row: lo = min x, hi = max x; `finite` is false when the row holds a NaN or
+// an infinity (lo/hi are then meaningless).
+struct RowRange {
+    float lo = std::numeric_limits<float>::infinity();
+    float hi = -std::numeric_limits<float>::infinity();
+    bool finite = true;
+
+    // The range of the union of two rows (for per-tensor ranges built row by row).
+    constexpr RowRange merged(const RowRange& o) const noexcept {
+        return {lo < o.lo ? lo : o.lo, hi > o.hi ? hi : o.hi, finite && o.finite};
+    }
+};
+
+// Result of the fused dynamic kernel: the parameters it chose from the row's range, and whether
+// the row was finite (when not, no code was written).
+struct DynamicQuantResult {
+    QuantParams params;
+    RowRange range;
+};
+
+namespace detail {
+template <class Arch>
+inline constexpr bool is_avx2_arch_v = std::is_base_of_v<xsimd::avx2, Arch>;
+
+// Codes of Range must be representable in Code: signed ranges in int8_t, unsigned in uint8_t.
+template <class Range, class Code>
+inline constexpr bool code_fits_v = std::is_same_v<Code, std::int8_t>
+                                        ? (Range::min >= -128 && Range::max <= 127)
+                                        : (std::is_same_v<Code, std::uint8_t> && Range::min >= 0 && Range::max <= 255);
+
+// True in the lanes where a or b is NaN: one unordered compare on AVX (vcmpunordps) for two
+// vectors, which keeps the range pass load-bound.
+template <class Arch>
+MQ_ALWAYS_INLINE xsimd::batch_bool<float, Arch> either_nan(const xsimd::batch<float, Arch>& a,
+                                                          const xsimd::batch<float, Arch>& b) noexcept {
+#if defined(__AVX__)
+    if constexpr (std::is_base_of_v<xsimd::avx, Arch>)
+        return xsimd::batch_bool<float, Arch>(_mm256_cmp_ps(a, b, _CMP_UNORD_Q));
+    else
+#endif
+        return xsimd::isnan(a) || xsimd::isnan(b);
+}
+
+// The reference formula for one element (identical to quantize_value, spelled out here so the
+// kernels' tails use exactly the same operations).
+template <class Range>
+MQ_ALWAYS_INLINE float quantize_scalar(float x, float inv_scale, float zero) noexcept {
+    const float r = std::nearbyint(x * inv_scale) + zero;
+    return std::min(std::max(r, static_cast<float>(Range::min)), static_cast<float>(Range::max));
+}
+} // namespace detail
+
+// ---------------------------------------------------------------------------------------------
+// Range: lo = min_i x_i, hi = max_i x_i, finite = no NaN/Inf.
+// min/max are exact, so the reduction order does not change the result (up to the sign of a zero).
+
+inline RowRange row_range_ref(const float* x, std::size_t n) noexcept {
+    MQ_ASSERT(x != nullptr || n == 0, "row_range_ref: null input");
+    RowRange r;
+    for (std::size_t i = 0; i < n; ++i) {
+        const float v = x[i];
+        if (!std::isfinite(v)) r.finite = false;
+        r.lo = std::min(r.lo, v);
+        r.hi = std::max(r.hi, v);
+    }
+    if (!r.finite) r.lo = r.hi = std::numeric_limits<float>::quiet_NaN();
+    return r;
+}
+
+template <class Arch>
+inline RowRange row_range(Arch, const float* x, std::size_t n) noexcept {
+    MQ_ASSERT(x != nullptr || n == 0, "row_range: null input");
+    using B = xsimd::batch<float, Arch>;
+    constexpr std::size_t W = B::size;
+    constexpr float kInf = std::numeric_limits<float>::infinity();
+    // Four independent accumulators hide the min/max latency; the loop is then load-bound.
+    B lo0(kInf), lo1(kInf), lo2(kInf), lo3(kInf);
+    B hi0(-kInf), hi1(-kInf), hi2(-kInf), hi3(-kInf);
+    auto nan = xsimd::batch_bool<float, Arch>(false);
+    std::size_t i = 0;
+    for (; i + 4 * W <= n; i += 4 * W) {
+        const B a = B::load_unaligned(x + i), b = B::load_unaligned(x + i + W);
+        const B c = B::load_unaligned(x + i + 2 * W), d = B::load_unaligned(x + i + 3 * W);
+        lo0 = xsimd::min(lo0, a), hi0 = xsimd::max(hi0, a);
+        lo1 = xsimd::min(lo1, b), hi1 = xsimd::max(hi1, b);
+        lo2 = xsimd::min(lo2, c), hi2 = xsimd::max(hi2, c);
+        lo3 = xsimd::min(lo3, d), hi3 = xsimd::max(hi3, d);
+        // min/max would silently drop a NaN, so flag it apart; ±Inf shows up in lo/hi. (isnan,
+        // not x != x: xsimd 8.1's AVX != is the ordered compare, false for NaN.)
+        nan = nan || detail::either_nan(a, b) || detail::either_nan(c, d);
+    }
+    for (; i + W <= n; i += W) {
+        const B a = B::load_unaligned(x + i);
+        lo0 = xsimd::min(lo0, a), hi0 = xsimd::max(hi0, a);
+        nan = nan || xsimd::isnan(a);
+    }
+    lo0 = xsimd::min(xsimd::min(lo0, lo1), xsimd::min(lo2, lo3));
+    hi0 = xsimd::max(xsimd::max(hi0, hi1), xsimd::max(hi2, hi3));
+    alignas(64) float los[W], his[W];
+    lo0.store_aligned(los);
+    hi0.store_aligned(his);
+    RowRange r;
+    r.finite = !xsimd::any(nan);
+    for (std::size_t k = 0; k < W; ++k) r.lo = std::min(r.lo, los[k]), r.hi = std::max(r.hi, his[k]);
+    for (; i < n; ++i) {
+        const float v = x[i];
+        if (v != v) r.finite = false;
+        r.lo = std::min(r.lo, v);
+        r.hi = std::max(r.hi, v);
+    }
+    if (!(r.finite && std::isfinite(r.lo) && std::isfinite(r.hi))) {
+        // An empty row keeps lo = +inf, hi = -inf but is finite (it holds no bad value).
+        if (n != 0) r.finite = false, r.lo = r.hi = std::numeric_limits<float>::quiet_NaN();
+    }
+    return r;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Quantize with given params: q_i = clamp(round_half_even(x_i · inv_scale) + zero, qmin, qmax).
+
+template <class Range, class Code>
+inline void quantize_row_ref(const float* x, std::size_t n, const QuantParams& p, Code* q) noexcept {
+    static_assert(detail::code_fits_v<Range, Code>, "quantize_row_ref: codes of Range do not fit Code");
+    MQ_ASSERT((x != nullptr && q != nullptr) || n == 0, "quantize_row_ref: null pointer");
+    const float zero = static_cast<float>(p.zero);
+    for (std::size_t i = 0; i < n; ++i)
+        q[i] = static_cast<Code>(static_cast<int>(detail::quantize_scalar<Range>(x[i], p.inv_scale, zero)));
+}
+
+template <class Range, class Arch, class Code>
+inline void quantize_row(Arch, const float* x, std::size_t n, const QuantParams& p, Code* q) noexcept {
+    static_assert(detail::code_fits_v<Range, Code>, "quantize_row: codes of Range do not fit Code");
+    MQ_ASSERT((x != nullptr && q != nullptr) || n == 0, "quantize_row: null pointer");
+    using B = xsimd::batch<float, Arch>;
+    constexpr std::size_t W = B::size;
+    const float zero = static_cast<float>(p.zero);
+    const B vinv(p.inv_scale), vzero(zero);
+    const B vmin(static_cast<float>(Range::min)), vmax(static_cast<float>(Range::max));
+    // One element's arithmetic, the same ops as detail::quantize_scalar in the same order.
+    auto code = [&](B v) { return xsimd::min(xsimd::max(xsimd::nearbyint(v * vinv) + vzero, vmin), vmax); };
+    std::size_t i = 0;
+#if defined(__AVX2__)
+    if constexpr (detail::is_avx2_arch_v<Arch>) {
+        // 32 floats → 4 × int32x8 → saturating packs to 32 bytes. The packs work per 128-bit
+        // lane, leaving dwords in the order (a0 b0 c0 d0 a1 b1 c1 d1); one permute restores it.
+        const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        for (; i + 32 <= n; i += 32) {
+            const __m256i a = _mm256_cvtps_epi32(code(B::load_unaligned(x + i)));
+            const __m256i b = _mm256_cvtps_epi32(code(B::load_unaligned(x + i + 8)));
+            const __m256i c = _mm256_cvtps_epi32(code(B::load_unaligned(x + i + 16)));
+            const __m256i d = _mm256_cvtps_epi32(code(B::load_unaligned(x + i + 24)));
+            const __m256i ab = _mm256_packs_epi32(a, b), cd = _mm256_packs_epi32(c, d);
+            __m256i bytes;
+            if constexpr (std::is_same_v<Code, std::int8_t>)
+                bytes = _mm256_packs_epi16(ab, cd);
+            else
+                bytes = _mm256_packus_epi16(ab, cd);
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + i), _mm256_permutevar8x32_epi32(bytes, order));
+        }
+    }
+#endif
+    // Portable vector loop: convert to int32 in registers, narrow through a small buffer.
+    alignas(64) std::int32_t buf[W];
+    for (; i + W <= n; i += W) {
+        xsimd::batch_cast<std::int32_t>(code(B::load_unaligned(x + i))).store_aligned(buf);
+        for (std::size_t k = 0; k < W; ++k) q[i + k] = static_cast<Code>(buf[k]);
+    }
+    for (; i < n; ++i) q[i] = static_cast<Code>(static_cast<int>(detail::quantize_scalar<Range>(x[i], p.inv_scale, zero)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dequantize: x̂_i = float(q_i − zero) · scale.
+
+template <class Code>
+inline void dequantize_row_ref(const Code* q, std::size_t n, const QuantParams& p, float* out) noexcept {
+    MQ_ASSERT((q != nullptr && out != nullptr) || n == 0, "dequantize_row_ref: null pointer");
+    for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<float>(static_cast<std::int32_t>(q[i]) - p.zero) * p.scale;
+}
+
+template <class Arch, class Code>
+inline void dequantize_row(Arch, const Code* q, std::size_t n, const QuantParams& p, float* out) noexcept {
+    static_assert(std::is_same_v<Code, std::int8_t> || std::is_same_v<Code, std::uint8_t>,
+                  "dequantize_row: codes are int8_t or uint8_t");
+    MQ_ASSERT((q != nullptr && out != nullptr) || n == 0, "dequantize_row: null pointer");
+    using B = xsimd::batch<float, Arch>;
+    using I = xsimd::batch<std::int32_t, Arch>;
+    constexpr std::size_t W = B::size;
+    const B vscale(p.scale);
+    const I vzero(p.zero);
+    std::size_t i = 0;
+#if defined(__AVX2__)
+    if constexpr (detail::is_avx2_arch_v<Arch>) {
+        auto widen = [](const Code* src) {
+            const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src));
+            if constexpr (std::is_same_v<Code, std::int8_t>)
+                return I(_mm256_cvtepi8_epi32(b));
+            else
+                return I(_mm256_cvtepu8_epi32(b));
+        };
+        for (; i + 32 <= n; i += 32) {
+            for (std::size_t k = 0; k < 32; k += 8)
+                (xsimd::batch_cast<float>(widen(q + i + k) - vzero) * vscale).store_unaligned(out + i + k);
+        }
+        for (; i + 8 <= n; i += 8) (xsimd::batch_cast<float>(widen(q + i) - vzero) * vscale).store_unaligned(out + i);
+    }
+#endif
+    alignas(64) std::int32_t buf[W];
+    for (; i + W <= n; i += W) {
+        for (std::size_t k = 0; k < W; ++k) buf[k] = q[i + k];
+        (xsimd::batch_cast<float>(I::load_aligned(buf) - vzero) * vscale).store_unaligned(out + i);
+    }
+    for (; i < n; ++i) out[i] = static_cast<float>(static_cast<std::int32_t>(q[i]) - p.zero) * p.scale;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fused dynamic quantization of one row: pass 1 finds [lo, hi] (the row is then hot in L1/L2),
+// params = params_from_range<Bits, S>(lo, hi), pass 2 quantizes. When the row is not finite the
+// params are left default and no code is written (the caller reports the position).
+
+template <int Bits, class S, class Code>
+inline DynamicQuantResult quantize_row_dynamic_ref(const float* x, std::size_t n, Code* q) noexcept {
+    DynamicQuantResult r;
+    r.range = row_range_ref(x, n);
+    if (!r.range.finite || n == 0) return r;
+    r.params = params_from_range<Bits, S>(r.range.lo, r.range.hi);
+    quantize_row_ref<BitRange<Bits, S>>(x, n, r.params, q);
+    return r;
+}
+
+template <int Bits, class S, class Arch, class Code>
+inline DynamicQuantResult quantize_row_dynamic(Arch arch, const float* x, std::size_t n, Code* q) noexcept {
+    DynamicQuantResult r;
+    r.range = row_range(arch, x, n);
+    if (!r.range.finite || n == 0) return r;
+    r.params = params_from_range<Bits, S>(r.range.lo, r.range.hi);
+    quantize_row<BitRange<Bits, S>>(arch, x, n, r.params, q);
+    return r;
+}
+
+MQ_NAMESPACE_END

@@ -1,0 +1,361 @@
+// quant/quantize.hpp: every policy (bits 2..8 × 4 granularities × 2 symmetries), static and
+// dynamic, checked against the scalar formulas of params.hpp; zero/constant rows; bad input.
+#include <mambaquant/core/rng.hpp>
+#include <mambaquant/core/tensor.hpp>
+#include <mambaquant/quant/quantize.hpp>
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace {
+
+mq::MatrixXf heavy_tailed(std::size_t rows, std::size_t cols, std::uint64_t seed, float shift = 0.0f) {
+    mq::Rng rng(seed);
+    mq::MatrixXf x(static_cast<Eigen::Index>(rows), static_cast<Eigen::Index>(cols));
+    for (Eigen::Index r = 0; r < x.rows(); ++r) {
+        const float row_scale = static_cast<float>(0.2 + 2.0 * rng.uniform());
+        for (Eigen::Index c = 0; c < x.cols(); ++c) {
+            float v = static_cast<float>(rng.normal()) * row_scale + shift;
+            if (rng.uniform() < 0.005) v *= 15.0f;
+            x(r, c) = v;
+        }
+    }
+    return x;
+}
+
+// The reference params for element (r, c) under Q, computed with plain loops and params.hpp.
+template <class Q>
+std::vector<mq::QuantParams> expected_params(const mq::MatrixXf& x) {
+    using G = typename Q::granularity;
+    const std::size_t rows = static_cast<std::size_t>(x.rows()), cols = static_cast<std::size_t>(x.cols());
+    auto range_of = [&](std::size_t r0, std::size_t r1, std::size_t c0, std::size_t c1) {
+        float lo = std::numeric_limits<float>::infinity(), hi = -lo;
+        for (std::size_t r = r0; r < r1; ++r)
+            for (std::size_t c = c0; c < c1; ++c) lo = std::min(lo, x(Eigen::Index(r), Eigen::Index(c))), hi = std::max(hi, x(Eigen::Index(r), Eigen::Index(c)));
+        return mq::params_from_range<Q::bits, typename Q::symmetry>(lo, hi);
+    };
+    std::vector<mq::QuantParams> p;
+    if constexpr (std::same_as<G, mq::per_tensor>) {
+        p.push_back(range_of(0, rows, 0, cols));
+    } else if constexpr (mq::is_row_wise_v<G>) {
+        for (std::size_t r = 0; r < rows; ++r) p.push_back(range_of(r, r + 1, 0, cols));
+    } else {
+        for (std::size_t r = 0; r < rows; ++r)
+            for (std::size_t c = 0; c < cols; c += G::group_size) p.push_back(range_of(r, r + 1, c, c + G::group_size));
+    }
+    return p;
+}
+
+template <class Q>
+const mq::QuantParams& param_at(const std::vector<mq::QuantParams>& p, std::size_t r, std::size_t c, std::size_t cols) {
+    using G = typename Q::granularity;
+    if constexpr (std::same_as<G, mq::per_tensor>)
+        return p[0];
+    else if constexpr (mq::is_row_wise_v<G>)
+        return p[r];
+    else
+        return p[r * (cols / G::group_size) + c / G::group_size];
+}
+
+// Shapes: Mamba widths (768 d_model of 130m, 1536 d_inner, 2560, 5120) and a small one.
+const std::pair<std::size_t, std::size_t> kShapes[] = {{3, 768}, {2, 1536}, {1, 2560}, {1, 5120}, {5, 256}};
+
+struct Checker {
+    template <class Q>
+    int operator()(std::type_identity<Q>) const {
+        using Code = typename Q::code_type;
+        using R = typename Q::range;
+        for (auto [rows, cols] : kShapes) {
+            const mq::MatrixXf x = heavy_tailed(rows, cols, rows * 7919 + cols + Q::bits,
+                                                Q::symmetry::is_symmetric ? 0.0f : 0.5f);
+            const auto xv = mq::view(x);
+            // Dynamic.
+            const mq::QuantizedTensor<Q> t = mq::quantize_tensor<Q>(xv);
+            const auto want = expected_params<Q>(x);
+            REQUIRE(t.params.size() == want.size());
+            CHECK(t.params == want);
+            bool codes_ok = true, roundtrip_ok = true, deq_exact = true;
+            const mq::MatrixXf back = t.dequantize();
+            for (std::size_t r = 0; r < rows; ++r) {
+                for (std::size_t c = 0; c < cols; ++c) {
+                    const auto& p = param_at<Q>(t.params, r, c, cols);
+                    const float v = x(Eigen::Index(r), Eigen::Index(c));
+                    const int q = t.codes[r * cols + c];
+                    codes_ok = codes_ok && q == mq::quantize_value<R>(v, p) && q >= R::min && q <= R::max;
+                    const float b = back(Eigen::Index(r), Eigen::Index(c));
+                    deq_exact = deq_exact && b == mq::dequantize_value(q, p);
+                    // |x̂ − x| ≤ scale/2, up to the float rounding of x·inv_scale and (q−z)·scale.
+                    const float tol = 0.5f * p.scale * (1.0f + 1e-5f) + 4e-7f * std::fabs(v);
+                    roundtrip_ok = roundtrip_ok && std::fabs(b - v) <= tol;
+                }
+            }
+            CHECK_MESSAGE(codes_ok, "bits ", Q::bits, " ", Q::granularity::name, " ", Q::symmetry::name, " [", rows, "x", cols, "]");
+            CHECK(roundtrip_ok);
+            CHECK(deq_exact);
+
+            // Static with the same params: the same codes; the in-place API agrees as well.
+            const mq::QuantizedTensor<Q> s = mq::quantize_tensor<Q>(xv, std::span<const mq::QuantParams>(want));
+            CHECK(s.codes == t.codes);
+            CHECK(s.params == want);
+            CHECK(s.dequantize() == back);
+            std::vector<Code> codes(rows * cols);
+            std::vector<mq::QuantParams> params(want.size());
+            mq::quantize<Q>(xv, mq::MatrixView<Code>(codes.data(), rows, cols), params);
+            CHECK(params == want);
+            CHECK(std::equal(codes.begin(), codes.end(), t.codes.begin()));
+            std::vector<mq::QuantParams> only(want.size());
+            mq::compute_params<Q>(xv, only);
+            CHECK(only == want);
+
+            // Static with 3× tighter params: values beyond saturate, exactly as quantize_value says.
+            std::vector<mq::QuantParams> tight;
+            for (const auto& p : want) {
+                mq::QuantParams q = p;
+                q.scale = p.scale / 3.0f;
+                q.inv_scale = 1.0f / q.scale;
+                tight.push_back(q);
+            }
+            mq::quantize_static<Q>(xv, tight, mq::MatrixView<Code>(codes.data(), rows, cols));
+            bool sat_ok = true;
+            for (std::size_t r = 0; r < rows; ++r)
+                for (std::size_t c = 0; c < cols; ++c)
+                    sat_ok = sat_ok && int(codes[r * cols + c]) ==
+                                           mq::quantize_value<R>(x(Eigen::Index(r), Eigen::Index(c)), param_at<Q>(tight, r, c, cols));
+            CHECK(sat_ok);
+        }
+        // d_state-sized rows (16) for the non-group granularities.
+        if constexpr (!mq::is_per_group_v<typename Q::granularity>) {
+            const mq::MatrixXf x = heavy_tailed(33, 16, 16 + Q::bits);
+            const auto t = mq::quantize_tensor<Q>(mq::view(x));
+            CHECK(t.params == expected_params<Q>(x));
+        }
+        return Q::bits;
+    }
+};
+
+mq::QuantSpec spec(int bits, mq::GranularityKind g, bool sym, std::size_t group = 0) {
+    mq::QuantSpec s;
+    s.bits = bits;
+    s.granularity = g;
+    s.symmetric = sym;
+    s.group = group;
+    return s;
+}
+
+std::uint32_t ulp_distance(float a, float b) {
+    const auto ia = std::bit_cast<std::int32_t>(a), ib = std::bit_cast<std::int32_t>(b);
+    return static_cast<std::uint32_t>(ia > ib ? ia - ib : ib - ia); // same sign only
+}
+
+using Q8t = mq::A8PerToken;
+using Q4g = mq::W4PerGroup<128>;
+using QT = mq::A8PerTensor;
+
+template <class F>
+std::string message_of(F&& f) {
+    try {
+        f();
+    } catch (const mq::error& e) {
+        return e.what();
+    }
+    return "(no exception)";
+}
+
+} // namespace
+
+template <int Bits, class S>
+int check_bits_symmetry() {
+    const Checker check;
+    return check(std::type_identity<mq::Quantizer<Bits, mq::per_tensor, S>>{}) +
+           check(std::type_identity<mq::Quantizer<Bits, mq::per_channel, S>>{}) +
+           check(std::type_identity<mq::Quantizer<Bits, mq::per_token, S>>{}) +
+           check(std::type_identity<mq::Quantizer<Bits, mq::per_group<64>, S>>{}) +
+           check(std::type_identity<mq::Quantizer<Bits, mq::per_group<128>, S>>{});
+}
+
+template <int... Bits>
+int check_every_policy(std::integer_sequence<int, Bits...>) {
+    return (check_bits_symmetry<Bits + 2, mq::symmetric>() + ...) + (check_bits_symmetry<Bits + 2, mq::asymmetric>() + ...);
+}
+
+TEST_CASE("every policy: bits 2..8 x per_tensor/per_channel/per_token/per_group<64|128> x sym/asym, dynamic and static") {
+    // Σ over bits 2..8 of 5 granularities × 2 symmetries × bits: every combination ran.
+    CHECK(check_every_policy(std::make_integer_sequence<int, 7>{}) == 10 * (2 + 3 + 4 + 5 + 6 + 7 + 8));
+}
+
+TEST_CASE("visit_quantizer maps a run-time spec onto the Quantizer type") {
+    auto name = [](const mq::QuantSpec& s) {
+        return mq::visit_quantizer(s, []<class Q>(std::type_identity<Q>) {
+            return std::to_string(Q::bits) + mq::detail::granularity_label<typename Q::granularity>() + Q::symmetry::name;
+        });
+    };
+    CHECK(name(spec(4, mq::GranularityKind::per_group, true, 32)) == "4per_group<32>symmetric");
+    CHECK(name(spec(8, mq::GranularityKind::per_token, false)) == "8per_tokenasymmetric");
+    CHECK(name(spec(3, mq::GranularityKind::per_group, false, 256)) == "3per_group<256>asymmetric");
+    CHECK(name(spec(2, mq::GranularityKind::per_channel, true)) == "2per_channelsymmetric");
+}
+
+TEST_CASE("bits outside [2, 8] and unsupported run-time group sizes are errors") {
+    CHECK_THROWS_WITH_AS(spec(9, mq::GranularityKind::per_token, false).validate(), "QuantSpec: bits must be in [2, 8], got 9", mq::error);
+    CHECK_THROWS_WITH_AS(spec(1, mq::GranularityKind::per_token, false).validate(), "QuantSpec: bits must be in [2, 8], got 1", mq::error);
+    CHECK_THROWS_WITH_AS(spec(0, mq::GranularityKind::per_tensor, true).validate(), "QuantSpec: bits must be in [2, 8], got 0", mq::error);
+    CHECK_THROWS_AS(mq::visit_quantizer(spec(16, mq::GranularityKind::per_token, false), [](auto) { return 0; }), mq::error);
+    CHECK_THROWS_WITH_AS(spec(4, mq::GranularityKind::per_group, true, 100).validate(),
+                         "QuantSpec: group size must be one of 32, 64, 128, 256 for per_group, got 100", mq::error);
+    CHECK_NOTHROW(spec(2, mq::GranularityKind::per_group, true, 256).validate());
+    // Compile-time bits outside [2, 8] are a static_assert in Quantizer (not testable at run time).
+}
+
+TEST_CASE("zero rows quantize to the zero code and dequantize exactly; constant rows within 1 ulp") {
+    auto check_zero = [](auto tag) {
+        using Q = typename decltype(tag)::type;
+        mq::MatrixXf x = mq::MatrixXf::Zero(3, 256);
+        x.row(1).setConstant(-0.0f);
+        const auto t = mq::quantize_tensor<Q>(mq::view(x));
+        for (const auto& p : t.params) {
+            CHECK(p.scale == 1.0f);
+            CHECK(p.zero == 0);
+        }
+        for (auto c : t.codes) CHECK(int(c) == 0);
+        const mq::MatrixXf back = t.dequantize();
+        CHECK((back.array() == 0.0f).all());
+    };
+    check_zero(std::type_identity<Q8t>{});
+    check_zero(std::type_identity<mq::Quantizer<8, mq::per_token, mq::symmetric>>{});
+    check_zero(std::type_identity<Q4g>{});
+    check_zero(std::type_identity<mq::Quantizer<2, mq::per_tensor, mq::asymmetric>>{});
+    check_zero(std::type_identity<mq::Quantizer<3, mq::per_group<64>, mq::asymmetric>>{});
+
+    // Constant rows c ≠ 0: c maps to an end of the code range, (q − z)·scale lands within 1 ulp.
+    auto check_const = [](auto tag) {
+        using Q = typename decltype(tag)::type;
+        mq::Rng rng(5);
+        std::uint32_t worst = 0;
+        mq::MatrixXf x(400, 64);
+        for (Eigen::Index r = 0; r < x.rows(); ++r) {
+            const double mag = std::pow(10.0, rng.uniform(-6.0, 6.0));
+            x.row(r).setConstant(static_cast<float>(rng.sign() * mag));
+        }
+        const auto back = mq::quantize_tensor<Q>(mq::view(x)).dequantize();
+        for (Eigen::Index r = 0; r < x.rows(); ++r)
+            for (Eigen::Index c = 0; c < x.cols(); ++c) worst = std::max(worst, ulp_distance(back(r, c), x(r, c)));
+        CHECK(worst <= 1);
+        return worst;
+    };
+    check_const(std::type_identity<Q8t>{});
+    check_const(std::type_identity<mq::Quantizer<8, mq::per_token, mq::symmetric>>{});
+    check_const(std::type_identity<mq::Quantizer<4, mq::per_channel, mq::asymmetric>>{});
+    check_const(std::type_identity<mq::Quantizer<4, mq::per_group<32>, mq::symmetric>>{});
+    check_const(std::type_identity<mq::Quantizer<2, mq::per_token, mq::asymmetric>>{});
+}
+
+TEST_CASE("bad input: empty tensors") {
+    const mq::ConstMatrixView<float> empty(nullptr, 0, 5);
+    CHECK_THROWS_WITH_AS(mq::quantize_tensor<Q8t>(empty),
+                         "quantize_tensor: tensor 'x' is empty (shape [0 x 5]); expected at least one element", mq::error);
+    std::vector<mq::QuantParams> p(1);
+    CHECK_THROWS_WITH_AS(mq::quantize<QT>(mq::ConstMatrixView<float>(nullptr, 4, 0), mq::MatrixView<std::uint8_t>(), p, "act"),
+                         "quantize: tensor 'act' is empty (shape [4 x 0]); expected at least one element", mq::error);
+    CHECK_THROWS_AS(mq::quantize_static<QT>(empty, p, mq::MatrixView<std::uint8_t>()), mq::error);
+    CHECK_THROWS_AS(mq::dequantize<QT>(mq::ConstMatrixView<std::uint8_t>(), p, mq::MatrixView<float>()), mq::error);
+}
+
+TEST_CASE("bad input: mismatched shapes and params spans of the wrong size") {
+    const mq::MatrixXf x = heavy_tailed(3, 256, 1);
+    std::vector<std::uint8_t> codes(3 * 256);
+    std::vector<mq::QuantParams> p3(3), p2(2);
+    CHECK_THROWS_WITH_AS(mq::quantize<Q8t>(mq::view(x), mq::MatrixView<std::uint8_t>(codes.data(), 3, 255), p3, "in_proj.x"),
+                         "quantize: 'codes' must have the shape of 'in_proj.x' [3 x 256], got [3 x 255]", mq::error);
+    CHECK_THROWS_WITH_AS(mq::quantize<Q8t>(mq::view(x), mq::MatrixView<std::uint8_t>(codes.data(), 3, 256), p2, "in_proj.x"),
+                         "quantize: params for 'in_proj.x' must have 3 entries (per_token on [3 x 256]), got 2", mq::error);
+    std::vector<mq::QuantParams> g(5);
+    std::vector<std::int8_t> c8(3 * 256);
+    CHECK_THROWS_WITH_AS(mq::quantize<Q4g>(mq::view(x), mq::MatrixView<std::int8_t>(c8.data(), 3, 256), g, "w"),
+                         "quantize: params for 'w' must have 6 entries (per_group<128> on [3 x 256]), got 5", mq::error);
+    const auto t = mq::quantize_tensor<Q8t>(mq::view(x));
+    mq::MatrixXf out(3, 128);
+    CHECK_THROWS_WITH_AS(mq::dequantize<Q8t>(t.code_view(), t.params, mq::view(out)),
+                         "dequantize: 'out' must have the shape of 'codes' [3 x 256], got [3 x 128]", mq::error);
+    CHECK_THROWS_WITH_AS(mq::quantize_static<Q8t>(mq::view(x), std::span<const mq::QuantParams>(p2), mq::MatrixView<std::uint8_t>(codes.data(), 3, 256)),
+                         "quantize_static: params for 'x' must have 3 entries (per_token on [3 x 256]), got 2", mq::error);
+}
+
+TEST_CASE("bad input: a group size that does not divide the row") {
+    const mq::MatrixXf x = heavy_tailed(2, 100, 2);
+    CHECK_THROWS_WITH_AS(mq::quantize_tensor<Q4g>(mq::view(x), "out_proj.weight"),
+                         "quantize_tensor: group size 128 does not divide the row length 100 of 'out_proj.weight' (100 % 128 = 100)",
+                         mq::error);
+    std::vector<mq::QuantParams> p(4);
+    std::vector<std::int8_t> c(200);
+    CHECK_THROWS_WITH_AS((mq::quantize<mq::Quantizer<4, mq::per_group<32>, mq::symmetric>>(
+                             mq::view(x), mq::MatrixView<std::int8_t>(c.data(), 2, 100), p)),
+                         "quantize: group size 32 does not divide the row length 100 of 'x' (100 % 32 = 4)", mq::error);
+}
+
+TEST_CASE("bad input: NaN or Inf is reported with its position, for every path") {
+    mq::MatrixXf x = heavy_tailed(4, 256, 3);
+    x(2, 77) = std::numeric_limits<float>::quiet_NaN();
+    CHECK_THROWS_WITH_AS(mq::quantize_tensor<Q8t>(mq::view(x), "h"),
+                         "quantize: tensor 'h' has a non-finite value (nan) at [2, 77]; expected finite values", mq::error);
+    CHECK_THROWS_WITH_AS(mq::quantize_tensor<QT>(mq::view(x)),
+                         "quantize: tensor 'x' has a non-finite value (nan) at [2, 77]; expected finite values", mq::error);
+    CHECK_THROWS_WITH_AS(mq::quantize_tensor<Q4g>(mq::view(x)),
+                         "quantize: tensor 'x' has a non-finite value (nan) at [2, 77]; expected finite values", mq::error);
+    x(2, 77) = 1.0f;
+    x(3, 255) = -std::numeric_limits<float>::infinity();
+    const std::vector<mq::QuantParams> p(1, QT::params(-1.0f, 1.0f));
+    CHECK_THROWS_WITH_AS(mq::quantize_tensor<QT>(mq::view(x), std::span<const mq::QuantParams>(p)),
+                         "quantize_static: tensor 'x' has a non-finite value (-inf) at [3, 255]; expected finite values", mq::error);
+    std::vector<mq::QuantParams> q(4);
+    CHECK_THROWS_WITH_AS(mq::compute_params<Q8t>(mq::view(x), q, "w"),
+                         "compute_params: tensor 'w' has a non-finite value (-inf) at [3, 255]; expected finite values", mq::error);
+}
+
+TEST_CASE("bad input: a finite range too wide for a finite scale (asymmetric)") {
+    mq::MatrixXf x = mq::MatrixXf::Zero(2, 64);
+    x(1, 3) = -3e38f;
+    x(1, 9) = 3e38f;
+    CHECK_THROWS_WITH_AS(mq::quantize_tensor<Q8t>(mq::view(x)),
+                         "quantize: the range [-3e+38, 3e+38] of 'x' (row 1) is too wide for a finite float scale; expected max − min <= 3.40282e+38",
+                         mq::error);
+    CHECK_THROWS_AS(mq::quantize_tensor<QT>(mq::view(x)), mq::error);
+    // Symmetric: max|x|/qmax is always finite, so the same tensor quantizes.
+    const auto t = mq::quantize_tensor<mq::Quantizer<8, mq::per_token, mq::symmetric>>(mq::view(x));
+    CHECK(t.params[1].scale == mq::params_from_range<8, mq::symmetric>(-3e38f, 3e38f).scale);
+    CHECK(int(t.codes[64 + 9]) == 127);
+}
+
+TEST_CASE("bad input: invalid static params") {
+    const mq::MatrixXf x = heavy_tailed(1, 64, 4);
+    std::vector<std::uint8_t> c(64);
+    std::vector<std::int8_t> s(64);
+    auto run = [&](mq::QuantParams p) {
+        return message_of([&] { mq::quantize_static<QT>(mq::view(x), std::span<const mq::QuantParams>(&p, 1), mq::MatrixView<std::uint8_t>(c.data(), 1, 64)); });
+    };
+    CHECK(run({0.0f, 1.0f, 0}) == "quantize_static: params[0] for 'x' need a finite scale > 0 and inv_scale > 0, got scale 0, inv_scale 1");
+    CHECK(run({std::numeric_limits<float>::quiet_NaN(), 1.0f, 0}).find("need a finite scale > 0") != std::string::npos);
+    CHECK(run({1.0f, 1.0f, 300}) == "quantize_static: params[0] for 'x' need a zero point in [0, 255], got 300");
+    CHECK(run({1.0f, 1.0f, -1}) == "quantize_static: params[0] for 'x' need a zero point in [0, 255], got -1");
+    const mq::QuantParams bad{1.0f, 1.0f, 3};
+    CHECK_THROWS_WITH_AS((mq::quantize_static<mq::Quantizer<8, mq::per_tensor, mq::symmetric>>(
+                             mq::view(x), std::span<const mq::QuantParams>(&bad, 1), mq::MatrixView<std::int8_t>(s.data(), 1, 64))),
+                         "quantize_static: params[0] for 'x' of a symmetric quantizer need zero 0, got 3", mq::error);
+}
+
+TEST_CASE("strided views: a row block of a wider tensor quantizes like a copy of it") {
+    const mq::MatrixXf big = heavy_tailed(6, 1536, 9);
+    const mq::ConstMatrixView<float> sub(big.data() + 3, 4, 768, 1536); // [4 x 768], stride 1536
+    const mq::MatrixXf copy = big.block(0, 3, 4, 768);
+    const auto a = mq::quantize_tensor<Q8t>(sub);
+    const auto b = mq::quantize_tensor<Q8t>(mq::view(copy));
+    CHECK(a.params == b.params);
+    CHECK(a.codes == b.codes);
+}
