@@ -141,4 +141,6 @@ TEST_CASE("a truncated real file is rejected, never read past its end") {
         CHECK_THROWS_AS(mq::SafetensorsFile::from_bytes(part, "cut.safetensors"), mq::error);
     }
     CHECK_THROWS_WITH_AS(mq::SafetensorsFile::open("/nonexistent/x.safetensors"), doctest::Contains("cannot open"), mq::error);
+    CHECK_THROWS_WITH_AS(mq::SafetensorsFile::open("/dev/zero"), doctest::Contains("not a regular file"), mq::error);
+    CHECK_THROWS_WITH_AS(mq::SafetensorsFile::open(std::filesystem::temp_directory_path()), doctest::Contains("cannot open"), mq::error);
 }

@@ -276,7 +276,10 @@ public:
             if (fb->mapped_) return fb;
         }
 #endif
-        // Streamed fallback (no mmap, an empty file, or a special file): read it all.
+        // Streamed fallback (no mmap, or an empty file): read it all. Only regular files: a FIFO
+        // or a device (/dev/zero) would never end.
+        std::error_code ec;
+        require(std::filesystem::is_regular_file(path, ec), path.string(), ": cannot open file (not a regular file)");
         std::ifstream in(path, std::ios::binary);
         require(in.good(), path.string(), ": cannot open file");
         std::vector<char> chars((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
