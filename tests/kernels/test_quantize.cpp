@@ -155,6 +155,30 @@ TEST_CASE("rounding is round-half-to-even, saturation at the code range ends") {
     CHECK(int(u[10]) == 0);  // saturates at qmin
 }
 
+TEST_CASE("huge products saturate exactly like the reference (8-bit asymmetric: clamp by packus)") {
+    using R = mq::BitRange<8, mq::asymmetric>;
+    const mq::QuantParams p{0.5f, 2.0f, 128};
+    std::vector<float> x = {1e30f, -1e30f, 3e9f, -3e9f, 1.1e9f, -1.1e9f, 2.2e9f, -2.2e9f, 63.75f, -64.25f, 63.5f, -64.5f,
+                            16777217.0f, -16777217.0f, std::numeric_limits<float>::max(), -std::numeric_limits<float>::max()};
+    x.resize(64, 0.3f);
+    for (std::size_t shift = 0; shift < 32; ++shift) { // every lane position of the 32-wide loop
+        std::vector<float> y(x.size());
+        for (std::size_t i = 0; i < x.size(); ++i) y[(i + shift) % y.size()] = x[i];
+        std::vector<std::uint8_t> a(y.size()), b(y.size());
+        mq::quantize_row<R>(mq::default_arch{}, y.data(), y.size(), p, a.data());
+        mq::quantize_row_ref<R>(y.data(), y.size(), p, b.data());
+        CHECK(a == b);
+    }
+    std::vector<std::uint8_t> b(x.size());
+    mq::quantize_row_ref<R>(x.data(), x.size(), p, b.data());
+    CHECK(int(b[0]) == 255);
+    CHECK(int(b[1]) == 0);
+    CHECK(int(b[8]) == 255); // round(127.5) = 128 (even), + 128 → clamp 255
+    CHECK(int(b[9]) == 0);   // round(-128.5) = -128, + 128 = 0
+    CHECK(int(b[10]) == 255); // round(127) + 128 = 255
+    CHECK(int(b[11]) == 0);  // round(-129) + 128 → clamp 0
+}
+
 TEST_CASE("fused dynamic kernel writes nothing for a non-finite row") {
     auto x = make_row(100, 7);
     x[57] = std::numeric_limits<float>::quiet_NaN();

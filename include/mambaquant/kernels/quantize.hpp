@@ -27,8 +27,10 @@ MQ_NAMESPACE_BEGIN
 // • Multiply by inv_scale, never divide: one multiply per element, and the same float op in the
 //   SIMD kernel (vmulps) and in the reference (operator*), so both see the same product.
 // • Rounding is round-half-to-even, the IEEE default mode: std::nearbyint in the reference,
-//   vroundps(_MM_FROUND_TO_NEAREST_INT) in the kernel. Half-way products go to the even code
-//   (0.5 → 0, 1.5 → 2), which avoids the upward bias of round-half-away.
+//   vcvtps2dq in the AVX2 loop and vroundps(_MM_FROUND_TO_NEAREST_INT) in the portable loop.
+//   Half-way products go to the even code (0.5 → 0, 1.5 → 2, −2.5 → −2), which avoids the bias
+//   of round-half-away. (The process must run in the default rounding mode, as it does unless
+//   someone calls fesetround.)
 // • The zero point is added and the result clamped *in float*, then converted: the float is
 //   already an integer inside [qmin, qmax], so the conversion is exact, and an input far outside
 //   the range (static params, outliers) saturates to qmin/qmax instead of overflowing an int.
@@ -180,14 +182,30 @@ inline void quantize_row(Arch, const float* x, std::size_t n, const QuantParams&
     std::size_t i = 0;
 #if defined(__AVX2__)
     if constexpr (detail::is_avx2_arch_v<Arch>) {
+        // Integer-domain form of the same formula, fewer uops than round + float clamp:
+        //   q = clamp(cvt(min(x·inv_scale, 2^30)) + zero, qmin, qmax)
+        // vcvtps2dq rounds half to even (default MXCSR mode, as std::nearbyint in the reference)
+        // and is exact below 2^31; the 2^30 cap sends huge positive products to qmax instead of
+        // INT_MIN, huge negative ones become INT_MIN and clamp to qmin. Integer + zero equals the
+        // reference's float + zero wherever the result is not clamped (|·| < 2^24). For
+        // [0, 255] → uint8 the saturating packus already is the clamp.
+        constexpr bool kPackClamps = std::is_same_v<Code, std::uint8_t> && Range::min == 0 && Range::max == 255;
+        const __m256 cap = _mm256_set1_ps(1073741824.0f);
+        const __m256i izero = _mm256_set1_epi32(p.zero);
+        const __m256i qmin = _mm256_set1_epi32(Range::min), qmax = _mm256_set1_epi32(Range::max);
+        auto icode = [&](const float* src) {
+            const __m256 v = _mm256_min_ps(_mm256_mul_ps(_mm256_loadu_ps(src), vinv), cap);
+            const __m256i c = _mm256_add_epi32(_mm256_cvtps_epi32(v), izero);
+            if constexpr (kPackClamps)
+                return c;
+            else
+                return _mm256_min_epi32(_mm256_max_epi32(c, qmin), qmax);
+        };
         // 32 floats → 4 × int32x8 → saturating packs to 32 bytes. The packs work per 128-bit
         // lane, leaving dwords in the order (a0 b0 c0 d0 a1 b1 c1 d1); one permute restores it.
         const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
         for (; i + 32 <= n; i += 32) {
-            const __m256i a = _mm256_cvtps_epi32(code(B::load_unaligned(x + i)));
-            const __m256i b = _mm256_cvtps_epi32(code(B::load_unaligned(x + i + 8)));
-            const __m256i c = _mm256_cvtps_epi32(code(B::load_unaligned(x + i + 16)));
-            const __m256i d = _mm256_cvtps_epi32(code(B::load_unaligned(x + i + 24)));
+            const __m256i a = icode(x + i), b = icode(x + i + 8), c = icode(x + i + 16), d = icode(x + i + 24);
             const __m256i ab = _mm256_packs_epi32(a, b), cd = _mm256_packs_epi32(c, d);
             __m256i bytes;
             if constexpr (std::is_same_v<Code, std::int8_t>)

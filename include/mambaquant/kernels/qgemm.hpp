@@ -1,0 +1,367 @@
+// Integer GEMM/GEMV: int8 activations × int8 or packed int4 weights, int32 sums, one fused epilogue.
+#pragma once
+
+#include <mambaquant/core/config.hpp>
+#include <mambaquant/core/simd.hpp>
+#include <mambaquant/core/tensor.hpp>
+#include <mambaquant/kernels/packed_weights.hpp>
+#include <mambaquant/kernels/parallel.hpp>
+#include <mambaquant/kernels/quantized_activations.hpp>
+#include <mambaquant/quant/params.hpp>
+#include <mambaquant/quant/range.hpp>
+
+#include <xsimd/xsimd.hpp>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+MQ_NAMESPACE_BEGIN
+
+// y[m][n] = Σ_k x̂[m][k]·ŵ[n][k] + bias[n], from x̂ = (a − z_a)·s_a and the packed ŵ:
+//   W8:  y = (s_a·s_w[n])·(Σ_k a·q − z_a·Σ_k q) + bias                       (exact int32, then one rounding)
+//   W4:  y = s_a·(Σ_g s_g·(Σ_{k∈g} a·u − z_g·Σ_{k∈g} a) − z_a·col_corr[n]) + bias
+// and, for an integer OutT, requantized: q = clamp(round_half_even(y·inv_scale) + zero) (quantize_value).
+// float: plain output; int8_t: symmetric [-127, 127]; uint8_t: asymmetric [0, 255].
+template <class OutT = float>
+struct Epilogue {
+    static_assert(std::is_same_v<OutT, float> || std::is_same_v<OutT, std::int8_t> || std::is_same_v<OutT, std::uint8_t>,
+                  "Epilogue: output is float or requantized int8_t / uint8_t");
+    const float* bias = nullptr; // [n] or nullptr
+    QuantParams out{};           // output quantization (integer OutT only)
+};
+
+namespace detail {
+
+template <class OutT>
+using out_range_t = std::conditional_t<std::is_same_v<OutT, std::int8_t>, Int8SymmetricRange, UInt8AsymmetricRange>;
+
+// Writes `count` ≤ 8 outputs of one channel tile.
+template <class OutT>
+MQ_ALWAYS_INLINE void store_tile(OutT* dst, const float* y, std::size_t count, const Epilogue<OutT>& e) noexcept {
+    if constexpr (std::is_same_v<OutT, float>) {
+        std::memcpy(dst, y, count * sizeof(float));
+    } else {
+        for (std::size_t i = 0; i < count; ++i)
+            dst[i] = static_cast<OutT>(quantize_value<out_range_t<OutT>>(y[i], e.out));
+    }
+}
+
+inline float bias_at(const float* bias, std::size_t n, std::size_t col) noexcept {
+    return bias && col < n ? bias[col] : 0.0f;
+}
+
+} // namespace detail
+
+// ---------------------------------------------------------------------------------------------
+// Scalar references: the same integer sums and the same float operations in the same order
+// (explicit std::fma, never left to -ffp-contract), so the fast kernels match them bit for bit.
+// They cover channel tiles [block_begin, block_end) like the kernels.
+
+template <class OutT>
+void qgemm_ref(const ActBuffer<std::int16_t>& a, const PackedW8& w, const Epilogue<OutT>& e, MatrixView<OutT> y,
+               std::size_t block_begin, std::size_t block_end) noexcept {
+    MQ_ASSERT(a.k == w.k && a.k_pad == w.k_pad && y.rows == a.rows && y.cols == w.n, "qgemm_ref: shapes");
+    for (std::size_t m = 0; m < a.rows; ++m) {
+        const std::int16_t* ar = a.row(m);
+        for (std::size_t n = block_begin * kPackCols; n < std::min(block_end * kPackCols, w.n); ++n) {
+            std::int64_t acc = 0;
+            for (std::size_t k = 0; k < w.k_pad; ++k) acc += std::int64_t{ar[k]} * w.code(n, k);
+            const auto t = static_cast<std::int32_t>(acc - std::int64_t{a.zero[m]} * w.qsum[n]);
+            const float sc = a.scale[m] * w.scale[n];
+            const float v = std::fma(static_cast<float>(t), sc, detail::bias_at(e.bias, w.n, n));
+            detail::store_tile(&y(m, n), &v, 1, e);
+        }
+    }
+}
+
+template <class OutT>
+void qgemm_ref(const ActBuffer<std::uint8_t>& a, const PackedW4& w, const Epilogue<OutT>& e, MatrixView<OutT> y,
+               std::size_t block_begin, std::size_t block_end) noexcept {
+    MQ_ASSERT(a.k == w.k && a.k_pad == w.k_pad && a.group == w.group && y.rows == a.rows && y.cols == w.n, "qgemm_ref: shapes");
+    for (std::size_t m = 0; m < a.rows; ++m) {
+        const std::uint8_t* ar = a.row(m);
+        for (std::size_t n = block_begin * kPackCols; n < std::min(block_end * kPackCols, w.n); ++n) {
+            float accf = 0.0f;
+            for (std::size_t g = 0; g < w.groups; ++g) {
+                std::int32_t acc = 0;
+                for (std::size_t k = g * w.group; k < (g + 1) * w.group; ++k) acc += std::int32_t{ar[k]} * w.nibble(n, k);
+                const std::size_t pi = w.param_index(n, g);
+                const std::int32_t t = acc - w.zero[pi] * a.gsum[m * a.groups + g];
+                accf = std::fma(static_cast<float>(t), w.scale[pi], accf);
+            }
+            const float tt = std::fma(-static_cast<float>(a.zero[m]), w.col_corr[n], accf);
+            const float v = std::fma(a.scale[m], tt, detail::bias_at(e.bias, w.n, n));
+            detail::store_tile(&y(m, n), &v, 1, e);
+        }
+    }
+}
+
+namespace detail {
+
+#if defined(__AVX2__)
+
+// Loads the bias of one channel tile (zeros past n, or without bias).
+MQ_ALWAYS_INLINE __m256 load_bias8(const float* bias, std::size_t n, std::size_t col) noexcept {
+    if (!bias) return _mm256_setzero_ps();
+    if (col + kPackCols <= n) return _mm256_loadu_ps(bias + col);
+    alignas(32) float b[kPackCols];
+    for (std::size_t i = 0; i < kPackCols; ++i) b[i] = bias_at(bias, n, col + i);
+    return _mm256_load_ps(b);
+}
+
+template <class OutT>
+MQ_ALWAYS_INLINE void store8(MatrixView<OutT> y, std::size_t m, std::size_t col, std::size_t n, __m256 v,
+                             const Epilogue<OutT>& e) noexcept {
+    OutT* dst = y.data + m * y.stride + col;
+    if constexpr (std::is_same_v<OutT, float>) {
+        if (col + kPackCols <= n) {
+            _mm256_storeu_ps(dst, v);
+            return;
+        }
+    }
+    alignas(32) float t[kPackCols];
+    _mm256_store_ps(t, v);
+    store_tile(dst, t, std::min(kPackCols, n - col), e);
+}
+
+MQ_ALWAYS_INLINE __m256i broadcast32(const void* p) noexcept {
+    std::int32_t v;
+    std::memcpy(&v, p, sizeof v);
+    return _mm256_set1_epi32(v);
+}
+
+// W8 micro-kernel: MR tokens × NB channel tiles of 8, the whole K.
+// vpmaddwd on int16: lane = a_k·q_k + a_{k+1}·q_{k+1}, |a| ≤ 255, |q| ≤ 127, so each product
+// and the pair sum are exact in int32 (no int16 saturation anywhere: vpmaddubsw would saturate,
+// 2·255·127 = 64770 > 32767). The int32 sum stays exact while K·255·127 < 2^31 (K ≤ kMaxPackedK).
+// Weights are sign-extended once per load and reused for MR tokens; activations arrive as int16
+// pairs broadcast straight from memory (a load-port op, no shuffle).
+template <int MR, int NB, class OutT>
+MQ_ALWAYS_INLINE void w8_tile_avx2(const ActBuffer<std::int16_t>& a, std::size_t m0, const PackedW8& w,
+                                   std::size_t nb0, const Epilogue<OutT>& e, MatrixView<OutT> y) noexcept {
+    __m256i acc[MR][NB];
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+        for (int j = 0; j < NB; ++j) acc[i][j] = _mm256_setzero_si256();
+    const std::size_t kp = w.k_pairs();
+    const BlockW8x2* wb = w.blocks.data() + nb0 * kp;
+    const std::int16_t* ar = a.row(m0);
+    const std::size_t as = a.k_pad;
+    for (std::size_t p = 0; p < kp; ++p) {
+        __m256i wv[NB];
+#pragma GCC unroll 8
+        for (int j = 0; j < NB; ++j)
+            wv[j] = _mm256_cvtepi8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(wb + j * kp + p)));
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; ++i) {
+            const __m256i av = broadcast32(ar + i * as + 2 * p);
+#pragma GCC unroll 8
+            for (int j = 0; j < NB; ++j) acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(av, wv[j]));
+        }
+    }
+#pragma GCC unroll 8
+    for (int j = 0; j < NB; ++j) {
+        const std::size_t col = (nb0 + j) * kPackCols;
+        const __m256i qs = _mm256_load_si256(reinterpret_cast<const __m256i*>(w.qsum.data() + col));
+        const __m256 ws = _mm256_load_ps(w.scale.data() + col);
+        const __m256 b = load_bias8(e.bias, w.n, col);
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; ++i) {
+            // t = Σ a·q − z_a·Σ q (wrapping int32 is exact: the true t fits, see above)
+            const __m256i t = _mm256_sub_epi32(acc[i][j], _mm256_mullo_epi32(_mm256_set1_epi32(a.zero[m0 + i]), qs));
+            const __m256 sc = _mm256_mul_ps(_mm256_set1_ps(a.scale[m0 + i]), ws);
+            store8(y, m0 + i, col, w.n, _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), sc, b), e);
+        }
+    }
+}
+
+// W4 micro-kernel: MR tokens × NB channel tiles of 8, group by group.
+// The nibbles u ∈ [0, 15] are recentred to s = u − 8 ∈ [-8, 7] after unpacking (one vpsubb,
+// shared by MR tokens), and vpmaddubsw(u8 activation a ∈ [0, 255], s8 weight s) gives lanes
+// a·s + a'·s' with |·| ≤ 2·255·8 = 4080: never saturating. Eight such lanes (32 k: four 8-k
+// blocks, low and high nibbles) sum to at most 8·4080 = 32640 ≤ 32767, so they accumulate in
+// int16 and one vpmaddwd(·, 1) per 32 k widens them to int32: 1.125 multiplier instructions
+// per 32 multiply-adds instead of 2 on the exact-int32 W8 path. Σ a·s = Σ a·u − 8·Σ a, so the
+// group correction uses zero − 8: t = Σ a·s − (z − 8)·Σ a = Σ a·u − z·Σ a, the reference's t.
+template <int MR, int NB, class OutT>
+MQ_ALWAYS_INLINE void w4_tile_avx2(const ActBuffer<std::uint8_t>& a, std::size_t m0, const PackedW4& w,
+                                   std::size_t nb0, const Epilogue<OutT>& e, MatrixView<OutT> y) noexcept {
+    const __m256i mask = _mm256_set1_epi8(0x0F);
+    const __m256i ones = _mm256_set1_epi16(1);
+    const __m256i eight8 = _mm256_set1_epi8(8);
+    const __m256i eight32 = _mm256_set1_epi32(8);
+    __m256 accf[MR][NB];
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+        for (int j = 0; j < NB; ++j) accf[i][j] = _mm256_setzero_ps();
+    const std::size_t kc = w.k_chunks();
+    const BlockW4x8* wb = w.blocks.data() + nb0 * kc;
+    const std::uint8_t* ar = a.row(m0);
+    const std::size_t as = a.k_pad;
+    const std::size_t supers = w.group / 32;
+    for (std::size_t g = 0; g < w.groups; ++g) {
+        __m256i acc32[MR][NB];
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+            for (int j = 0; j < NB; ++j) acc32[i][j] = _mm256_setzero_si256();
+        for (std::size_t s = 0; s < supers; ++s) {
+            const std::size_t c0 = g * (w.group / 8) + 4 * s;
+            __m256i acc16[MR][NB];
+#pragma GCC unroll 8
+            for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+                for (int j = 0; j < NB; ++j) acc16[i][j] = _mm256_setzero_si256();
+#pragma GCC unroll 2
+            for (std::size_t h = 0; h < 4; ++h) {
+                const std::size_t c = c0 + h;
+                __m256i lo[NB], hi[NB];
+#pragma GCC unroll 8
+                for (int j = 0; j < NB; ++j) {
+                    const __m256i raw = _mm256_load_si256(reinterpret_cast<const __m256i*>(wb + j * kc + c));
+                    lo[j] = _mm256_sub_epi8(_mm256_and_si256(raw, mask), eight8);
+                    hi[j] = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(raw, 4), mask), eight8);
+                }
+#pragma GCC unroll 8
+                for (int i = 0; i < MR; ++i) {
+                    const __m256i alo = broadcast32(ar + i * as + 8 * c);
+                    const __m256i ahi = broadcast32(ar + i * as + 8 * c + 4);
+#pragma GCC unroll 8
+                    for (int j = 0; j < NB; ++j) {
+                        acc16[i][j] = _mm256_add_epi16(acc16[i][j], _mm256_maddubs_epi16(alo, lo[j]));
+                        acc16[i][j] = _mm256_add_epi16(acc16[i][j], _mm256_maddubs_epi16(ahi, hi[j]));
+                    }
+                }
+            }
+#pragma GCC unroll 8
+            for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+                for (int j = 0; j < NB; ++j) acc32[i][j] = _mm256_add_epi32(acc32[i][j], _mm256_madd_epi16(acc16[i][j], ones));
+        }
+        // Group end: t = Σ a·s − (z_g − 8)·Σ a (exact int32), accf += s_g·t
+#pragma GCC unroll 8
+        for (int j = 0; j < NB; ++j) {
+            const std::size_t pi = ((nb0 + j) * w.groups + g) * kPackCols;
+            const __m256i zg = _mm256_sub_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(w.zero.data() + pi)), eight32);
+            const __m256 sg = _mm256_load_ps(w.scale.data() + pi);
+#pragma GCC unroll 8
+            for (int i = 0; i < MR; ++i) {
+                const __m256i sa = _mm256_set1_epi32(a.gsum[(m0 + i) * a.groups + g]);
+                const __m256i t = _mm256_sub_epi32(acc32[i][j], _mm256_mullo_epi32(zg, sa));
+                accf[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), sg, accf[i][j]);
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int j = 0; j < NB; ++j) {
+        const std::size_t col = (nb0 + j) * kPackCols;
+        const __m256 cc = _mm256_load_ps(w.col_corr.data() + col);
+        const __m256 b = load_bias8(e.bias, w.n, col);
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; ++i) {
+            const __m256 tt = _mm256_fnmadd_ps(_mm256_set1_ps(static_cast<float>(a.zero[m0 + i])), cc, accf[i][j]);
+            store8(y, m0 + i, col, w.n, _mm256_fmadd_ps(_mm256_set1_ps(a.scale[m0 + i]), tt, b), e);
+        }
+    }
+}
+
+// Runs a micro-kernel over tokens [0, rows) × tiles [b0, b1): channel panels outside (they stay
+// in L1/L2 while every token streams past), MR-token tiles inside, tails by smaller instances.
+template <int MR, int NB, class Tile>
+MQ_ALWAYS_INLINE void drive_tiles(std::size_t rows, std::size_t b0, std::size_t b1, Tile&& tile) noexcept {
+    for (std::size_t nb = b0; nb < b1; nb += NB) {
+        const std::size_t nbw = std::min<std::size_t>(NB, b1 - nb);
+        auto run_rows = [&](auto nb_c) {
+            constexpr int NBc = decltype(nb_c)::value;
+            std::size_t m = 0;
+            for (; m + MR <= rows; m += MR) tile(std::integral_constant<int, MR>{}, nb_c, m, nb);
+            const std::size_t rest = rows - m;
+            [&]<int... R>(std::integer_sequence<int, R...>) {
+                ((rest == static_cast<std::size_t>(R + 1) ? (tile(std::integral_constant<int, R + 1>{}, nb_c, m, nb), 0) : 0), ...);
+            }(std::make_integer_sequence<int, MR - 1>{});
+            static_cast<void>(NBc);
+        };
+        [&]<int... J>(std::integer_sequence<int, J...>) {
+            ((nbw == static_cast<std::size_t>(J + 1) ? (run_rows(std::integral_constant<int, J + 1>{}), 0) : 0), ...);
+        }(std::make_integer_sequence<int, NB>{});
+    }
+}
+
+#endif // __AVX2__
+
+} // namespace detail
+
+// Fast kernels over channel tiles [block_begin, block_end) (8 channels each; pass 0 and
+// w.n_blocks for all). One token (decode) takes the GEMV register blocking, more take the GEMM one.
+// Without AVX2 (other arches) they fall back to the scalar reference arithmetic.
+template <class Arch, class OutT>
+void qgemm(Arch, const ActBuffer<std::int16_t>& a, const PackedW8& w, const Epilogue<OutT>& e, MatrixView<OutT> y,
+           std::size_t block_begin, std::size_t block_end) noexcept {
+    MQ_ASSERT(a.k == w.k && a.k_pad == w.k_pad && y.rows == a.rows && y.cols == w.n, "qgemm: shapes");
+    MQ_ASSERT(block_begin <= block_end && block_end <= w.n_blocks, "qgemm: tile range");
+#if defined(__AVX2__)
+    if constexpr (std::is_base_of_v<xsimd::avx2, Arch>) {
+        auto tile = [&](auto mr, auto nb, std::size_t m, std::size_t b) {
+            detail::w8_tile_avx2<decltype(mr)::value, decltype(nb)::value>(a, m, w, b, e, y);
+        };
+        if (a.rows == 1)
+            detail::drive_tiles<1, 8>(a.rows, block_begin, block_end, tile);
+        else
+            detail::drive_tiles<4, 2>(a.rows, block_begin, block_end, tile);
+        return;
+    }
+#endif
+    qgemm_ref(a, w, e, y, block_begin, block_end);
+}
+
+template <class Arch, class OutT>
+void qgemm(Arch, const ActBuffer<std::uint8_t>& a, const PackedW4& w, const Epilogue<OutT>& e, MatrixView<OutT> y,
+           std::size_t block_begin, std::size_t block_end) noexcept {
+    MQ_ASSERT(a.k == w.k && a.k_pad == w.k_pad && a.group == w.group && y.rows == a.rows && y.cols == w.n, "qgemm: shapes");
+    MQ_ASSERT(block_begin <= block_end && block_end <= w.n_blocks, "qgemm: tile range");
+#if defined(__AVX2__)
+    if constexpr (std::is_base_of_v<xsimd::avx2, Arch>) {
+        auto tile = [&](auto mr, auto nb, std::size_t m, std::size_t b) {
+            detail::w4_tile_avx2<decltype(mr)::value, decltype(nb)::value>(a, m, w, b, e, y);
+        };
+        if (a.rows == 1)
+            detail::drive_tiles<1, 4>(a.rows, block_begin, block_end, tile);
+        else
+            detail::drive_tiles<3, 1>(a.rows, block_begin, block_end, tile);
+        return;
+    }
+#endif
+    qgemm_ref(a, w, e, y, block_begin, block_end);
+}
+
+// All channels, split over `pool` by channel tiles (nullptr: on the calling thread only).
+template <class Arch, class Code, class W, class OutT>
+void qgemm(Arch arch, const ActBuffer<Code>& a, const W& w, const Epilogue<OutT>& e, MatrixView<OutT> y,
+           ThreadPool* pool = nullptr) noexcept {
+    parallel_ranges(pool, w.n_blocks, [&](std::size_t b0, std::size_t b1) { qgemm(arch, a, w, e, y, b0, b1); });
+}
+
+// Decode (one token): the same kernels, named for the caller's intent.
+template <class Arch, class Code, class W, class OutT>
+void qgemv(Arch arch, const ActBuffer<Code>& a, const W& w, const Epilogue<OutT>& e, MatrixView<OutT> y,
+           ThreadPool* pool = nullptr) noexcept {
+    MQ_ASSERT(a.rows == 1, "qgemv: one token");
+    qgemm(arch, a, w, e, y, pool);
+}
+
+template <class Code, class W, class OutT>
+void qgemm_ref(const ActBuffer<Code>& a, const W& w, const Epilogue<OutT>& e, MatrixView<OutT> y) noexcept {
+    qgemm_ref(a, w, e, y, 0, w.n_blocks);
+}
+
+MQ_NAMESPACE_END

@@ -1,0 +1,176 @@
+// A linear layer y = x·Wᵀ + b whose weight/activation numerics and input rotation are compile-time policies.
+#pragma once
+
+#include <mambaquant/core/config.hpp>
+#include <mambaquant/core/error.hpp>
+#include <mambaquant/core/simd.hpp>
+#include <mambaquant/core/tensor.hpp>
+#include <mambaquant/kernels/packed_weights.hpp>
+#include <mambaquant/kernels/parallel.hpp>
+#include <mambaquant/kernels/qgemm.hpp>
+#include <mambaquant/kernels/quantized_activations.hpp>
+#include <mambaquant/quant/quantizer.hpp>
+
+#include <Eigen/Core>
+
+#include <cmath>
+#include <concepts>
+#include <cstddef>
+#include <span>
+#include <type_traits>
+#include <utility>
+
+MQ_NAMESPACE_BEGIN
+
+// An online input rotation: an orthogonal R applied to every activation row, x ← R·x, in place.
+// The layer folds Rᵀ into its weight once (W ← W·Rᵀ, i.e. the same `apply` on each weight row),
+// so y = (W·Rᵀ)(R·x) = W·x in exact arithmetic while the quantizer sees the rotated, flatter x.
+// `is_identity` lets the layer skip the copy and the call entirely.
+template <class R>
+concept Rotation = requires(const R& r, MatrixView<float> x) {
+    { R::is_identity } -> std::convertible_to<bool>;
+    r.apply(x);
+};
+
+// No rotation: activations go to the quantizer as they are.
+struct NoRotation {
+    static constexpr bool is_identity = true;
+    void apply(MatrixView<float>) const noexcept {}
+};
+
+// Scratch memory of one forward pass; one per thread that calls forward() concurrently.
+template <class Code>
+struct LinearWorkspace {
+    ActBuffer<Code> act;
+    MatrixXf rotated;
+};
+template <>
+struct LinearWorkspace<float> {
+    MatrixXf rotated;
+};
+
+// Linear<W, A, R>: W and A are quantizer policies (or both FloatPolicy for the float layer), R a
+// Rotation. Quantized: weights packed once (W8: Quantizer<8, per_channel, symmetric>; W4:
+// Quantizer<4, per_channel | per_group<32/64/128>, symmetric | asymmetric>), activations
+// quantized per call (A: Quantizer<8, per_token | per_tensor, symmetric | asymmetric>), integer
+// GEMM/GEMV with the fused epilogue. Float: Eigen's GEMM on the (rotated) float weight.
+//   using L = mq::Linear<mq::W4PerGroup<128>, mq::A8PerToken, mq::NoRotation>;
+//   L layer(weight /*[out x in]*/, bias);  layer.forward(x /*[M x in]*/, y /*[M x out]*/);
+// Threading: output channels are split over a ThreadPool (default: default_thread_pool());
+// set_thread_pool(nullptr) runs on the calling thread, for engines with their own pool.
+template <NumericPolicy WeightPolicy, NumericPolicy ActPolicy, Rotation InputRotation = NoRotation>
+class Linear {
+    static_assert(WeightPolicy::is_float == ActPolicy::is_float,
+                  "Linear: weights and activations are both quantized or both float (FloatPolicy)");
+    static constexpr bool kFloat = WeightPolicy::is_float;
+    static_assert(kFloat || W8Policy<WeightPolicy> || W4Policy<WeightPolicy>,
+                  "Linear: weight policy must be Quantizer<8, per_channel, symmetric> or Quantizer<4, per_channel | "
+                  "per_group<G> (G % 32 == 0), symmetric | asymmetric>");
+    static_assert(kFloat || A8Policy<ActPolicy>,
+                  "Linear: activation policy must be Quantizer<8, per_token | per_tensor, symmetric | asymmetric>");
+
+    template <class W, bool F = kFloat>
+    struct Types {
+        using packed = MatrixXf;
+        using code = float;
+    };
+    template <class W>
+    struct Types<W, false> {
+        using packed = packed_weights_t<W>;
+        using code = act_code_t<packed>;
+    };
+
+public:
+    using weight_policy = WeightPolicy;
+    using act_policy = ActPolicy;
+    using rotation = InputRotation;
+    using weights_type = typename Types<WeightPolicy>::packed; // PackedW8, PackedW4 or MatrixXf
+    using workspace_type = LinearWorkspace<typename Types<WeightPolicy>::code>;
+
+    // From the float weight [out x in] (fused with the rotation, then quantized by WeightPolicy)
+    // and an optional bias [out].
+    explicit Linear(ConstMatrixView<float> weight, std::span<const float> bias = {}, InputRotation rotation = {})
+        : rotation_(std::move(rotation)) {
+        require(weight.rows > 0 && weight.cols > 0, "Linear: weight must be non-empty, got [", weight.rows, " x ",
+                weight.cols, "]");
+        MatrixXf w = as_eigen(weight);
+        if constexpr (!InputRotation::is_identity) rotation_.apply(view(w));
+        if constexpr (kFloat)
+            weights_ = std::move(w);
+        else
+            weights_ = pack_weights<WeightPolicy>(view(std::as_const(w)));
+        set_bias(bias);
+    }
+    // From weights already packed (and already fused with the rotation), e.g. loaded from a file.
+    explicit Linear(weights_type weights, std::span<const float> bias = {}, InputRotation rotation = {})
+        : rotation_(std::move(rotation)), weights_(std::move(weights)) {
+        set_bias(bias);
+    }
+
+    std::size_t in_features() const noexcept {
+        if constexpr (kFloat) return static_cast<std::size_t>(weights_.cols());
+        else return weights_.k;
+    }
+    std::size_t out_features() const noexcept {
+        if constexpr (kFloat) return static_cast<std::size_t>(weights_.rows());
+        else return weights_.n;
+    }
+    const weights_type& weights() const noexcept { return weights_; }
+    const aligned_vector<float>& bias() const noexcept { return bias_; }
+    const InputRotation& input_rotation() const noexcept { return rotation_; }
+    void set_thread_pool(ThreadPool* pool) noexcept { pool_ = pool; }
+    ThreadPool* thread_pool() const noexcept { return pool_; }
+
+    // Sizes a workspace for up to max_tokens rows (setup: allocates).
+    void reserve(workspace_type& ws, std::size_t max_tokens) const {
+        if constexpr (!InputRotation::is_identity)
+            if (static_cast<std::size_t>(ws.rotated.rows()) < max_tokens)
+                ws.rotated.resize(static_cast<Eigen::Index>(max_tokens), static_cast<Eigen::Index>(in_features()));
+        if constexpr (!kFloat) ws.act.reserve_for(max_tokens, weights_);
+    }
+
+    // y[M x out] = R(x)[M x in] · Ŵᵀ + b with an explicit workspace (thread-safe per workspace).
+    void forward(ConstMatrixView<float> x, MatrixView<float> y, workspace_type& ws) const {
+        require_shape(x, x.rows, in_features(), "Linear::forward input x");
+        require_shape(y, x.rows, out_features(), "Linear::forward output y");
+        reserve(ws, x.rows);
+        ConstMatrixView<float> src = x;
+        if constexpr (!InputRotation::is_identity) {
+            MatrixView<float> r(ws.rotated.data(), x.rows, in_features());
+            as_eigen(r) = as_eigen(x);
+            rotation_.apply(r);
+            src = r;
+        }
+        if constexpr (kFloat) {
+            auto out = as_eigen(y);
+            out.noalias() = as_eigen(src) * weights_.transpose();
+            if (!bias_.empty())
+                out.rowwise() += Eigen::Map<const Eigen::RowVectorXf>(bias_.data(), static_cast<Eigen::Index>(bias_.size()));
+        } else {
+            quantize_activations<ActPolicy>(default_arch{}, src, ws.act);
+            const Epilogue<float> e{bias_.empty() ? nullptr : bias_.data(), {}};
+            qgemm(default_arch{}, ws.act, weights_, e, y, pool_);
+        }
+    }
+    // Same, with the layer's own workspace (not re-entrant: one caller at a time).
+    void forward(ConstMatrixView<float> x, MatrixView<float> y) { forward(x, y, ws_); }
+
+private:
+    void set_bias(std::span<const float> bias) {
+        require(bias.empty() || bias.size() == out_features(), "Linear: bias must have out_features = ", out_features(),
+                " elements, got ", bias.size());
+        bias_.assign(bias.begin(), bias.end());
+    }
+
+    InputRotation rotation_;
+    weights_type weights_;
+    aligned_vector<float> bias_;
+    ThreadPool* pool_ = &default_thread_pool();
+    workspace_type ws_;
+};
+
+// The float layer: the same template with float policies.
+template <Rotation InputRotation = NoRotation>
+using FloatLinear = Linear<FloatPolicy, FloatPolicy, InputRotation>;
+
+MQ_NAMESPACE_END

@@ -1,0 +1,201 @@
+#include <mambaquant/kernels/qgemm.hpp>
+
+#include "kernels/qgemm_test_util.hpp"
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kSanitized = true;
+#else
+constexpr bool kSanitized = false;
+#endif
+
+template <class T>
+bool bit_equal(const mq::Matrix<T>& a, const mq::Matrix<T>& b) {
+    return a.rows() == b.rows() && a.cols() == b.cols() &&
+           std::memcmp(a.data(), b.data(), sizeof(T) * std::size_t(a.size())) == 0;
+}
+
+// One shape, one weight policy, one activation policy: fast == ref bit for bit (float and both
+// requantized outputs, serial and threaded); ref == the exact dequantized product; and the result
+// is within the quantization error bound of the float product.
+template <class WQ, class AQ>
+void check_case(std::size_t M, std::size_t K, std::size_t N, bool with_bias = true) {
+    CAPTURE(M);
+    CAPTURE(K);
+    CAPTURE(N);
+    const mq::MatrixXf x = mqtest::random_matrix(M, K, 1000 + M + K, 1.0f, true);
+    const mq::MatrixXf w = mqtest::random_matrix(N, K, 2000 + N + K, 0.05f);
+    const mq::MatrixXf bias = mqtest::random_matrix(1, N, 3000 + N, 0.1f);
+    const auto pw = mq::pack_weights<WQ>(mq::view(w));
+    using Code = mq::act_code_t<std::decay_t<decltype(pw)>>;
+    mq::ActBuffer<Code> a;
+    a.reserve_for(M, pw);
+    mq::quantize_activations<AQ>(mq::default_arch{}, mq::view(x), a);
+    const mq::Epilogue<float> e{with_bias ? bias.data() : nullptr, {}};
+
+    mq::MatrixXf y_fast(M, N), y_ref(M, N), y_mt(M, N);
+    y_fast.setConstant(-1.0f);
+    mq::qgemm(mq::default_arch{}, a, pw, e, mq::view(y_fast));
+    mq::qgemm_ref(a, pw, e, mq::view(y_ref));
+    CHECK(bit_equal(y_fast, y_ref));
+    mq::ThreadPool pool(3);
+    mq::qgemm(mq::default_arch{}, a, pw, e, mq::view(y_mt), &pool);
+    CHECK(bit_equal(y_mt, y_ref));
+
+    // The integer pipeline computes Σ_k x̂·ŵ + b exactly up to float rounding.
+    const mq::MatrixXf wd = mq::dequantize(pw);
+    double worst_exact = 0.0, worst_bound_ratio = 0.0;
+    for (std::size_t m = 0; m < M; ++m) {
+        for (std::size_t n = 0; n < N; ++n) {
+            double exact = with_bias ? bias(0, Eigen::Index(n)) : 0.0, mag = std::fabs(exact), flt = exact, bound = 0.0;
+            for (std::size_t k = 0; k < K; ++k) {
+                const double xh = double(int(a.row(m)[k]) - a.zero[m]) * a.scale[m];
+                const double wh = wd(Eigen::Index(n), Eigen::Index(k));
+                const double xf = x(Eigen::Index(m), Eigen::Index(k)), wf = w(Eigen::Index(n), Eigen::Index(k));
+                exact += xh * wh;
+                mag += std::fabs(xh * wh);
+                flt += xf * wf;
+                // |x̂ŵ − xw| ≤ |x||Δw| + |w||Δx| + |Δx||Δw|, with |Δx| ≤ s_a/2 and |Δw| = |ŵ − w| (known).
+                const double dx = 0.5 * a.scale[m], dw = std::fabs(wh - wf);
+                bound += std::fabs(xf) * dw + std::fabs(wf) * dx + dx * dw;
+            }
+            const double got = y_ref(Eigen::Index(m), Eigen::Index(n));
+            worst_exact = std::max(worst_exact, std::fabs(got - exact) / (mag + 1e-30));
+            worst_bound_ratio = std::max(worst_bound_ratio, std::fabs(got - flt) / (bound + 1e-6 * mag + 1e-12));
+        }
+    }
+    CHECK(worst_exact < 1e-5);        // a few float roundings of sums of magnitude `mag`
+    CHECK(worst_bound_ratio <= 1.0);  // within the quantization error bound
+
+    // Requantized outputs (symmetric int8 and asymmetric uint8) equal the reference too.
+    const float lo = y_ref.minCoeff(), hi = y_ref.maxCoeff();
+    const mq::Epilogue<std::int8_t> e8{e.bias, mq::params_from_range<8, mq::symmetric>(lo, hi)};
+    mq::Matrix<std::int8_t> q_fast(M, N), q_ref(M, N);
+    mq::qgemm(mq::default_arch{}, a, pw, e8, mq::view(q_fast));
+    mq::qgemm_ref(a, pw, e8, mq::view(q_ref));
+    CHECK(bit_equal(q_fast, q_ref));
+    const mq::Epilogue<std::uint8_t> eu{e.bias, mq::params_from_range<8, mq::asymmetric>(lo, hi)};
+    mq::Matrix<std::uint8_t> u_fast(M, N), u_ref(M, N);
+    mq::qgemm(mq::default_arch{}, a, pw, eu, mq::view(u_fast));
+    mq::qgemm_ref(a, pw, eu, mq::view(u_ref));
+    CHECK(bit_equal(u_fast, u_ref));
+    bool requant_ok = true;
+    for (std::size_t m = 0; m < M; ++m)
+        for (std::size_t n = 0; n < N; ++n)
+            requant_ok &= int(q_ref(Eigen::Index(m), Eigen::Index(n))) ==
+                          mq::quantize_value<mq::Int8SymmetricRange>(y_ref(Eigen::Index(m), Eigen::Index(n)), e8.out);
+    CHECK(requant_ok);
+}
+
+template <class WQ, class AQ>
+void check_shapes() {
+    // Odd shapes: K not a multiple of the block, N = 1, M = 1, M = 7.
+    constexpr bool grouped = mq::is_per_group_v<typename WQ::granularity>;
+    if constexpr (!grouped) {
+        check_case<WQ, AQ>(1, 1, 1);
+        check_case<WQ, AQ>(7, 37, 1);
+        check_case<WQ, AQ>(1, 100, 13);
+        check_case<WQ, AQ>(7, 5, 9, false);
+    }
+    check_case<WQ, AQ>(1, 128, 17);
+    check_case<WQ, AQ>(7, 256, 40);
+    check_case<WQ, AQ>(13, 384, 24, false);
+    check_case<WQ, AQ>(5, 128, 200); // 25 tiles: 4 tile groups, the last partial, split over threads
+    // Mamba shapes (K = d_model or d_inner of mamba-130m / 2.8b); fewer under sanitizers.
+    check_case<WQ, AQ>(7, 768, 40);
+    if (!kSanitized) {
+        check_case<WQ, AQ>(1, 1536, 24);
+        check_case<WQ, AQ>(3, 2560, 16);
+        check_case<WQ, AQ>(1, 5120, 8);
+    }
+}
+
+} // namespace
+
+TEST_CASE("W8A8: fast == ref, exact integer pipeline, within the error bound") {
+    check_shapes<mq::W8PerChannel, mq::A8PerToken>();
+    check_shapes<mq::W8PerChannel, mq::A8PerTensor>();
+    check_shapes<mq::W8PerChannel, mq::Quantizer<8, mq::per_token, mq::symmetric>>();
+}
+
+TEST_CASE("W4A8 per channel: fast == ref, exact integer pipeline, within the error bound") {
+    check_shapes<mq::W4PerChannel, mq::A8PerToken>();
+    check_shapes<mq::W4PerChannel, mq::Quantizer<8, mq::per_tensor, mq::symmetric>>();
+    check_shapes<mq::Quantizer<4, mq::per_channel, mq::asymmetric>, mq::A8PerTensor>();
+}
+
+TEST_CASE("W4A8 per group: fast == ref, exact integer pipeline, within the error bound") {
+    check_shapes<mq::W4PerGroup<32>, mq::A8PerToken>();
+    check_shapes<mq::W4PerGroup<64>, mq::A8PerTensor>();
+    check_shapes<mq::Quantizer<4, mq::per_group<128>, mq::asymmetric>, mq::A8PerToken>();
+    check_shapes<mq::Quantizer<4, mq::per_group<32>, mq::asymmetric>, mq::Quantizer<8, mq::per_token, mq::symmetric>>();
+}
+
+TEST_CASE("worst-case codes do not overflow the int16 / int32 partial sums") {
+    // All activations 255 and all weights at the extreme code: the largest partial sums.
+    const std::size_t M = 5, K = 2560, N = 16;
+    std::vector<std::int8_t> c8(N * K, -127);
+    std::vector<std::int8_t> c4(N * K, -7);
+    std::vector<std::uint8_t> c4u(N * K, 15);
+    std::vector<mq::QuantParams> p8(N), p4(N * (K / 32)), p4u(N * (K / 32));
+    for (auto& p : p4u) p.zero = 0;
+    const auto w8 = mq::pack_w8(mq::ConstMatrixView<std::int8_t>(c8.data(), N, K), p8);
+    const auto w4 = mq::pack_w4<mq::W4PerChannel>(mq::ConstMatrixView<std::int8_t>(c4.data(), N, K), std::span(p4.data(), N));
+    const auto w4u = mq::pack_w4<mq::Quantizer<4, mq::per_group<32>, mq::asymmetric>>(
+        mq::ConstMatrixView<std::uint8_t>(c4u.data(), N, K), p4u);
+    mq::MatrixXf x(M, K);
+    x.setConstant(1.0f);
+    x(0, 0) = 0.0f; // asymmetric range [0, 1]: every other code is 255
+    mq::ActBuffer<std::int16_t> a8;
+    a8.reserve_for(M, w8);
+    mq::quantize_activations<mq::A8PerToken>(mq::default_arch{}, mq::view(x), a8);
+    mq::ActBuffer<std::uint8_t> a4(M, K, w4.k_pad, w4.group), a4u(M, K, w4u.k_pad, w4u.group);
+    mq::quantize_activations<mq::A8PerToken>(mq::default_arch{}, mq::view(x), a4);
+    mq::quantize_activations<mq::A8PerToken>(mq::default_arch{}, mq::view(x), a4u);
+    mq::MatrixXf y(M, N), yr(M, N);
+    mq::qgemm(mq::default_arch{}, a8, w8, mq::Epilogue<float>{}, mq::view(y));
+    mq::qgemm_ref(a8, w8, mq::Epilogue<float>{}, mq::view(yr));
+    CHECK(bit_equal(y, yr));
+    CHECK(y(1, 3) == doctest::Approx(-127.0 * double(K)).epsilon(1e-6)); // x̂ = 255·(1/255) = 1, ŵ = -127
+    mq::qgemm(mq::default_arch{}, a4, w4, mq::Epilogue<float>{}, mq::view(y));
+    mq::qgemm_ref(a4, w4, mq::Epilogue<float>{}, mq::view(yr));
+    CHECK(bit_equal(y, yr));
+    CHECK(y(2, 0) == doctest::Approx(-7.0 * double(K)).epsilon(1e-6));
+    mq::qgemm(mq::default_arch{}, a4u, w4u, mq::Epilogue<float>{}, mq::view(y));
+    mq::qgemm_ref(a4u, w4u, mq::Epilogue<float>{}, mq::view(yr));
+    CHECK(bit_equal(y, yr));
+    CHECK(y(4, 15) == doctest::Approx(15.0 * double(K)).epsilon(1e-6));
+    // Asymmetric code 0 is the kernel's most negative recentred nibble (0 − 8).
+    std::vector<std::uint8_t> c4z(N * K, 0);
+    std::vector<mq::QuantParams> pz(N);
+    for (auto& p : pz) p.zero = 15;
+    const auto w4z = mq::pack_w4<mq::Quantizer<4, mq::per_channel, mq::asymmetric>>(
+        mq::ConstMatrixView<std::uint8_t>(c4z.data(), N, K), pz);
+    mq::qgemm(mq::default_arch{}, a4, w4z, mq::Epilogue<float>{}, mq::view(y));
+    mq::qgemm_ref(a4, w4z, mq::Epilogue<float>{}, mq::view(yr));
+    CHECK(bit_equal(y, yr));
+    CHECK(y(3, 7) == doctest::Approx(-15.0 * double(K)).epsilon(1e-6));
+}
+
+TEST_CASE("ThreadPool runs every task once, serial fallback without a pool") {
+    mq::ThreadPool pool(2);
+    CHECK(pool.size() == 2);
+    for (int rep = 0; rep < 50; ++rep) {
+        std::vector<int> hits(37, 0);
+        mq::parallel_ranges(&pool, hits.size(), [&](std::size_t b, std::size_t e) {
+            for (std::size_t i = b; i < e; ++i) ++hits[i];
+        });
+        CHECK(std::count(hits.begin(), hits.end(), 1) == 37);
+    }
+    int calls = 0;
+    mq::parallel_ranges(nullptr, 10, [&](std::size_t b, std::size_t e) { calls += int(e - b) * 100 + 1; });
+    CHECK(calls == 1001);
+}

@@ -1,0 +1,155 @@
+#include <mambaquant/nn/linear.hpp>
+
+#include "kernels/qgemm_test_util.hpp"
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+// A test rotation: the orthonormal Sylvester-Hadamard of size n (a power of two), x ← H·x / √n.
+struct TestHadamard {
+    static constexpr bool is_identity = false;
+    void apply(mq::MatrixView<float> x) const {
+        for (std::size_t r = 0; r < x.rows; ++r) {
+            float* v = x.row_ptr(r);
+            for (std::size_t h = 1; h < x.cols; h *= 2)
+                for (std::size_t i = 0; i < x.cols; i += 2 * h)
+                    for (std::size_t j = i; j < i + h; ++j) {
+                        const float a = v[j], b = v[j + h];
+                        v[j] = a + b;
+                        v[j + h] = a - b;
+                    }
+            const float s = 1.0f / std::sqrt(float(x.cols));
+            for (std::size_t c = 0; c < x.cols; ++c) v[c] *= s;
+        }
+    }
+};
+static_assert(mq::Rotation<TestHadamard> && mq::Rotation<mq::NoRotation>);
+
+template <class T>
+bool bit_equal(const mq::Matrix<T>& a, const mq::Matrix<T>& b) {
+    return a.rows() == b.rows() && a.cols() == b.cols() &&
+           std::memcmp(a.data(), b.data(), sizeof(T) * std::size_t(a.size())) == 0;
+}
+
+// A quantized layer against the float one: every output within the quantization error bound
+// Σ_k |x||Δw| + |w||Δx| + |Δx||Δw| (|Δx| ≤ s_a/2 of its token, Δw from the packed weight), and
+// the relative error of the whole output returned for a sanity check.
+template <class L>
+double check_layer(std::size_t M, std::size_t K, std::size_t N, bool threads) {
+    CAPTURE(M);
+    CAPTURE(K);
+    CAPTURE(N);
+    const mq::MatrixXf x = mqtest::random_matrix(M, K, 7, 1.0f, true);
+    const mq::MatrixXf w = mqtest::random_matrix(N, K, 8, 0.05f);
+    const mq::MatrixXf b = mqtest::random_matrix(1, N, 9, 0.1f);
+    mq::FloatLinear<> ref(mq::view(w), std::span(b.data(), N));
+    L q(mq::view(w), std::span(b.data(), N));
+    if (!threads) q.set_thread_pool(nullptr);
+    mq::MatrixXf y_ref(M, N), y(M, N);
+    ref.forward(mq::view(x), mq::view(y_ref));
+    typename L::workspace_type ws;
+    q.forward(mq::view(x), mq::view(y), ws);
+    const mq::MatrixXf wd = mq::dequantize(q.weights());
+    bool within = true;
+    for (std::size_t m = 0; m < M; ++m) {
+        const double dx = 0.5 * ws.act.scale[m];
+        for (std::size_t n = 0; n < N; ++n) {
+            double bound = 0.0, mag = 0.0;
+            for (std::size_t k = 0; k < K; ++k) {
+                const double xf = x(Eigen::Index(m), Eigen::Index(k)), wf = w(Eigen::Index(n), Eigen::Index(k));
+                const double dw = std::fabs(wd(Eigen::Index(n), Eigen::Index(k)) - wf);
+                bound += std::fabs(xf) * dw + std::fabs(wf) * dx + dx * dw;
+                mag += std::fabs(xf * wf);
+            }
+            within &= std::fabs(y(Eigen::Index(m), Eigen::Index(n)) - y_ref(Eigen::Index(m), Eigen::Index(n))) <= bound + 1e-5 * mag;
+        }
+    }
+    CHECK(within);
+    return double((y - y_ref).norm() / y_ref.norm());
+}
+
+} // namespace
+
+TEST_CASE("float Linear is Eigen's x·Wᵀ + b") {
+    const mq::MatrixXf x = mqtest::random_matrix(7, 37, 1), w = mqtest::random_matrix(13, 37, 2), b = mqtest::random_matrix(1, 13, 3);
+    mq::FloatLinear<> l(mq::view(w), std::span(b.data(), 13));
+    CHECK(l.in_features() == 37);
+    CHECK(l.out_features() == 13);
+    mq::MatrixXf y(7, 13);
+    l.forward(mq::view(x), mq::view(y));
+    const mq::MatrixXf expect = (x * w.transpose()).rowwise() + b.row(0);
+    CHECK((y - expect).cwiseAbs().maxCoeff() < 1e-5f);
+}
+
+TEST_CASE("quantized Linear equals the kernel pipeline bit for bit") {
+    const std::size_t M = 7, K = 768, N = 40;
+    const mq::MatrixXf x = mqtest::random_matrix(M, K, 4, 1.0f, true), w = mqtest::random_matrix(N, K, 5, 0.05f);
+    using L = mq::Linear<mq::W4PerGroup<128>, mq::A8PerToken>;
+    L l(mq::view(w));
+    mq::MatrixXf y(M, N), y_ref(M, N);
+    l.forward(mq::view(x), mq::view(y));
+    const auto pw = mq::pack_w4<mq::W4PerGroup<128>>(mq::view(w));
+    mq::ActBuffer<std::uint8_t> a;
+    a.reserve_for(M, pw);
+    mq::quantize_activations_ref<mq::A8PerToken>(mq::view(x), a);
+    mq::qgemm_ref(a, pw, mq::Epilogue<float>{}, mq::view(y_ref));
+    CHECK(bit_equal(y, y_ref));
+    // An explicit workspace gives the same result.
+    L::workspace_type ws;
+    mq::MatrixXf y2(M, N);
+    l.forward(mq::view(x), mq::view(y2), ws);
+    CHECK(bit_equal(y, y2));
+}
+
+TEST_CASE("quantized Linear is close to the float Linear (both weight formats, both act granularities)") {
+    // Per output: the proven bound. Overall (sanity, RTN on Gaussian weights with 8x outlier
+    // channels in x): 8-bit weights a few percent, 4-bit weights tens of percent at most.
+    for (bool threads : {false, true}) {
+        CHECK(check_layer<mq::Linear<mq::W8PerChannel, mq::A8PerToken>>(7, 768, 64, threads) < 0.05);
+        CHECK(check_layer<mq::Linear<mq::W8PerChannel, mq::A8PerTensor>>(1, 1536, 40, threads) < 0.05);
+        CHECK(check_layer<mq::Linear<mq::W4PerChannel, mq::A8PerToken>>(7, 768, 64, threads) < 0.25);
+        CHECK(check_layer<mq::Linear<mq::W4PerGroup<32>, mq::A8PerTensor>>(7, 768, 64, threads) < 0.25);
+        CHECK(check_layer<mq::Linear<mq::Quantizer<4, mq::per_group<64>, mq::asymmetric>, mq::A8PerToken>>(1, 37 * 64, 9, threads) < 0.25);
+        CHECK(check_layer<mq::Linear<mq::W8PerChannel, mq::Quantizer<8, mq::per_token, mq::symmetric>>>(1, 37, 1, threads) < 0.05);
+    }
+}
+
+TEST_CASE("a rotated Linear computes the same product (rotation fused into the weight)") {
+    const std::size_t M = 7, K = 256, N = 24;
+    const mq::MatrixXf x = mqtest::random_matrix(M, K, 10, 1.0f, true), w = mqtest::random_matrix(N, K, 11, 0.05f);
+    mq::FloatLinear<> plain(mq::view(w));
+    mq::FloatLinear<TestHadamard> rotated(mq::view(w));
+    mq::MatrixXf y0(M, N), y1(M, N), y2(M, N);
+    plain.forward(mq::view(x), mq::view(y0));
+    rotated.forward(mq::view(x), mq::view(y1));
+    CHECK((y1 - y0).cwiseAbs().maxCoeff() < 1e-4f);
+    mq::Linear<mq::W8PerChannel, mq::A8PerToken, TestHadamard> q(mq::view(w));
+    q.forward(mq::view(x), mq::view(y2));
+    CHECK(double((y2 - y0).norm() / y0.norm()) < 0.02);
+    // The rotation helps with outlier channels: per-tensor activations err less after rotation.
+    mq::Linear<mq::W8PerChannel, mq::A8PerTensor, TestHadamard> qr(mq::view(w));
+    mq::Linear<mq::W8PerChannel, mq::A8PerTensor> qn(mq::view(w));
+    qr.forward(mq::view(x), mq::view(y1));
+    qn.forward(mq::view(x), mq::view(y2));
+    CHECK((y1 - y0).norm() < (y2 - y0).norm());
+}
+
+TEST_CASE("Linear: bad input is reported") {
+    const mq::MatrixXf w = mqtest::random_matrix(8, 48, 1), x = mqtest::random_matrix(3, 47, 2);
+    std::vector<float> bias(7);
+    CHECK_THROWS_WITH_AS(mq::FloatLinear<>(mq::view(w), bias), "Linear: bias must have out_features = 8 elements, got 7", mq::error);
+    CHECK_THROWS_WITH_AS((mq::Linear<mq::W4PerGroup<32>, mq::A8PerToken>(mq::view(w))),
+                         "pack_w4: group size 32 does not divide in_features 48", mq::error);
+    mq::Linear<mq::W8PerChannel, mq::A8PerToken> l(mq::view(w));
+    mq::MatrixXf y(3, 8), y_bad(3, 9);
+    CHECK_THROWS_WITH_AS(l.forward(mq::view(x), mq::view(y)), "Linear::forward input x: expected shape [3 x 48], got [3 x 47]", mq::error);
+    const mq::MatrixXf x_ok = mqtest::random_matrix(3, 48, 2);
+    CHECK_THROWS_WITH_AS(l.forward(mq::view(x_ok), mq::view(y_bad)), "Linear::forward output y: expected shape [3 x 8], got [3 x 9]", mq::error);
+    CHECK_NOTHROW(l.forward(mq::view(x_ok), mq::view(y)));
+    CHECK_THROWS_AS(mq::FloatLinear<>(mq::ConstMatrixView<float>(w.data(), 0, 48)), mq::error);
+}
