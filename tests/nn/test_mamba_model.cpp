@@ -217,22 +217,25 @@ TEST_CASE("save then load round-trips a model in both layouts") {
     }
 }
 
-TEST_CASE("bundled kjv-mamba-192 matches its PyTorch golden data (when the model is present)") {
-    const auto model_dir = std::filesystem::path(MQ_SOURCE_DIR) / "models" / "kjv-mamba-192";
-    const auto golden = kGolden / "kjv-mamba-192.safetensors";
-    if (!std::filesystem::exists(model_dir / "config.json") || !std::filesystem::exists(golden)) {
-        MESSAGE("skipped: models/kjv-mamba-192 or tests/golden/kjv-mamba-192.safetensors not present");
-        return;
+TEST_CASE("bundled kjv models match their PyTorch golden data") {
+    for (const char* name : {"kjv-mamba-192", "kjv-mamba-192-outlier"}) {
+        CAPTURE(name);
+        const auto model_dir = std::filesystem::path(MQ_SOURCE_DIR) / "models" / name;
+        const auto golden = kGolden / (std::string(name) + ".safetensors");
+        if (!std::filesystem::exists(model_dir / "config.json") || !std::filesystem::exists(golden)) {
+            MESSAGE("skipped: models/" << name << " or its golden file not present");
+            continue;
+        }
+        const auto model = mq::MambaModel::load(model_dir);
+        const Golden g = load_golden(golden, model.config().n_layer);
+        REQUIRE(g.tokens.size() == 256);
+        CHECK(g.logits.cols() == static_cast<Eigen::Index>(model.config().padded_vocab));
+        check_against_golden(model, g);
+        // And decoding token by token reaches the same last logits.
+        auto s = model.make_state();
+        std::vector<float> row(model.config().padded_vocab);
+        for (auto t : g.tokens) model.decode(t, s, row);
+        const mq::MatrixXf r = Eigen::Map<const Eigen::RowVectorXf>(row.data(), static_cast<Eigen::Index>(row.size()));
+        CHECK(row_rel_error(r, g.logits.bottomRows(1), 0) < 1e-4);
     }
-    const auto model = mq::MambaModel::load(model_dir);
-    const Golden g = load_golden(golden, model.config().n_layer);
-    REQUIRE(g.tokens.size() == 256);
-    CHECK(g.logits.cols() == static_cast<Eigen::Index>(model.config().padded_vocab));
-    check_against_golden(model, g);
-    // And decoding token by token reaches the same last logits.
-    auto s = model.make_state();
-    std::vector<float> row(model.config().padded_vocab);
-    for (auto t : g.tokens) model.decode(t, s, row);
-    const mq::MatrixXf r = Eigen::Map<const Eigen::RowVectorXf>(row.data(), static_cast<Eigen::Index>(row.size()));
-    CHECK(row_rel_error(r, g.logits.bottomRows(1), 0) < 1e-4);
 }
