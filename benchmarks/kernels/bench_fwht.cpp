@@ -54,7 +54,7 @@ void BM_f32_fwht_quant_i8(benchmark::State& state) {
     const auto x = random_rows(n);
     std::vector<std::uint8_t> codes(kRows * n);
     std::vector<mq::QuantParams> params(kRows);
-    mq::aligned_vector<float> scratch(n);
+    mq::aligned_vector<float> scratch(mq::fwht_quantize_scratch_size(n));
     for (auto _ : state) {
         mq::fwht_quantize<mq::asymmetric>(mq::default_arch{}, mq::ConstMatrixView<float>(x.data(), kRows, n), plan,
                                           mq::MatrixView<std::uint8_t>(codes.data(), kRows, n), params, scratch);

@@ -169,10 +169,20 @@ void check_fused(std::size_t n, std::optional<std::uint64_t> seed) {
 
     std::vector<code_t> fused(rows * n), ref(rows * n);
     std::vector<mq::QuantParams> pf(rows), pr(rows);
-    mq::aligned_vector<float> scratch(n);
+    mq::aligned_vector<float> scratch(mq::fwht_quantize_scratch_size(n));
     mq::fwht_quantize<S>(mq::default_arch{}, mq::ConstMatrixView<float>(x.data.data(), rows, n), plan,
                          mq::MatrixView<code_t>(fused.data(), rows, n), pf, scratch);
     CHECK(x.data == x_before.data); // input untouched
+    // The unpipelined form (scratch of n floats) gives the same codes.
+    {
+        std::vector<code_t> single(rows * n);
+        std::vector<mq::QuantParams> ps(rows);
+        mq::aligned_vector<float> small(n);
+        mq::fwht_quantize<S>(mq::default_arch{}, mq::ConstMatrixView<float>(x.data.data(), rows, n), plan,
+                             mq::MatrixView<code_t>(single.data(), rows, n), ps, small);
+        CHECK(single == fused);
+        CHECK(ps == pf);
+    }
 
     // Transform-then-quantize with the bare SIMD transform and the scalar quantizer: bit for bit.
     Rows y = x;

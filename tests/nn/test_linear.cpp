@@ -11,24 +11,7 @@
 namespace {
 
 // A test rotation: the orthonormal Sylvester-Hadamard of size n (a power of two), x ← H·x / √n.
-struct TestHadamard {
-    static constexpr bool is_identity = false;
-    void apply(mq::MatrixView<float> x) const {
-        for (std::size_t r = 0; r < x.rows; ++r) {
-            float* v = x.row_ptr(r);
-            for (std::size_t h = 1; h < x.cols; h *= 2)
-                for (std::size_t i = 0; i < x.cols; i += 2 * h)
-                    for (std::size_t j = i; j < i + h; ++j) {
-                        const float a = v[j], b = v[j + h];
-                        v[j] = a + b;
-                        v[j + h] = a - b;
-                    }
-            const float s = 1.0f / std::sqrt(float(x.cols));
-            for (std::size_t c = 0; c < x.cols; ++c) v[c] *= s;
-        }
-    }
-};
-static_assert(mq::Rotation<TestHadamard> && mq::Rotation<mq::NoRotation>);
+static_assert(mq::Rotation<mq::HadamardOnline> && mq::Rotation<mq::NoRotation>);
 
 template <class T>
 bool bit_equal(const mq::Matrix<T>& a, const mq::Matrix<T>& b) {
@@ -123,16 +106,16 @@ TEST_CASE("a rotated Linear computes the same product (rotation fused into the w
     const std::size_t M = 7, K = 256, N = 24;
     const mq::MatrixXf x = mqtest::random_matrix(M, K, 10, 1.0f, true), w = mqtest::random_matrix(N, K, 11, 0.05f);
     mq::FloatLinear<> plain(mq::view(w));
-    mq::FloatLinear<TestHadamard> rotated(mq::view(w));
+    mq::FloatLinear<mq::HadamardOnline> rotated(mq::view(w), {}, mq::HadamardOnline(K));
     mq::MatrixXf y0(M, N), y1(M, N), y2(M, N);
     plain.forward(mq::view(x), mq::view(y0));
     rotated.forward(mq::view(x), mq::view(y1));
     CHECK((y1 - y0).cwiseAbs().maxCoeff() < 1e-4f);
-    mq::Linear<mq::W8PerChannel, mq::A8PerToken, TestHadamard> q(mq::view(w));
+    mq::Linear<mq::W8PerChannel, mq::A8PerToken, mq::HadamardOnline> q(mq::view(w), {}, mq::HadamardOnline(K));
     q.forward(mq::view(x), mq::view(y2));
     CHECK(double((y2 - y0).norm() / y0.norm()) < 0.02);
     // The rotation helps with outlier channels: per-tensor activations err less after rotation.
-    mq::Linear<mq::W8PerChannel, mq::A8PerTensor, TestHadamard> qr(mq::view(w));
+    mq::Linear<mq::W8PerChannel, mq::A8PerTensor, mq::HadamardOnline> qr(mq::view(w), {}, mq::HadamardOnline(K));
     mq::Linear<mq::W8PerChannel, mq::A8PerTensor> qn(mq::view(w));
     qr.forward(mq::view(x), mq::view(y1));
     qn.forward(mq::view(x), mq::view(y2));

@@ -10,6 +10,7 @@
 #include <mambaquant/kernels/qgemm.hpp>
 #include <mambaquant/kernels/quantized_activations.hpp>
 #include <mambaquant/quant/quantizer.hpp>
+#include <mambaquant/transform/rotation.hpp>
 
 #include <Eigen/Core>
 
@@ -21,22 +22,6 @@
 #include <utility>
 
 MQ_NAMESPACE_BEGIN
-
-// An online input rotation: an orthogonal R applied to every activation row, x ← R·x, in place.
-// The layer folds Rᵀ into its weight once (W ← W·Rᵀ, i.e. the same `apply` on each weight row),
-// so y = (W·Rᵀ)(R·x) = W·x in exact arithmetic while the quantizer sees the rotated, flatter x.
-// `is_identity` lets the layer skip the copy and the call entirely.
-template <class R>
-concept Rotation = requires(const R& r, MatrixView<float> x) {
-    { R::is_identity } -> std::convertible_to<bool>;
-    r.apply(x);
-};
-
-// No rotation: activations go to the quantizer as they are.
-struct NoRotation {
-    static constexpr bool is_identity = true;
-    void apply(MatrixView<float>) const noexcept {}
-};
 
 // Scratch memory of one forward pass; one per thread that calls forward() concurrently.
 template <class Code>
@@ -50,7 +35,8 @@ struct LinearWorkspace<float> {
 };
 
 // Linear<W, A, R>: W and A are quantizer policies (or both FloatPolicy for the float layer), R a
-// Rotation. Quantized: weights packed once (W8: Quantizer<8, per_channel, symmetric>; W4:
+// Rotation (transform/rotation.hpp: NoRotation, HadamardOnline): y = (x·Q)(W·Q)ᵀ + b = x·Wᵀ + b
+// with Q folded into the weight once, so the quantizer sees the rotated, flatter activations. Quantized: weights packed once (W8: Quantizer<8, per_channel, symmetric>; W4:
 // Quantizer<4, per_channel | per_group<32/64/128>, symmetric | asymmetric>), activations
 // quantized per call (A: Quantizer<8, per_token | per_tensor, symmetric | asymmetric>), integer
 // GEMM/GEMV with the fused epilogue. Float: Eigen's GEMM on the (rotated) float weight.
@@ -94,7 +80,7 @@ public:
         require(weight.rows > 0 && weight.cols > 0, "Linear: weight must be non-empty, got [", weight.rows, " x ",
                 weight.cols, "]");
         MatrixXf w = as_eigen(weight);
-        if constexpr (!InputRotation::is_identity) rotation_.apply(view(w));
+        rotation_.fold_into_weight(w);
         if constexpr (kFloat)
             weights_ = std::move(w);
         else

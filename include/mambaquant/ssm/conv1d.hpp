@@ -1,0 +1,81 @@
+// The Mamba block's causal depthwise conv1d as the block calls it: validated sequence and step.
+#pragma once
+
+#include <mambaquant/core/config.hpp>
+#include <mambaquant/core/error.hpp>
+#include <mambaquant/core/simd.hpp>
+#include <mambaquant/core/tensor.hpp>
+#include <mambaquant/kernels/conv1d.hpp>
+#include <mambaquant/kernels/finite.hpp>
+#include <mambaquant/ssm/cache.hpp>
+
+#include <cmath>
+#include <cstddef>
+#include <span>
+
+MQ_NAMESPACE_BEGIN
+
+// Conv weights of one layer, from the checkpoint's weight [E, K] ([E, 1, K] with the 1 dropped)
+// and bias [E] (may be empty); stored tap-major [K, E] for the kernel.
+struct ConvWeights {
+    MatrixXf weight_t; // [K, E]
+    aligned_vector<float> bias;
+
+    std::size_t channels() const noexcept { return static_cast<std::size_t>(weight_t.cols()); }
+    std::size_t taps() const noexcept { return static_cast<std::size_t>(weight_t.rows()); }
+
+    static ConvWeights from(ConstMatrixView<float> weight, std::span<const float> bias = {}) {
+        require(weight.rows > 0 && weight.cols > 0, "ConvWeights: weight must be non-empty, got [", weight.rows,
+                " x ", weight.cols, "]");
+        require(weight.cols <= 64, "ConvWeights: at most 64 taps, got ", weight.cols);
+        require(bias.empty() || bias.size() == weight.rows, "ConvWeights: bias: expected ", weight.rows,
+                " values, got ", bias.size());
+        for (std::size_t d = 0; d < weight.rows; ++d)
+            for (std::size_t k = 0; k < weight.cols; ++k)
+                require(std::isfinite(weight(d, k)), "ConvWeights: weight[", d, ", ", k, "] is not finite");
+        for (std::size_t d = 0; d < bias.size(); ++d) require(std::isfinite(bias[d]), "ConvWeights: bias[", d, "] is not finite");
+        ConvWeights w;
+        w.weight_t = as_eigen(weight).transpose();
+        w.bias.assign(bias.begin(), bias.end());
+        return w;
+    }
+};
+
+// y = SiLU(causal_conv1d(x) + bias) (SiLU optional) over L tokens. With a cache, its window
+// is the history before x and is updated to the last K−1 inputs; without one, the history is
+// zero (a fresh sequence). y must not overlap x. Throws mq::error on mismatched shapes, L = 0 or
+// non-finite input.
+template <class Arch = default_arch>
+void causal_conv1d(const ConvWeights& w, ConstMatrixView<float> x, ConvCache* cache, MatrixView<float> y,
+                   bool apply_silu = true, Arch arch = {}) {
+    const std::size_t E = w.channels(), K = w.taps(), L = x.rows;
+    require(E > 0, "causal_conv1d: ConvWeights are empty");
+    require(L > 0, "causal_conv1d: the sequence is empty (L = 0)");
+    require(x.cols == E, "causal_conv1d: x: expected ", E, " columns, got ", x.cols);
+    require(y.rows == L && y.cols == E, "causal_conv1d: y: expected shape [", L, " x ", E, "], got [", y.rows,
+            " x ", y.cols, "]");
+    if (cache)
+        require(cache->channels() == E && cache->taps() == K, "causal_conv1d: cache: expected E = ", E, ", K = ",
+                K, ", got E = ", cache->channels(), ", K = ", cache->taps());
+    if (!all_finite(arch, x))
+        for (std::size_t t = 0; t < L; ++t)
+            for (std::size_t d = 0; d < E; ++d)
+                require(std::isfinite(x(t, d)), "causal_conv1d: x[", t, ", ", d, "] is not finite (", x(t, d), ")");
+    CausalConv1dArgs a;
+    a.x = x;
+    a.weight = view(w.weight_t);
+    a.bias = w.bias.empty() ? nullptr : w.bias.data();
+    if (cache && K > 1) a.window = view(cache->window);
+    a.silu = apply_silu;
+    a.y = y;
+    causal_conv1d(arch, a);
+}
+
+// One decode token: x, y [E] (distinct); the cache's window rolls by one.
+template <class Arch = default_arch>
+void causal_conv1d_step(const ConvWeights& w, std::span<const float> x, ConvCache& cache, std::span<float> y,
+                        bool apply_silu = true, Arch arch = {}) {
+    causal_conv1d(w, as_row(x), &cache, as_row(y), apply_silu, arch);
+}
+
+MQ_NAMESPACE_END
