@@ -25,14 +25,13 @@ const mq::MambaModel& model_130m() {
     return *model;
 }
 
+// Bytes of weights one decode step reads: every projection, the conv, A, D, biases, norms and
+// the (tied) LM head.
 std::int64_t weight_bytes(const mq::MambaModel& m) {
-    std::int64_t n = m.embedding().size();
-    for (const auto& l : m.layers()) {
-        const auto& w = l.weights();
-        n += w.in_proj.size() + w.x_proj.size() + w.dt_proj.size() + w.out_proj.size() + w.A.size() +
-             w.conv_weight.size() + 5 * w.D.size();
-    }
-    return n * 4;
+    const auto& c = m.config();
+    const std::size_t D = c.d_model, E = c.d_inner, N = c.d_state, R = c.dt_rank, K = c.d_conv;
+    const std::size_t per_layer = 2 * E * D + (R + 2 * N) * E + E * R + D * E + E * N + E * K + 4 * E + D;
+    return static_cast<std::int64_t>(4 * (c.n_layer * per_layer + c.padded_vocab * D + D));
 }
 
 std::vector<std::uint32_t> tokens(std::size_t n) {

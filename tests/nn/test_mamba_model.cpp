@@ -110,7 +110,7 @@ TEST_CASE("prefill equals step-by-step decode, and a split prefill continues exa
         CHECK(row_rel_error(r, full.middleRows(static_cast<Eigen::Index>(t), 1), 0) < 1e-5);
     }
     CHECK(s_step.position == 32);
-    CHECK((s_step.caches[1].state - s_full.caches[1].state).cwiseAbs().maxCoeff() < 1e-5);
+    CHECK((s_step.caches[1].scan.state - s_full.caches[1].scan.state).cwiseAbs().maxCoeff() < 1e-5);
 
     // Prefill 13 tokens (more than the conv window), then 2 (fewer), then the rest.
     auto s_split = model.make_state();
@@ -127,7 +127,7 @@ TEST_CASE("prefill equals step-by-step decode, and a split prefill continues exa
     CHECK(max_rel_error(last, full.bottomRows(1)) < 1e-6);
     s_last.reset();
     CHECK(s_last.position == 0);
-    CHECK(s_last.caches[0].state.cwiseAbs().maxCoeff() == 0.0f);
+    CHECK(s_last.caches[0].scan.state.cwiseAbs().maxCoeff() == 0.0f);
 
     // Greedy generation picks the argmax of the golden logits at the prompt's end.
     const auto gen = model.generate_greedy(g.tokens, 3);

@@ -7,8 +7,8 @@
 #include <mambaquant/core/tensor.hpp>
 #include <mambaquant/io/checkpoint.hpp>
 #include <mambaquant/io/config.hpp>
-#include <mambaquant/nn/float_ops.hpp>
 #include <mambaquant/nn/mamba_block.hpp>
+#include <mambaquant/nn/rms_norm.hpp>
 
 #include <Eigen/Core>
 
@@ -31,7 +31,7 @@ enum class Logits : std::uint8_t { all, last, none };
 template <class Block>
 struct MambaSequenceState {
     std::vector<MambaCache> caches;
-    MambaWorkspace workspace;
+    typename Block::Workspace workspace;
     MatrixXf h;       // residual stream of the current call [L, D]
     MatrixXf normed;  // final-norm output
     std::size_t position = 0;
@@ -94,7 +94,7 @@ public:
             w.A = -w.A.array().exp().matrix(); // A = −exp(A_log)
             w.D = row_vector(ck.load_float(mx + "D", {E}));
             w.out_proj = load_matrix(ck, mx + "out_proj.weight", {D, E}, D, E);
-            m.layers_.emplace_back(std::move(w), D, E, N, R, K, cfg.norm_eps);
+            m.layers_.emplace_back(w, D, E, N, R, K, cfg.norm_eps);
         }
         return m;
     }
@@ -134,7 +134,7 @@ public:
                 for (Eigen::Index n = 0; n < N; ++n) w.A(e, n) = -static_cast<float>(n + 1);
             w.D = Eigen::RowVectorXf::Ones(E);
             w.out_proj = uni(D, E, std::sqrt(3.0 / static_cast<double>(E)));
-            m.layers_.emplace_back(std::move(w), cfg.d_model, cfg.d_inner, cfg.d_state, cfg.dt_rank, cfg.d_conv,
+            m.layers_.emplace_back(w, cfg.d_model, cfg.d_inner, cfg.d_state, cfg.dt_rank, cfg.d_conv,
                                    cfg.norm_eps);
         }
         return m;
@@ -144,9 +144,11 @@ public:
     // A stored back as A_log = log(−A). The embedding takes `layout`'s spelling; the head is
     // written only when untied.
     void save(const std::filesystem::path& dir, ConfigLayout layout = ConfigLayout::transformers,
-              const Metadata& metadata = {{"format", "pt"}}) const {
+              const Metadata& metadata = {{"format", "pt"}}) const
+        requires(Block::is_float)
+    {
         std::filesystem::create_directories(dir);
-        std::vector<MatrixXf> owned; // A_log per layer, kept alive until the write
+        std::vector<MambaLayerWeights> owned; // per layer, kept alive until the write
         owned.reserve(layers_.size());
         std::vector<TensorData> ts;
         const auto D = config_.d_model, E = config_.d_inner, N = config_.d_state, R = config_.dt_rank,
@@ -159,9 +161,10 @@ public:
         if (!tied_) add("lm_head.weight", lm_head_, {V, D});
         add("backbone.norm_f.weight", norm_f_, {D});
         for (std::size_t i = 0; i < layers_.size(); ++i) {
-            const auto& w = layers_[i].weights();
+            owned.push_back(layers_[i].weights());
+            auto& w = owned.back();
+            w.A = (-w.A.array()).log().matrix(); // A_log = log(−A)
             const std::string p = "backbone.layers." + std::to_string(i) + ".";
-            owned.push_back((-w.A.array()).log().matrix());
             add(p + "norm.weight", w.norm, {D});
             add(p + "mixer.in_proj.weight", w.in_proj, {2 * E, D});
             add(p + "mixer.conv1d.weight", w.conv_weight, {E, 1, K});
@@ -169,7 +172,7 @@ public:
             add(p + "mixer.x_proj.weight", w.x_proj, {R + 2 * N, E});
             add(p + "mixer.dt_proj.weight", w.dt_proj, {E, R});
             add(p + "mixer.dt_proj.bias", w.dt_bias, {E});
-            add(p + "mixer.A_log", owned.back(), {E, N});
+            add(p + "mixer.A_log", w.A, {E, N});
             add(p + "mixer.D", w.D, {E});
             add(p + "mixer.out_proj.weight", w.out_proj, {D, E});
         }
@@ -216,7 +219,10 @@ public:
         MatrixXf logits;
         if (which == Logits::none) return logits;
         const Eigen::Index first = which == Logits::all ? 0 : L - 1;
-        nn_float::rms_norm(state.h.bottomRows(L - first), norm_f_, config_.norm_eps, state.normed);
+        state.normed.resize(L - first, state.h.cols());
+        rms_norm(ConstMatrixView<float>(state.h.data() + first * state.h.cols(), static_cast<std::size_t>(L - first),
+                                        static_cast<std::size_t>(state.h.cols())),
+                 norm_f_, config_.norm_eps, view(state.normed));
         logits.resize(L - first, lm_head().rows());
         logits.noalias() = state.normed * lm_head().transpose();
         return logits;
