@@ -1,0 +1,158 @@
+// A checkpoint: one safetensors file or shards listed by `model.safetensors.index.json`.
+#pragma once
+
+#include <mambaquant/core/config.hpp>
+#include <mambaquant/core/error.hpp>
+#include <mambaquant/io/safetensors.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+MQ_NAMESPACE_BEGIN
+
+inline constexpr const char* kSafetensorsIndexName = "model.safetensors.index.json";
+inline constexpr const char* kSafetensorsSingleName = "model.safetensors";
+
+namespace detail {
+inline std::string read_text_file(const std::filesystem::path& path) {
+    std::ifstream in(path, std::ios::binary);
+    require(in.good(), path.string(), ": cannot open file");
+    std::ostringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+}
+} // namespace detail
+
+// Tensors by name across one or several files. The index ({"metadata": {...}, "weight_map":
+// {tensor: shard file}}) is authoritative: every tensor it lists must be in the shard it names.
+class Checkpoint {
+public:
+    // `path` is a directory (index or model.safetensors inside), an index file, or one
+    // .safetensors file.
+    static Checkpoint open(const std::filesystem::path& path) {
+        namespace fs = std::filesystem;
+        require(fs::exists(path), path.string(), ": no such file or directory");
+        if (fs::is_directory(path)) {
+            if (fs::exists(path / kSafetensorsIndexName)) return open_index(path / kSafetensorsIndexName);
+            require(fs::exists(path / kSafetensorsSingleName), path.string(), ": neither ", kSafetensorsIndexName,
+                    " nor ", kSafetensorsSingleName, " found");
+            return open(path / kSafetensorsSingleName);
+        }
+        if (path.filename().string().ends_with(".index.json")) return open_index(path);
+        Checkpoint c;
+        c.path_ = path;
+        c.shards_.push_back(SafetensorsFile::open(path));
+        for (const auto& t : c.shards_[0].tensors()) c.where_.emplace(t.name, 0);
+        c.metadata_ = c.shards_[0].metadata();
+        return c;
+    }
+
+    // Parses index text (the fuzzer's entry point): weight_map entries name → shard file name.
+    static std::map<std::string, std::string, std::less<>> parse_index(std::string_view text, std::string_view source,
+                                                                       Metadata* metadata = nullptr) {
+        const nlohmann::json root = detail::parse_untrusted_json(text, source, 2);
+        require(root.is_object(), source, ": index must be a JSON object");
+        require(root.contains("weight_map") && root["weight_map"].is_object(), source,
+                ": field \"weight_map\" missing or not an object");
+        std::map<std::string, std::string, std::less<>> map;
+        for (const auto& [name, file] : root["weight_map"].items()) {
+            require(file.is_string(), source, ": weight_map[\"", name, "\"] must be a file name string");
+            const auto& f = file.get_ref<const std::string&>();
+            // Shards live beside the index: a path would let a checkpoint read arbitrary files.
+            require(!f.empty() && f.find('/') == std::string::npos && f.find('\\') == std::string::npos &&
+                        f != "." && f != "..",
+                    source, ": weight_map[\"", name, "\"]: shard \"", f, "\" is not a plain file name");
+            map.emplace(name, f);
+        }
+        if (metadata && root.contains("metadata") && root["metadata"].is_object())
+            for (const auto& [k, v] : root["metadata"].items()) (*metadata)[k] = v.is_string() ? v.get<std::string>() : v.dump();
+        return map;
+    }
+
+    const std::filesystem::path& path() const noexcept { return path_; }
+    const Metadata& metadata() const noexcept { return metadata_; }
+    std::size_t shard_count() const noexcept { return shards_.size(); }
+    bool contains(std::string_view name) const { return where_.find(name) != where_.end(); }
+    std::vector<std::string> names() const {
+        std::vector<std::string> n;
+        for (const auto& [k, v] : where_) n.push_back(k);
+        return n;
+    }
+    const SafetensorsFile& file_of(std::string_view name) const {
+        auto it = where_.find(name);
+        require(it != where_.end(), path_.string(), ": tensor \"", name, "\" not found in the checkpoint");
+        return shards_[it->second];
+    }
+    const TensorInfo& info(std::string_view name) const { return file_of(name).info(name); }
+    std::span<const std::byte> bytes(std::string_view name) const { return file_of(name).bytes(name); }
+    FloatTensor load_float(std::string_view name) const { return file_of(name).load_float(name); }
+    FloatTensor load_float(std::string_view name, const std::vector<std::size_t>& shape) const {
+        return file_of(name).load_float(name, shape);
+    }
+    void load_float_into(std::string_view name, const std::vector<std::size_t>& shape, std::span<float> dst) const {
+        file_of(name).load_float_into(name, shape, dst);
+    }
+
+private:
+    static Checkpoint open_index(const std::filesystem::path& index_path) {
+        Checkpoint c;
+        c.path_ = index_path.parent_path();
+        const auto map = parse_index(detail::read_text_file(index_path), index_path.string(), &c.metadata_);
+        std::map<std::string, std::size_t> shard_ids;
+        for (const auto& [name, file] : map) {
+            auto [it, inserted] = shard_ids.emplace(file, c.shards_.size());
+            if (inserted) c.shards_.push_back(SafetensorsFile::open(c.path_ / file));
+            require(c.shards_[it->second].contains(name), index_path.string(), ": tensor \"", name,
+                    "\" is listed in shard ", file, " but missing from it");
+            c.where_.emplace(name, it->second);
+        }
+        return c;
+    }
+
+    std::filesystem::path path_;
+    std::vector<SafetensorsFile> shards_;
+    std::map<std::string, std::size_t, std::less<>> where_;
+    Metadata metadata_;
+};
+
+// Writes `tensors` as model-0000k-of-0000n.safetensors shards of at most `max_shard_bytes` of data
+// each (a tensor never splits) plus the index; one shard is written as model.safetensors alone.
+inline void save_sharded_safetensors(const std::filesystem::path& dir, std::span<const TensorData> tensors,
+                                     std::size_t max_shard_bytes, const Metadata& metadata = {}) {
+    std::filesystem::create_directories(dir);
+    std::vector<std::vector<TensorData>> shards(1);
+    std::size_t used = 0, total = 0;
+    for (const auto& t : tensors) {
+        if (used > 0 && used + t.bytes.size() > max_shard_bytes) {
+            shards.emplace_back();
+            used = 0;
+        }
+        shards.back().push_back(t);
+        used += t.bytes.size();
+        total += t.bytes.size();
+    }
+    if (shards.size() == 1) {
+        save_safetensors(dir / kSafetensorsSingleName, shards[0], metadata);
+        return;
+    }
+    nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", nlohmann::json::object()}};
+    for (std::size_t s = 0; s < shards.size(); ++s) {
+        char name[64];
+        std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", s + 1, shards.size());
+        save_safetensors(dir / name, shards[s], metadata);
+        for (const auto& t : shards[s]) index["weight_map"][t.name] = name;
+    }
+    std::ofstream out(dir / kSafetensorsIndexName, std::ios::trunc);
+    out << index.dump(2) << '\n';
+    require(out.good(), (dir / kSafetensorsIndexName).string(), ": write failed");
+}
+
+MQ_NAMESPACE_END

@@ -1,0 +1,280 @@
+// MambaModel: embedding, a stack of MambaBlocks, final RMSNorm and LM head; prefill and decode.
+#pragma once
+
+#include <mambaquant/core/config.hpp>
+#include <mambaquant/core/error.hpp>
+#include <mambaquant/core/rng.hpp>
+#include <mambaquant/core/tensor.hpp>
+#include <mambaquant/io/checkpoint.hpp>
+#include <mambaquant/io/config.hpp>
+#include <mambaquant/nn/mamba_block.hpp>
+#include <mambaquant/nn/rms_norm.hpp>
+
+#include <Eigen/Core>
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <span>
+#include <string>
+#include <vector>
+
+MQ_NAMESPACE_BEGIN
+
+// Which rows of a prefill need logits: all (scoring a text) or only the last (generation; the
+// LM head is a V×D GEMM per row, the largest single cost of a small model).
+enum class Logits : std::uint8_t { all, last, none };
+
+// Everything one sequence carries between calls: per-layer caches, scratch, the position.
+template <class Block>
+struct MambaSequenceState {
+    std::vector<MambaCache> caches;
+    typename Block::Workspace workspace;
+    MatrixXf h;       // residual stream of the current call [L, D]
+    MatrixXf normed;  // final-norm output
+    std::size_t position = 0;
+    void reset() {
+        for (auto& c : caches) c.reset();
+        position = 0;
+    }
+};
+
+template <class Block = MambaBlock<>>
+class BasicMambaModel {
+public:
+    using block_type = Block;
+    using State = MambaSequenceState<Block>;
+
+    BasicMambaModel() = default;
+
+    // From a checkpoint directory (config.json + model.safetensors or a sharded index).
+    static BasicMambaModel load(const std::filesystem::path& dir) {
+        return from_checkpoint(load_mamba_config(dir), Checkpoint::open(dir));
+    }
+
+    // Tensor names are Hugging Face's (METHOD §1); both embedding spellings are accepted, the LM
+    // head is `lm_head.weight` when present and the embedding when absent and tied.
+    static BasicMambaModel from_checkpoint(const MambaConfig& cfg, const Checkpoint& ck) {
+        BasicMambaModel m;
+        m.config_ = cfg;
+        const std::size_t D = cfg.d_model, E = cfg.d_inner, N = cfg.d_state, R = cfg.dt_rank, K = cfg.d_conv,
+                          V = cfg.padded_vocab;
+        const bool new_name = ck.contains("backbone.embeddings.weight");
+        const bool old_name = ck.contains("backbone.embedding.weight");
+        require(new_name || old_name, ck.path().string(),
+                ": tensor \"backbone.embeddings.weight\" (or \"backbone.embedding.weight\") not found");
+        require(!(new_name && old_name), ck.path().string(),
+                ": both \"backbone.embeddings.weight\" and \"backbone.embedding.weight\" present");
+        m.embedding_ = load_matrix(ck, new_name ? "backbone.embeddings.weight" : "backbone.embedding.weight", {V, D}, V, D);
+        if (ck.contains("lm_head.weight")) {
+            m.lm_head_ = load_matrix(ck, "lm_head.weight", {V, D}, V, D);
+            m.tied_ = false;
+        } else {
+            require(cfg.tie_embeddings, ck.path().string(),
+                    ": tensor \"lm_head.weight\" not found and the config does not tie embeddings");
+            m.tied_ = true;
+        }
+        m.norm_f_ = row_vector(ck.load_float("backbone.norm_f.weight", {D}));
+        m.layers_.reserve(cfg.n_layer);
+        for (std::size_t i = 0; i < cfg.n_layer; ++i) {
+            const std::string p = "backbone.layers." + std::to_string(i) + ".";
+            const std::string mx = p + "mixer.";
+            MambaLayerWeights w;
+            w.norm = row_vector(ck.load_float(p + "norm.weight", {D}));
+            w.in_proj = load_matrix(ck, mx + "in_proj.weight", {2 * E, D}, 2 * E, D);
+            w.conv_weight = load_matrix(ck, mx + "conv1d.weight", {E, 1, K}, E, K);
+            if (cfg.conv_bias) w.conv_bias = row_vector(ck.load_float(mx + "conv1d.bias", {E}));
+            else w.conv_bias = Eigen::RowVectorXf::Zero(static_cast<Eigen::Index>(E));
+            w.x_proj = load_matrix(ck, mx + "x_proj.weight", {R + 2 * N, E}, R + 2 * N, E);
+            w.dt_proj = load_matrix(ck, mx + "dt_proj.weight", {E, R}, E, R);
+            w.dt_bias = row_vector(ck.load_float(mx + "dt_proj.bias", {E}));
+            w.A = load_matrix(ck, mx + "A_log", {E, N}, E, N);
+            w.A = -w.A.array().exp().matrix(); // A = −exp(A_log)
+            w.D = row_vector(ck.load_float(mx + "D", {E}));
+            w.out_proj = load_matrix(ck, mx + "out_proj.weight", {D, E}, D, E);
+            m.layers_.emplace_back(w, D, E, N, R, K, cfg.norm_eps);
+        }
+        return m;
+    }
+
+    // A random model in the reference initialisation's spirit (for benchmarks and tests): weights
+    // ~ U with the fan-in scale, A = −(1..N), Δ bias = softplus⁻¹ of log-uniform [1e−3, 1e−1].
+    static BasicMambaModel random(const MambaConfig& cfg, std::uint64_t seed) {
+        Rng rng(seed);
+        const auto D = static_cast<Eigen::Index>(cfg.d_model), E = static_cast<Eigen::Index>(cfg.d_inner),
+                   N = static_cast<Eigen::Index>(cfg.d_state), R = static_cast<Eigen::Index>(cfg.dt_rank),
+                   K = static_cast<Eigen::Index>(cfg.d_conv), V = static_cast<Eigen::Index>(cfg.padded_vocab);
+        auto uni = [&](Eigen::Index r, Eigen::Index c, double scale) {
+            MatrixXf m(r, c);
+            for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = static_cast<float>(rng.uniform(-scale, scale));
+            return m;
+        };
+        BasicMambaModel m;
+        m.config_ = cfg;
+        m.embedding_ = uni(V, D, 0.5);
+        m.tied_ = true;
+        m.norm_f_ = Eigen::RowVectorXf::Ones(D);
+        for (std::size_t i = 0; i < cfg.n_layer; ++i) {
+            MambaLayerWeights w;
+            w.norm = Eigen::RowVectorXf::Ones(D);
+            w.in_proj = uni(2 * E, D, std::sqrt(3.0 / static_cast<double>(D)));
+            w.conv_weight = uni(E, K, 0.5);
+            w.conv_bias = uni(1, E, 0.1);
+            w.x_proj = uni(R + 2 * N, E, std::sqrt(3.0 / static_cast<double>(E)));
+            w.dt_proj = uni(E, R, 1.0 / std::sqrt(static_cast<double>(R)));
+            w.dt_bias.resize(E);
+            for (Eigen::Index e = 0; e < E; ++e) {
+                const double dt = std::exp(rng.uniform(std::log(1e-3), std::log(1e-1)));
+                w.dt_bias[e] = static_cast<float>(dt + std::log(-std::expm1(-dt)));
+            }
+            w.A.resize(E, N);
+            for (Eigen::Index e = 0; e < E; ++e)
+                for (Eigen::Index n = 0; n < N; ++n) w.A(e, n) = -static_cast<float>(n + 1);
+            w.D = Eigen::RowVectorXf::Ones(E);
+            w.out_proj = uni(D, E, std::sqrt(3.0 / static_cast<double>(E)));
+            m.layers_.emplace_back(w, cfg.d_model, cfg.d_inner, cfg.d_state, cfg.dt_rank, cfg.d_conv,
+                                   cfg.norm_eps);
+        }
+        return m;
+    }
+
+    // Writes config.json (in `layout`) and model.safetensors with Hugging Face names, F32,
+    // A stored back as A_log = log(−A). The embedding takes `layout`'s spelling; the head is
+    // written only when untied.
+    void save(const std::filesystem::path& dir, ConfigLayout layout = ConfigLayout::transformers,
+              const Metadata& metadata = {{"format", "pt"}}) const
+        requires(Block::is_float)
+    {
+        std::filesystem::create_directories(dir);
+        std::vector<MambaLayerWeights> owned; // per layer, kept alive until the write
+        owned.reserve(layers_.size());
+        std::vector<TensorData> ts;
+        const auto D = config_.d_model, E = config_.d_inner, N = config_.d_state, R = config_.dt_rank,
+                   K = config_.d_conv, V = config_.padded_vocab;
+        auto add = [&](std::string name, const auto& m, std::vector<std::size_t> shape) {
+            ts.push_back({std::move(name), DType::F32, std::move(shape),
+                          std::as_bytes(std::span<const float>(m.data(), static_cast<std::size_t>(m.size())))});
+        };
+        add(layout == ConfigLayout::mamba_ssm ? "backbone.embedding.weight" : "backbone.embeddings.weight", embedding_, {V, D});
+        if (!tied_) add("lm_head.weight", lm_head_, {V, D});
+        add("backbone.norm_f.weight", norm_f_, {D});
+        for (std::size_t i = 0; i < layers_.size(); ++i) {
+            owned.push_back(layers_[i].weights());
+            auto& w = owned.back();
+            w.A = (-w.A.array()).log().matrix(); // A_log = log(−A)
+            const std::string p = "backbone.layers." + std::to_string(i) + ".";
+            add(p + "norm.weight", w.norm, {D});
+            add(p + "mixer.in_proj.weight", w.in_proj, {2 * E, D});
+            add(p + "mixer.conv1d.weight", w.conv_weight, {E, 1, K});
+            if (config_.conv_bias) add(p + "mixer.conv1d.bias", w.conv_bias, {E});
+            add(p + "mixer.x_proj.weight", w.x_proj, {R + 2 * N, E});
+            add(p + "mixer.dt_proj.weight", w.dt_proj, {E, R});
+            add(p + "mixer.dt_proj.bias", w.dt_bias, {E});
+            add(p + "mixer.A_log", w.A, {E, N});
+            add(p + "mixer.D", w.D, {E});
+            add(p + "mixer.out_proj.weight", w.out_proj, {D, E});
+        }
+        MambaConfig c = config_;
+        c.tie_embeddings = tied_;
+        std::ofstream(dir / "config.json") << mamba_config_json(c, layout) << '\n';
+        save_safetensors(dir / kSafetensorsSingleName, ts, metadata);
+    }
+
+    const MambaConfig& config() const noexcept { return config_; }
+    const std::vector<Block>& layers() const noexcept { return layers_; }
+    const MatrixXf& embedding() const noexcept { return embedding_; }
+    const MatrixXf& lm_head() const noexcept { return tied_ ? embedding_ : lm_head_; }
+    const Eigen::RowVectorXf& norm_f() const noexcept { return norm_f_; }
+    bool tied() const noexcept { return tied_; }
+
+    State make_state() const {
+        State s;
+        for (const auto& b : layers_) s.caches.push_back(b.make_cache());
+        return s;
+    }
+
+    // Runs tokens through the model from `state` (empty at start), advancing it. Returns logits
+    // [L, V] (Logits::all), [1, V] (last) or an empty matrix (none). `hidden`, when given,
+    // receives the residual stream after each layer ([L, D] each).
+    MatrixXf prefill(std::span<const std::uint32_t> tokens, State& state, Logits which = Logits::all,
+                     std::vector<MatrixXf>* hidden = nullptr) const {
+        require(!tokens.empty(), "MambaModel::prefill: no tokens");
+        require(state.caches.size() == layers_.size(), "MambaModel::prefill: state made for ", state.caches.size(),
+                " layers, model has ", layers_.size());
+        const auto L = static_cast<Eigen::Index>(tokens.size());
+        state.h.resize(L, embedding_.cols());
+        for (Eigen::Index t = 0; t < L; ++t) {
+            require(tokens[t] < static_cast<std::uint32_t>(embedding_.rows()), "MambaModel: token ", tokens[t],
+                    " at position ", t, " is outside the vocabulary of ", embedding_.rows());
+            state.h.row(t) = embedding_.row(tokens[t]);
+        }
+        if (hidden) hidden->clear();
+        for (std::size_t i = 0; i < layers_.size(); ++i) {
+            layers_[i].forward(state.h, state.caches[i], state.workspace);
+            if (hidden) hidden->push_back(state.h);
+        }
+        state.position += tokens.size();
+        MatrixXf logits;
+        if (which == Logits::none) return logits;
+        const Eigen::Index first = which == Logits::all ? 0 : L - 1;
+        state.normed.resize(L - first, state.h.cols());
+        rms_norm(ConstMatrixView<float>(state.h.data() + first * state.h.cols(), static_cast<std::size_t>(L - first),
+                                        static_cast<std::size_t>(state.h.cols())),
+                 norm_f_, config_.norm_eps, view(state.normed));
+        logits.resize(L - first, lm_head().rows());
+        logits.noalias() = state.normed * lm_head().transpose();
+        return logits;
+    }
+
+    // One decode step: the logits [V] after `token`, the state advanced by one.
+    void decode(std::uint32_t token, State& state, std::span<float> logits) const {
+        require(logits.size() == static_cast<std::size_t>(lm_head().rows()), "MambaModel::decode: logits span of ",
+                logits.size(), ", vocabulary is ", lm_head().rows());
+        const std::uint32_t one[1] = {token};
+        const MatrixXf out = prefill(one, state, Logits::all);
+        Eigen::Map<Eigen::RowVectorXf>(logits.data(), out.cols()) = out.row(0);
+    }
+
+    // Greedy continuation of `prompt` by `count` tokens (argmax over the first vocab_size logits,
+    // so padding rows are never produced).
+    std::vector<std::uint32_t> generate_greedy(std::span<const std::uint32_t> prompt, std::size_t count) const {
+        State s = make_state();
+        std::vector<std::uint32_t> out;
+        if (count == 0) return out;
+        MatrixXf logits = prefill(prompt, s, Logits::last);
+        std::vector<float> row(static_cast<std::size_t>(lm_head().rows()));
+        Eigen::Map<Eigen::RowVectorXf>(row.data(), logits.cols()) = logits.row(0);
+        for (;;) {
+            std::uint32_t best = 0;
+            for (std::uint32_t v = 1; v < config_.vocab_size; ++v)
+                if (row[v] > row[best]) best = v;
+            out.push_back(best);
+            if (out.size() == count) return out;
+            decode(best, s, row);
+        }
+    }
+
+private:
+    static MatrixXf load_matrix(const Checkpoint& ck, const std::string& name, const std::vector<std::size_t>& shape,
+                                std::size_t rows, std::size_t cols) {
+        MatrixXf m(static_cast<Eigen::Index>(rows), static_cast<Eigen::Index>(cols));
+        ck.load_float_into(name, shape, std::span<float>(m.data(), rows * cols));
+        return m;
+    }
+    static Eigen::RowVectorXf row_vector(const FloatTensor& t) {
+        return Eigen::Map<const Eigen::RowVectorXf>(t.data.data(), static_cast<Eigen::Index>(t.data.size()));
+    }
+
+    MambaConfig config_;
+    MatrixXf embedding_; // [V, D]
+    MatrixXf lm_head_;   // [V, D], empty when tied
+    bool tied_ = true;
+    Eigen::RowVectorXf norm_f_;
+    std::vector<Block> layers_;
+};
+
+using MambaModel = BasicMambaModel<MambaBlock<>>;
+
+MQ_NAMESPACE_END
