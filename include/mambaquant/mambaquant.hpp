@@ -8,6 +8,51 @@
 #include <mambaquant/core/tags.hpp>
 #include <mambaquant/core/tensor.hpp>
 
+#include <mambaquant/quant/int4.hpp>
+#include <mambaquant/quant/observer.hpp>
 #include <mambaquant/quant/params.hpp>
+#include <mambaquant/quant/quantize.hpp>
 #include <mambaquant/quant/quantizer.hpp>
 #include <mambaquant/quant/range.hpp>
+
+#include <mambaquant/kernels/conv1d.hpp>
+#include <mambaquant/kernels/exp.hpp>
+#include <mambaquant/kernels/finite.hpp>
+#include <mambaquant/kernels/fwht.hpp>
+#include <mambaquant/kernels/packed_weights.hpp>
+#include <mambaquant/kernels/parallel.hpp>
+#include <mambaquant/kernels/qgemm.hpp>
+#include <mambaquant/kernels/quantize.hpp>
+#include <mambaquant/kernels/quantized_activations.hpp>
+#include <mambaquant/kernels/quantized_scan.hpp>
+#include <mambaquant/kernels/selective_scan.hpp>
+#include <mambaquant/kernels/silu.hpp>
+#include <mambaquant/kernels/softplus.hpp>
+
+#include <mambaquant/transform/fusion.hpp>
+#include <mambaquant/transform/hadamard.hpp>
+#include <mambaquant/transform/klt.hpp>
+#include <mambaquant/transform/klt_hadamard.hpp>
+#include <mambaquant/transform/mamba_weights.hpp>
+#include <mambaquant/transform/orthogonal.hpp>
+#include <mambaquant/transform/rotation.hpp>
+#include <mambaquant/transform/smoothing.hpp>
+#include <mambaquant/transform/ssilu.hpp>
+
+#include <mambaquant/ssm/cache.hpp>
+#include <mambaquant/ssm/conv1d.hpp>
+#include <mambaquant/ssm/scan_policy.hpp>
+#include <mambaquant/ssm/selective_scan.hpp>
+
+#include <mambaquant/nn/linear.hpp>
+#include <mambaquant/nn/mamba_block.hpp>
+#include <mambaquant/nn/mamba_model.hpp>
+#include <mambaquant/nn/rms_norm.hpp>
+
+#include <mambaquant/calib/channel_stats.hpp>
+#include <mambaquant/calib/covariance.hpp>
+
+#include <mambaquant/io/checkpoint.hpp>
+#include <mambaquant/io/config.hpp>
+#include <mambaquant/io/dtype.hpp>
+#include <mambaquant/io/safetensors.hpp>
