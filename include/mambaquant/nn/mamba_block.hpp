@@ -12,6 +12,7 @@
 #include <mambaquant/ssm/conv1d.hpp>
 #include <mambaquant/ssm/scan_policy.hpp>
 #include <mambaquant/ssm/selective_scan.hpp>
+#include <mambaquant/transform/mamba_weights.hpp>
 
 #include <Eigen/Core>
 
@@ -22,25 +23,12 @@
 
 MQ_NAMESPACE_BEGIN
 
-// Float weights of one layer in checkpoint orientation (W: [out, in], y = x·Wᵀ).
-struct MambaLayerWeights {
-    Eigen::RowVectorXf norm;      // [D]        backbone.layers.{i}.norm.weight
-    MatrixXf in_proj;             // [2E, D]    rows 0..E−1 → x, E..2E−1 → z
-    MatrixXf conv_weight;         // [E, K]     conv1d.weight [E, 1, K] squeezed
-    Eigen::RowVectorXf conv_bias; // [E]
-    MatrixXf x_proj;              // [R+2N, E]  rows: dt, B, C
-    MatrixXf dt_proj;             // [E, R]
-    Eigen::RowVectorXf dt_bias;   // [E]
-    MatrixXf A;                   // [E, N]     A = −exp(A_log)
-    Eigen::RowVectorXf D;         // [E]
-    MatrixXf out_proj;            // [D, E]
-};
-
 // Decode cache of one layer: the last K−1 conv inputs (oldest first) and the SSM state.
 using MambaCache = LayerCache<float>;
 
 namespace detail {
-inline std::span<const float> span_of(const Eigen::RowVectorXf& v) noexcept {
+template <class Vector>
+std::span<const float> span_of(const Vector& v) noexcept {
     return {v.data(), static_cast<std::size_t>(v.size())};
 }
 } // namespace detail
@@ -73,10 +61,10 @@ public:
     MambaBlock(const MambaLayerWeights& w, std::size_t d_model, std::size_t d_inner, std::size_t d_state,
                std::size_t dt_rank, std::size_t d_conv, float eps, Scan scan = {}, OutRotation out_rotation = {})
         : D_(d_model), E_(d_inner), N_(d_state), R_(dt_rank), K_(d_conv), eps_(eps),
-          norm_(check_layer(w, d_model, d_inner, d_state, dt_rank, d_conv).norm), in_proj_(view(w.in_proj)),
+          norm_(check_layer(w, d_model, d_inner, d_state, dt_rank, d_conv).norm.transpose()), in_proj_(view(w.in_proj)),
           x_proj_(view(w.x_proj)), dt_proj_(view(w.dt_proj)), out_proj_(view(w.out_proj), {}, std::move(out_rotation)),
-          conv_(ConvWeights::from(view(w.conv_weight), detail::span_of(w.conv_bias))),
-          scan_w_(ScanWeights::from_A(view(w.A), detail::span_of(w.D), detail::span_of(w.dt_bias))),
+          conv_(ConvWeights::from(view(w.conv_w), detail::span_of(w.conv_b))),
+          scan_w_(ScanWeights::from_A_log(view(w.A_log), detail::span_of(w.D), detail::span_of(w.dt_bias))),
           scan_(std::move(scan)) {}
 
     std::size_t d_model() const noexcept { return D_; }
@@ -94,17 +82,18 @@ public:
         requires(WeightQ::is_float && ActQ::is_float)
     {
         MambaLayerWeights w;
-        w.norm = norm_;
+        w.norm = norm_.transpose();
         w.in_proj = in_proj_.weights();
-        w.conv_weight = conv_.weight_t.transpose();
-        w.conv_bias = Eigen::RowVectorXf::Zero(static_cast<Eigen::Index>(E_));
-        if (!conv_.bias.empty()) w.conv_bias = Eigen::Map<const Eigen::RowVectorXf>(conv_.bias.data(), static_cast<Eigen::Index>(E_));
+        w.conv_w = conv_.weight_t.transpose();
+        w.conv_b = Eigen::VectorXf::Zero(static_cast<Eigen::Index>(E_));
+        if (!conv_.bias.empty()) w.conv_b = Eigen::Map<const Eigen::VectorXf>(conv_.bias.data(), static_cast<Eigen::Index>(E_));
         w.x_proj = x_proj_.weights();
         w.dt_proj = dt_proj_.weights();
-        w.dt_bias = Eigen::Map<const Eigen::RowVectorXf>(scan_w_.dt_bias.data(), static_cast<Eigen::Index>(E_));
-        w.A = scan_w_.A;
-        w.D = Eigen::Map<const Eigen::RowVectorXf>(scan_w_.D.data(), static_cast<Eigen::Index>(E_));
+        w.dt_bias = Eigen::Map<const Eigen::VectorXf>(scan_w_.dt_bias.data(), static_cast<Eigen::Index>(E_));
+        w.A_log = (-scan_w_.A.array()).log().matrix(); // A_log = log(−A)
+        w.D = Eigen::Map<const Eigen::VectorXf>(scan_w_.D.data(), static_cast<Eigen::Index>(E_));
         w.out_proj = out_proj_.weights();
+        w.reset_extras();
         return w;
     }
 
@@ -150,19 +139,28 @@ private:
             require(static_cast<std::size_t>(m.rows()) == r && static_cast<std::size_t>(m.cols()) == c, "MambaBlock: ",
                     name, ": expected shape [", r, ", ", c, "], got [", m.rows(), ", ", m.cols(), "]");
         };
-        auto len = [](const Eigen::RowVectorXf& v, std::size_t n, const char* name) {
+        auto len = [](const Eigen::VectorXf& v, std::size_t n, const char* name) {
             require(static_cast<std::size_t>(v.size()) == n, "MambaBlock: ", name, ": expected [", n, "], got [", v.size(), "]");
         };
         len(w.norm, D, "norm.weight");
         shape(w.in_proj, 2 * E, D, "in_proj.weight");
-        shape(w.conv_weight, E, K, "conv1d.weight");
-        len(w.conv_bias, E, "conv1d.bias");
+        shape(w.conv_w, E, K, "conv1d.weight");
+        len(w.conv_b, E, "conv1d.bias");
         shape(w.x_proj, R + 2 * N, E, "x_proj.weight");
         shape(w.dt_proj, E, R, "dt_proj.weight");
         len(w.dt_bias, E, "dt_proj.bias");
-        shape(w.A, E, N, "A_log");
+        shape(w.A_log, E, N, "A_log");
         len(w.D, E, "D");
         shape(w.out_proj, D, E, "out_proj.weight");
+        // The MambaQuant run-time extras (S-SiLU gate scale, dt shift, carried-state scale, online
+        // rotations given as matrices) are not applied by this block yet: refuse them rather than
+        // compute a different function. An empty extra is neutral too.
+        auto neutral = [](const Eigen::VectorXf& v, float value) { return v.size() == 0 || (v.array() == value).all(); };
+        require(neutral(w.gate_scale, 1.0f), "MambaBlock: gate_scale (S-SiLU) is not supported by this block yet");
+        require(neutral(w.dt_shift, 0.0f), "MambaBlock: dt_shift is not supported by this block yet; fold it into dt_proj.bias");
+        require(neutral(w.state_scale, 1.0f), "MambaBlock: state_scale (carried-state absorption) is not supported by this block yet");
+        require(w.out_rotation.size() == 0 && w.state_rotation.size() == 0,
+                "MambaBlock: online rotations are given as the OutRotation policy, not as matrices in the weights");
         return w;
     }
 

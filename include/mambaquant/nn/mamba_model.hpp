@@ -82,18 +82,18 @@ public:
             const std::string p = "backbone.layers." + std::to_string(i) + ".";
             const std::string mx = p + "mixer.";
             MambaLayerWeights w;
-            w.norm = row_vector(ck.load_float(p + "norm.weight", {D}));
+            w.norm = row_vector(ck.load_float(p + "norm.weight", {D})).transpose();
             w.in_proj = load_matrix(ck, mx + "in_proj.weight", {2 * E, D}, 2 * E, D);
-            w.conv_weight = load_matrix(ck, mx + "conv1d.weight", {E, 1, K}, E, K);
-            if (cfg.conv_bias) w.conv_bias = row_vector(ck.load_float(mx + "conv1d.bias", {E}));
-            else w.conv_bias = Eigen::RowVectorXf::Zero(static_cast<Eigen::Index>(E));
+            w.conv_w = load_matrix(ck, mx + "conv1d.weight", {E, 1, K}, E, K);
+            if (cfg.conv_bias) w.conv_b = row_vector(ck.load_float(mx + "conv1d.bias", {E})).transpose();
+            else w.conv_b = Eigen::VectorXf::Zero(static_cast<Eigen::Index>(E));
             w.x_proj = load_matrix(ck, mx + "x_proj.weight", {R + 2 * N, E}, R + 2 * N, E);
             w.dt_proj = load_matrix(ck, mx + "dt_proj.weight", {E, R}, E, R);
-            w.dt_bias = row_vector(ck.load_float(mx + "dt_proj.bias", {E}));
-            w.A = load_matrix(ck, mx + "A_log", {E, N}, E, N);
-            w.A = -w.A.array().exp().matrix(); // A = −exp(A_log)
-            w.D = row_vector(ck.load_float(mx + "D", {E}));
+            w.dt_bias = row_vector(ck.load_float(mx + "dt_proj.bias", {E})).transpose();
+            w.A_log = load_matrix(ck, mx + "A_log", {E, N}, E, N);
+            w.D = row_vector(ck.load_float(mx + "D", {E})).transpose();
             w.out_proj = load_matrix(ck, mx + "out_proj.weight", {D, E}, D, E);
+            w.reset_extras();
             m.layers_.emplace_back(w, D, E, N, R, K, cfg.norm_eps);
         }
         return m;
@@ -118,10 +118,10 @@ public:
         m.norm_f_ = Eigen::RowVectorXf::Ones(D);
         for (std::size_t i = 0; i < cfg.n_layer; ++i) {
             MambaLayerWeights w;
-            w.norm = Eigen::RowVectorXf::Ones(D);
+            w.norm = Eigen::VectorXf::Ones(D);
             w.in_proj = uni(2 * E, D, std::sqrt(3.0 / static_cast<double>(D)));
-            w.conv_weight = uni(E, K, 0.5);
-            w.conv_bias = uni(1, E, 0.1);
+            w.conv_w = uni(E, K, 0.5);
+            w.conv_b = uni(E, 1, 0.1);
             w.x_proj = uni(R + 2 * N, E, std::sqrt(3.0 / static_cast<double>(E)));
             w.dt_proj = uni(E, R, 1.0 / std::sqrt(static_cast<double>(R)));
             w.dt_bias.resize(E);
@@ -129,11 +129,12 @@ public:
                 const double dt = std::exp(rng.uniform(std::log(1e-3), std::log(1e-1)));
                 w.dt_bias[e] = static_cast<float>(dt + std::log(-std::expm1(-dt)));
             }
-            w.A.resize(E, N);
+            w.A_log.resize(E, N);
             for (Eigen::Index e = 0; e < E; ++e)
-                for (Eigen::Index n = 0; n < N; ++n) w.A(e, n) = -static_cast<float>(n + 1);
-            w.D = Eigen::RowVectorXf::Ones(E);
+                for (Eigen::Index n = 0; n < N; ++n) w.A_log(e, n) = std::log(static_cast<float>(n + 1));
+            w.D = Eigen::VectorXf::Ones(E);
             w.out_proj = uni(D, E, std::sqrt(3.0 / static_cast<double>(E)));
+            w.reset_extras();
             m.layers_.emplace_back(w, cfg.d_model, cfg.d_inner, cfg.d_state, cfg.dt_rank, cfg.d_conv,
                                    cfg.norm_eps);
         }
@@ -141,7 +142,7 @@ public:
     }
 
     // Writes config.json (in `layout`) and model.safetensors with Hugging Face names, F32,
-    // A stored back as A_log = log(−A). The embedding takes `layout`'s spelling; the head is
+    // A_log as loaded (A = −exp(A_log) lives in the scan weights). The embedding takes `layout`'s spelling; the head is
     // written only when untied.
     void save(const std::filesystem::path& dir, ConfigLayout layout = ConfigLayout::transformers,
               const Metadata& metadata = {{"format", "pt"}}) const
@@ -163,16 +164,15 @@ public:
         for (std::size_t i = 0; i < layers_.size(); ++i) {
             owned.push_back(layers_[i].weights());
             auto& w = owned.back();
-            w.A = (-w.A.array()).log().matrix(); // A_log = log(−A)
             const std::string p = "backbone.layers." + std::to_string(i) + ".";
             add(p + "norm.weight", w.norm, {D});
             add(p + "mixer.in_proj.weight", w.in_proj, {2 * E, D});
-            add(p + "mixer.conv1d.weight", w.conv_weight, {E, 1, K});
-            if (config_.conv_bias) add(p + "mixer.conv1d.bias", w.conv_bias, {E});
+            add(p + "mixer.conv1d.weight", w.conv_w, {E, 1, K});
+            if (config_.conv_bias) add(p + "mixer.conv1d.bias", w.conv_b, {E});
             add(p + "mixer.x_proj.weight", w.x_proj, {R + 2 * N, E});
             add(p + "mixer.dt_proj.weight", w.dt_proj, {E, R});
             add(p + "mixer.dt_proj.bias", w.dt_bias, {E});
-            add(p + "mixer.A_log", w.A, {E, N});
+            add(p + "mixer.A_log", w.A_log, {E, N});
             add(p + "mixer.D", w.D, {E});
             add(p + "mixer.out_proj.weight", w.out_proj, {D, E});
         }
