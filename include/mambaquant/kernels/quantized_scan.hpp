@@ -132,12 +132,7 @@ void quantized_scan_block(const SelectiveScanArgs<float>& a, const QuantizedScan
     float* ws_lo = ws_si + L;           // [L × W] per-lane minima
     float* ws_hi = ws_lo + L * kQuantizedScanMaxLanes;
     alignas(64) float a_tile[N * W];
-    {
-        Bt a_cols[N];
-        load_columns<Arch, N>(a.A.data + d0 * a.A.stride, a.A.stride, a_cols);
-        // exp(Δ·A) = 2^(Δ·A·log2 e): the base change folded into A once per block
-        for (std::size_t n = 0; n < N; ++n) (a_cols[n] * Bt(kLog2e)).store_aligned(a_tile + n * W);
-    }
+    load_scan_block_A<Arch, N>(a, d0, a_tile);
     Bt s[N];
     load_columns<Arch, N>(a.state.data + d0 * a.state.stride, a.state.stride, s);
     const Bt bias = a.delta_bias ? Bt::load_unaligned(a.delta_bias + d0) : Bt(0.0f);

@@ -174,6 +174,18 @@ void selective_scan_ref_range(const SelectiveScanArgs<State>& a, std::size_t d_b
     }
 }
 
+// A's columns of the W-channel block at d0, pre-multiplied by log2(e) so that the decay
+// exp(Δ·A) = 2^(Δ·A·log2 e), written to a stack tile of N·W floats (16 more registers would
+// spill; the tile stays in L1). Shared by the float and the quantized scan kernels.
+template <class Arch, std::size_t N>
+MQ_ALWAYS_INLINE void load_scan_block_A(const SelectiveScanArgs<float>& a, std::size_t d0, float* a_tile) noexcept {
+    using Bt = xsimd::batch<float, Arch>;
+    constexpr std::size_t W = Bt::size;
+    Bt a_cols[N];
+    load_columns<Arch, N>(a.A.data + d0 * a.A.stride, a.A.stride, a_cols);
+    for (std::size_t n = 0; n < N; ++n) (a_cols[n] * Bt(kLog2e)).store_aligned(a_tile + n * W);
+}
+
 // Compile-time N: the W-channel block keeps its N state vectors in registers (N = 16: 16 ymm
 // registers of 8 channels) for the whole sequence, so the state never leaves the core; A is
 // transposed once per block into a small stack tile that stays in L1.
@@ -182,14 +194,8 @@ void selective_scan_block(const SelectiveScanArgs<float>& a, std::size_t d0) noe
     using Bt = xsimd::batch<float, Arch>;
     constexpr std::size_t W = Bt::size;
     const std::size_t L = a.length();
-    // A's columns for this block, kept in a stack tile in L1 (16 more registers would spill).
     alignas(64) float a_tile[N * W];
-    {
-        Bt a_cols[N];
-        load_columns<Arch, N>(a.A.data + d0 * a.A.stride, a.A.stride, a_cols);
-        // exp(Δ·A) = 2^(Δ·A·log2 e): the base change folded into A once per block
-        for (std::size_t n = 0; n < N; ++n) (a_cols[n] * Bt(kLog2e)).store_aligned(a_tile + n * W);
-    }
+    load_scan_block_A<Arch, N>(a, d0, a_tile);
     Bt s[N];
     load_columns<Arch, N>(a.state.data + d0 * a.state.stride, a.state.stride, s);
     const Bt bias = a.delta_bias ? Bt::load_unaligned(a.delta_bias + d0) : Bt(0.0f);
