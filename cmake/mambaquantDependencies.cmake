@@ -16,3 +16,27 @@ macro(mambaquant_find_dependencies)
     endif()
     unset(_mq_xsimd_links)
 endmacro()
+
+# The optional LAPACK backend of the KLT eigensolver (transform/symmetric_eigen.hpp): defines the
+# imported target mambaquant::lapacke when liblapacke and lapacke.h are found. Linking it turns on
+# MAMBAQUANT_HAS_LAPACKE; which LAPACK/BLAS runs underneath is the system's choice (on Debian,
+# installing libopenblas-dev makes OpenBLAS the liblapack.so.3 alternative, which is what makes
+# it fast). Sets mambaquant_lapacke_FOUND for find_package(mambaquant COMPONENTS lapacke).
+macro(mambaquant_find_lapacke)
+    if(NOT TARGET mambaquant::lapacke)
+        find_path(MAMBAQUANT_LAPACKE_INCLUDE_DIR lapacke.h)
+        find_library(MAMBAQUANT_LAPACKE_LIBRARY lapacke)
+        if(MAMBAQUANT_LAPACKE_INCLUDE_DIR AND MAMBAQUANT_LAPACKE_LIBRARY)
+            add_library(mambaquant::lapacke INTERFACE IMPORTED GLOBAL)
+            set_target_properties(mambaquant::lapacke PROPERTIES
+                INTERFACE_INCLUDE_DIRECTORIES "${MAMBAQUANT_LAPACKE_INCLUDE_DIR}"
+                INTERFACE_LINK_LIBRARIES "${MAMBAQUANT_LAPACKE_LIBRARY}"
+                INTERFACE_COMPILE_DEFINITIONS "MAMBAQUANT_HAS_LAPACKE=1")
+        endif()
+    endif()
+    if(TARGET mambaquant::lapacke)
+        set(mambaquant_lapacke_FOUND TRUE)
+    else()
+        set(mambaquant_lapacke_FOUND FALSE)
+    endif()
+endmacro()

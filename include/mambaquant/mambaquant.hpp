@@ -38,6 +38,7 @@
 #include <mambaquant/transform/rotation.hpp>
 #include <mambaquant/transform/smoothing.hpp>
 #include <mambaquant/transform/ssilu.hpp>
+#include <mambaquant/transform/symmetric_eigen.hpp>
 
 #include <mambaquant/ssm/cache.hpp>
 #include <mambaquant/ssm/conv1d.hpp>

@@ -1,6 +1,7 @@
 #include <mambaquant/calib/covariance.hpp>
 #include <mambaquant/core/rng.hpp>
 #include <mambaquant/transform/klt.hpp>
+#include <mambaquant/transform/rotation.hpp>
 
 #include "mamba_reference.hpp"
 
@@ -8,16 +9,31 @@
 
 #include <cmath>
 #include <limits>
+#include <vector>
+
+namespace {
+// The backends this build can run: Eigen always, LAPACK's drivers when compiled in.
+std::vector<mq::EigenBackend> available_backends() {
+    std::vector<mq::EigenBackend> out{mq::EigenBackend::automatic, mq::EigenBackend::eigen};
+    if (mq::lapack_available) {
+        out.push_back(mq::EigenBackend::lapack_mrrr);
+        out.push_back(mq::EigenBackend::lapack_divide_and_conquer);
+    }
+    return out;
+}
+} // namespace
 
 TEST_CASE("klt: K·Λ·Kᵀ reconstructs the covariance, K is orthogonal, λ descending, signs fixed") {
     mq::Rng rng(11);
+    for (const mq::EigenBackend backend : available_backends())
     for (Eigen::Index d : {1, 7, 96}) {
+        CAPTURE(mq::to_string(backend));
         CAPTURE(d);
         const mq::MatrixXd g = mqtest::gaussian(rng, 3 * d + 5, d, 1.0);
         mq::CovarianceAccumulator acc(static_cast<std::size_t>(d));
         acc.add(g);
         const mq::MatrixXd cov = acc.covariance();
-        const mq::Klt k = mq::klt_from_covariance(cov);
+        const mq::Klt k = mq::klt_from_covariance(cov, backend);
         REQUIRE(k.dim() == static_cast<std::size_t>(d));
         const mq::MatrixXd recon = k.basis * k.eigenvalues.asDiagonal() * k.basis.transpose();
         CHECK((recon - cov).cwiseAbs().maxCoeff() < 1e-12 * cov.cwiseAbs().maxCoeff() * d);
@@ -29,7 +45,7 @@ TEST_CASE("klt: K·Λ·Kᵀ reconstructs the covariance, K is orthogonal, λ des
             CHECK(k.basis(at, j) > 0.0);
         }
         // Deterministic: the same covariance gives the same bits.
-        const mq::Klt again = mq::klt_from_covariance(cov);
+        const mq::Klt again = mq::klt_from_covariance(cov, backend);
         CHECK(again.basis == k.basis);
         CHECK(again.eigenvalues == k.eigenvalues);
     }
@@ -51,6 +67,31 @@ TEST_CASE("klt: the sign rule makes the basis independent of the eigensolver's s
     flipped.col(1) *= -1.0;
     mq::fix_eigenvector_signs(flipped);
     CHECK(flipped == mq::MatrixXd::Identity(3, 3));
+}
+
+TEST_CASE("klt: every backend gives the same ordered, signed basis") {
+    // Eigenvalues 1, 2, …, d: the gaps (≥ 1) bound each eigenvector's perturbation by ~ε·‖C‖/gap,
+    // so after ordering and the sign rule two correct backends agree to ~d·1e-16·d.
+    const Eigen::Index d = 64;
+    const mq::MatrixXd q = mq::random_orthogonal<double>(static_cast<std::size_t>(d), 5);
+    Eigen::VectorXd spectrum(d);
+    for (Eigen::Index i = 0; i < d; ++i) spectrum[i] = static_cast<double>(i + 1);
+    const mq::MatrixXd cov = q * spectrum.asDiagonal() * q.transpose();
+    const mq::MatrixXd symmetric = 0.5 * (cov + cov.transpose());
+    const mq::Klt reference = mq::klt_from_covariance(symmetric, mq::EigenBackend::eigen);
+    for (const mq::EigenBackend backend : available_backends()) {
+        CAPTURE(mq::to_string(backend));
+        const mq::Klt k = mq::klt_from_covariance(symmetric, backend);
+        CHECK((k.eigenvalues - reference.eigenvalues).cwiseAbs().maxCoeff() < 1e-12 * d);
+        CHECK((k.basis - reference.basis).cwiseAbs().maxCoeff() < 1e-11);
+    }
+    INFO("LAPACK backends compiled in: ", mq::lapack_available);
+}
+
+TEST_CASE("klt: asking for LAPACK in a build without it is a clear error") {
+    if (mq::lapack_available) return; // covered by the agreement test above
+    CHECK_THROWS_WITH_AS(mq::klt_from_covariance(mq::MatrixXd::Identity(2, 2), mq::EigenBackend::lapack_mrrr),
+                         doctest::Contains("needs LAPACKE"), mq::error);
 }
 
 TEST_CASE("klt: bad covariances are clear errors") {

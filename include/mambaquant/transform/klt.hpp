@@ -4,9 +4,9 @@
 #include <mambaquant/core/config.hpp>
 #include <mambaquant/core/error.hpp>
 #include <mambaquant/core/tensor.hpp>
+#include <mambaquant/transform/symmetric_eigen.hpp>
 
 #include <Eigen/Core>
-#include <Eigen/Eigenvalues>
 
 #include <cmath>
 #include <cstddef>
@@ -42,31 +42,15 @@ inline void fix_eigenvector_signs(MatrixXd& basis) noexcept {
 }
 
 // The KLT of a symmetric covariance [d, d], typically CovarianceAccumulator::covariance()
-// (calib/covariance.hpp; transform/ sits above calib/ and does not include it). Eigen's SelfAdjointEigenSolver (Householder
-// tridiagonalization + implicit symmetric QR) does the work; it reads the lower triangle, so the
-// matrix is checked for symmetry first (a relative asymmetry above 1e-9 is a caller bug, e.g. a
-// covariance assembled from the upper triangle of one shard and the lower of another).
+// (calib/covariance.hpp; transform/ sits above calib/ and does not include it). The backend
+// (transform/symmetric_eigen.hpp) validates and decomposes; at d = 5120 Eigen needs ~140 s and
+// LAPACK's dsyevr over OpenBLAS ~20 s, hence `automatic` prefers LAPACK when it is compiled in.
 // Tiny negative eigenvalues from rounding are kept as they are (they are ~1e-16·λ_0).
-// No LAPACK path (MAMBAQUANT_USE_LAPACKE) is wired in: the build machine has no LAPACKE header,
-// and its reference LAPACK dsyevd is about 2× slower than this solver (0.45 s vs 0.22 s at d = 768).
-// Cost: about 0.25 s at d = 768, 4 s at 1536, 25 s at 2560 (one core, CPU time); the symmetric QR
-// with eigenvector accumulation dominates. dsyevd over an optimized BLAS is the way to go faster.
-inline Klt klt_from_covariance(const MatrixXd& covariance) {
-    const Eigen::Index d = covariance.rows();
-    require(d > 0 && covariance.cols() == d, "klt: covariance must be square and non-empty, got [", covariance.rows(),
-            " x ", covariance.cols(), "]");
-    require(covariance.allFinite(), "klt: covariance has non-finite entries");
-    const double scale = covariance.cwiseAbs().maxCoeff();
-    const double asym = (covariance - covariance.transpose()).cwiseAbs().maxCoeff();
-    require(asym <= 1e-9 * scale, "klt: covariance is not symmetric (max |C - Cᵀ| = ", asym, ", max |C| = ", scale, ")");
-
-    // Column-major copy: Eigen's solver is tuned for it and computes in place.
-    Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> solver(Eigen::MatrixXd(covariance), Eigen::ComputeEigenvectors);
-    require(solver.info() == Eigen::Success, "klt: the eigensolver did not converge (d = ", d, ")");
-
+inline Klt klt_from_covariance(const MatrixXd& covariance, EigenBackend backend = EigenBackend::automatic) {
+    SymmetricEigen eig = symmetric_eigen(covariance, backend);
     Klt out;
-    out.eigenvalues = solver.eigenvalues().reverse(); // Eigen sorts ascending
-    out.basis = solver.eigenvectors().rowwise().reverse();
+    out.eigenvalues = eig.values.reverse(); // backends sort ascending
+    out.basis = eig.vectors.rowwise().reverse();
     fix_eigenvector_signs(out.basis);
     return out;
 }
