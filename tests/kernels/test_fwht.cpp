@@ -79,6 +79,31 @@ TEST_CASE("fwht on the Mamba shapes against the reference") {
     }
 }
 
+TEST_CASE("fwht with the chunks' last butterfly stage done by the dense stage, against the reference") {
+    // m ∈ {20, 28, 36} with 2^k = 128 or 1024 take that path (fwht_split_last_stage); every plan
+    // kind: plain, randomized, inverse (the transposed block).
+    for (std::size_t m : {20u, 28u, 36u})
+        for (std::size_t pow2 : {128u, 1024u}) {
+            const mq::HadamardFactors f{m, pow2, pow2 == 128 ? 7u : 10u};
+            CAPTURE(m);
+            CAPTURE(pow2);
+            for (int kind = 0; kind < 3; ++kind) {
+                CAPTURE(kind);
+                const mq::FwhtPlan plan =
+                    kind == 0 ? mq::make_fwht_plan(f)
+                              : mq::make_fwht_plan(f, 5, kind == 1 ? mq::FwhtDirection::forward : mq::FwhtDirection::inverse);
+                CHECK(mq::detail::fwht_split_last_stage<mq::default_arch>(plan));
+                Rows x(3, f.size(), 77 + m + pow2), fast = x, ref = x;
+                mq::fwht(mq::default_arch{}, fast.view(), plan);
+                mq::fwht_ref(ref.view(), plan);
+                double err = 0;
+                for (std::size_t i = 0; i < x.data.size(); ++i)
+                    err = std::max(err, double(std::abs(fast.data[i] - ref.data[i])));
+                CHECK(err < tol(f.size(), m));
+            }
+        }
+}
+
 TEST_CASE("randomized fwht equals x·diag(s)·H; forward then inverse gives x back") {
     for (std::size_t n : {768u, 1024u, 2560u, 48u, 172u * 8}) {
         CAPTURE(n);
@@ -220,7 +245,7 @@ void check_fused(std::size_t n, std::optional<std::uint64_t> seed) {
 } // namespace
 
 TEST_CASE("fused Hadamard + per-token int8 equals transform-then-quantize") {
-    for (std::size_t n : {768u, 1536u, 2560u, 5120u, 256u, 1024u, 48u, 8u, 172u * 4}) {
+    for (std::size_t n : {768u, 1536u, 2560u, 5120u, 256u, 1024u, 48u, 8u, 172u * 4, 28u * 128, 36u * 1024}) {
         check_fused<mq::asymmetric>(n, std::nullopt);
         check_fused<mq::symmetric>(n, std::nullopt);
     }

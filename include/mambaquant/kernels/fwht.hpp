@@ -34,9 +34,12 @@ MQ_NAMESPACE_BEGIN
 //  2. FWHT:   radix-2 butterflies over each of the m contiguous chunks of 2^k
 //  3. dense:  z_a = chunk a; y_j = Σ_a H_m[a][j]·z_a (vectorized along the chunk)
 //  4. scale:  y ← y / √n (folded into the last pass)
-// The dense stage groups the m inputs by four: each group's 8 signed sums z0 ± z1 ± z2 ± z3 and
-// their negations cost 20 adds, then every output is m/4 − 1 adds of those — 3m + m²/4 + m
-// operations instead of m² (m = 20: 160 instead of 400).
+// The dense stage groups the m inputs by four: each group's 8 signed sums z0 ± z1 ± z2 ± z3
+// cost 12 adds, then every output is m/4 − 1 adds of those — 3m + m²/4 + m operations instead
+// of m² (m = 20: 160 instead of 400). m = 12 runs from registers; m = 20, 28, 36 store the sums
+// to a stack buffer first (held in registers, m = 20's accumulators spilled on every group), and
+// when 2^k = 128 or 1024 they also take over the chunks' last butterfly stage, which would
+// otherwise cost a pass over the row of its own (see fwht_split_last_stage).
 struct FwhtPlan {
     std::size_t n = 0;
     HadamardFactors factors;
@@ -348,6 +351,19 @@ inline void fwht_chunk_scalar(const float* src, float* dst, std::size_t P, const
             }
 }
 
+// Passes fwht_chunk makes over a chunk of 2^log2P floats with 2^log2W lanes (mirrors its split).
+constexpr unsigned fwht_pass_count(unsigned log2P, unsigned log2W) noexcept {
+    if (log2P < log2W) return 1;
+    const unsigned cross = log2P - log2W;
+    unsigned rest = cross - (cross < 3 ? cross : 3), passes = 1;
+    while (rest > 0) {
+        const unsigned take = rest == 4 ? 2u : (rest < 3 ? rest : 3u);
+        rest -= take;
+        ++passes;
+    }
+    return passes;
+}
+
 // FWHT of one chunk of P floats from src to dst (dst may equal src), scale folded in if asked
 // (and then, with Track, the min/max of the results gathered; P ≥ W only).
 template <class Arch, bool Track = false>
@@ -401,6 +417,9 @@ MQ_ALWAYS_INLINE void fwht_store(float* p, const V& v) noexcept {
 
 // Sees every final value of the dense stage before it is stored: nothing, or the running min/max.
 struct FwhtNoTrack {
+    static constexpr bool enabled = false;
+    template <class V>
+    MQ_ALWAYS_INLINE void merge(const V&, const V&) noexcept {}
     template <class V>
     MQ_ALWAYS_INLINE void operator()(const V&) noexcept {}
     template <std::size_t K, class V>
@@ -408,7 +427,12 @@ struct FwhtNoTrack {
 };
 template <class B>
 struct FwhtTrack {
+    static constexpr bool enabled = true;
     FwhtMinMax<B>& mm;
+    MQ_ALWAYS_INLINE void merge(const B& lo, const B& hi) noexcept {
+        mm.lo = xsimd::min(mm.lo, lo);
+        mm.hi = xsimd::max(mm.hi, hi);
+    }
     MQ_ALWAYS_INLINE void operator()(const B& v) noexcept {
         mm.lo = xsimd::min(mm.lo, v);
         mm.hi = xsimd::max(mm.hi, v);
@@ -553,9 +577,9 @@ MQ_ALWAYS_INLINE void fwht_dense_fixed(const float* row, std::size_t P, std::siz
     track.template group<K>(acc);
 }
 
-// The whole dense stage of a row, all M outputs per lane vector at once (measured faster than
-// slicing the outputs to fit the registers: the compiler's spills are cheaper than recomputing
-// the group sums).
+// The whole dense stage of a row from registers, all M outputs per lane vector at once (m = 12:
+// measured faster than slicing the outputs to fit the registers, and than the buffered form
+// below; for m = 20 the buffered form is ~1.5× faster).
 template <std::size_t M, class V, class Tr>
 inline void fwht_dense_fixed_row(float* row, std::size_t P, std::size_t step, bool transposed, float scale,
                                  Tr& track) noexcept {
@@ -563,6 +587,106 @@ inline void fwht_dense_fixed_row(float* row, std::size_t P, std::size_t step, bo
         for (std::size_t b = 0; b < P; b += step) fwht_dense_fixed<M, true, V, 0, M>(row, P, b, scale, row + b, P, track);
     else
         for (std::size_t b = 0; b < P; b += step) fwht_dense_fixed<M, false, V, 0, M>(row, P, b, scale, row + b, P, track);
+}
+
+// Keeps the compiler from forwarding the buffered dense stage's pattern stores straight back into
+// registers: it would then hold 8·m/4 patterns live at once and spill them in a worse order.
+MQ_ALWAYS_INLINE void compiler_fence() noexcept {
+#if defined(__GNUC__) || defined(__clang__)
+    asm volatile("" ::: "memory");
+#endif
+}
+
+// The 8 signed sums of one group (see FwhtPlan): p = s1 | s2·2 | s3·4 (signs of z1, z2, z3),
+// (s2, s3) = (0,0) +c0, (1,0) −c1, (0,1) +c1, (1,1) −c0.
+template <class V>
+MQ_ALWAYS_INLINE void fwht_group_sums(const V& z0, const V& z1, const V& z2, const V& z3, V* s) noexcept {
+    const V a0 = z0 + z1, a1 = z0 - z1, c0 = z2 + z3, c1 = z2 - z3;
+    s[0] = a0 + c0; s[1] = a1 + c0;
+    s[2] = a0 - c1; s[3] = a1 - c1;
+    s[4] = a0 + c1; s[5] = a1 + c1;
+    s[6] = a0 - c0; s[7] = a1 - c0;
+}
+
+// Phase 1 of the buffered dense stage for group G at lanes [b, b + V::size): the group's 8 sums into
+// u[8G …]. With Split the chunks' last butterfly stage (h = P/2) is done here too, on the way:
+// z = lo + hi feeds the sums for lanes b (u[8G …]), lo − hi those for lanes b + P/2 (u[2M + 8G …]);
+// the same additions the butterfly pass would do, so the result is the same to the bit.
+template <std::size_t M, class V, bool Split, std::size_t G>
+MQ_ALWAYS_INLINE void fwht_buffered_group(const float* row, std::size_t P, std::size_t b, V* u) noexcept {
+    const float* c = row + 4 * G * P + b;
+    if constexpr (Split) {
+        const std::size_t h = P / 2;
+        V z[4], d[4];
+        for (std::size_t t = 0; t < 4; ++t) {
+            const V lo = fwht_load<V>(c + t * P), hi = fwht_load<V>(c + t * P + h);
+            z[t] = lo + hi;
+            d[t] = lo - hi;
+        }
+        fwht_group_sums(z[0], z[1], z[2], z[3], u + 8 * G);
+        fwht_group_sums(d[0], d[1], d[2], d[3], u + 2 * M + 8 * G);
+    } else {
+        fwht_group_sums(fwht_load<V>(c), fwht_load<V>(c + P), fwht_load<V>(c + 2 * P), fwht_load<V>(c + 3 * P),
+                        u + 8 * G);
+    }
+}
+
+// Phase 2: y_j = lead(0, j)·(1/√n)·(u_{0,p} ± u_{1,p'} ± …), summed in group order (as the register
+// form fwht_dense_fixed does), every index and sign a constant.
+template <std::size_t M, bool T, class V, std::size_t J, std::size_t... G>
+MQ_ALWAYS_INLINE V fwht_buffered_output(const V* u, std::index_sequence<G...>) noexcept {
+    using F = FixedBlock<M, T>;
+    V acc = u[F::pattern(0, J)];
+    (([&] {
+         constexpr std::size_t g = G + 1;
+         if constexpr (F::lead(g, J) * F::lead(0, J) > 0) acc = acc + u[8 * g + F::pattern(g, J)];
+         else acc = acc - u[8 * g + F::pattern(g, J)];
+     }()),
+     ...);
+    return acc;
+}
+
+template <std::size_t M, bool T, class V, class Tr, std::size_t... J>
+MQ_ALWAYS_INLINE void fwht_buffered_outputs(const V* u, float scale, float* dst, std::size_t P, Tr& track,
+                                            std::index_sequence<J...>) noexcept {
+    const V pos(scale), neg(-scale);
+    // K independent min/max chains: one chain through m outputs would serialize them (1, 2 and 4
+    // chains measured alike for m = 20; 4 leaves the most room to the scheduler).
+    constexpr std::size_t K = 4;
+    V lo[K], hi[K];
+    (([&] {
+         V y = fwht_buffered_output<M, T, V, J>(u, std::make_index_sequence<M / 4 - 1>{});
+         y = y * (FixedBlock<M, T>::lead(0, J) > 0 ? pos : neg);
+         if constexpr (Tr::enabled) {
+             if constexpr (J < K) lo[J] = y, hi[J] = y;
+             else lo[J % K] = xsimd::min(lo[J % K], y), hi[J % K] = xsimd::max(hi[J % K], y);
+         }
+         fwht_store<V>(dst + J * P, y);
+     }()),
+     ...);
+    if constexpr (Tr::enabled) {
+        for (std::size_t k = 1; k < K; ++k) lo[0] = xsimd::min(lo[0], lo[k]), hi[0] = xsimd::max(hi[0], hi[k]);
+        track.merge(lo[0], hi[0]);
+    }
+}
+
+// The dense stage of a row through a stack buffer u (2·M batches; 4·M with Split): all groups'
+// sums stored first, then each output reads its M/4 terms back. Costs a store and a load per sum
+// but keeps every value in a register while it is used (m = 20 held in registers spilled 20
+// accumulators on every group: the buffered form measured ~1.5× faster).
+template <std::size_t M, bool T, bool Split, class V, class Tr>
+inline void fwht_dense_buffered_row(float* row, std::size_t P, float scale, V* u, Tr& track) noexcept {
+    const std::size_t end = Split ? P / 2 : P;
+    for (std::size_t b = 0; b < end; b += V::size) {
+        [&]<std::size_t... G>(std::index_sequence<G...>) {
+            (fwht_buffered_group<M, V, Split, G>(row, P, b, u), ...);
+        }(std::make_index_sequence<M / 4>{});
+        compiler_fence();
+        fwht_buffered_outputs<M, T, V>(u, scale, row + b, P, track, std::make_index_sequence<M>{});
+        if constexpr (Split)
+            fwht_buffered_outputs<M, T, V>(u + 2 * M, scale, row + b + P / 2, P, track, std::make_index_sequence<M>{});
+        compiler_fence();
+    }
 }
 
 // Prefetch a row into L2 (a row of up to 8192 floats plus the current one would crowd L1).
@@ -582,9 +706,43 @@ namespace detail {
 // scale, and the signs of an inverse randomized plan.
 // With Track, gathers the min/max of the final values into *mm and returns true when it could (the
 // SIMD dense path; the scalar path for 2^k < W and an inverse randomized plan return false).
+// Largest fixed block whose dense stage runs from registers (fwht_dense_fixed_row); larger ones go
+// through the stack buffer (fwht_dense_buffered_row).
+inline constexpr std::size_t kFwhtRegisterBlockMax = 12;
+
+// Whether the dense stage takes over the chunks' last butterfly stage (h = P/2, see
+// fwht_buffered_group): when that stage would cost a pass of its own over the row (P = 128, the
+// chunk size of 1536 and 2560: one pass over halves of 64 instead of a pass plus a radix-2 pass).
+// Needs a fixed block buffered (m ∈ {20, 28, 36}; m = 12 runs faster from registers unsplit).
+template <class Arch>
+inline bool fwht_split_last_stage(const FwhtPlan& plan) noexcept {
+    constexpr std::size_t W = xsimd::batch<float, Arch>::size;
+    unsigned log2W = 0;
+    while ((std::size_t{1} << log2W) < W) ++log2W;
+    const std::size_t m = plan.factors.m, P = plan.factors.pow2;
+    const unsigned log2P = plan.factors.log2_pow2;
+    const bool fixed = m == 12 || m == 20 || m == 28 || m == 36;
+    return fixed && m > kFwhtRegisterBlockMax && P >= 2 * W && fwht_pass_count(log2P - 1, log2W) < fwht_pass_count(log2P, log2W);
+}
+
+// Step 2 of FwhtPlan on one row, src → dst (may be the same): the butterflies of each chunk,
+// all but the last stage when `split` (the dense stage does it), scale folded in when m = 1.
 template <class Arch, bool Track = false>
-inline bool fwht_dense_stage(float* row, const FwhtPlan& plan, xsimd::batch<float, Arch>* u_vec, float* u_scalar,
+inline void fwht_chunk_stage(const float* src, float* dst, const FwhtPlan& plan, bool split,
                              FwhtMinMax<xsimd::batch<float, Arch>>* mm = nullptr) noexcept {
+    const std::size_t m = plan.factors.m;
+    // Stages h < P/2 act on each half of a chunk separately: 2m chunks of P/2.
+    const std::size_t chunks = split ? 2 * m : m, C = split ? plan.factors.pow2 / 2 : plan.factors.pow2;
+    const unsigned log2C = split ? plan.factors.log2_pow2 - 1 : plan.factors.log2_pow2;
+    const float* signs = plan.randomized() && !plan.inverse ? plan.signs.data() : nullptr;
+    for (std::size_t a = 0; a < chunks; ++a)
+        fwht_chunk<Arch, Track>(src + a * C, dst + a * C, C, log2C, signs ? signs + a * C : nullptr, m == 1,
+                                plan.scale, mm);
+}
+
+template <class Arch, bool Track = false>
+inline bool fwht_dense_stage(float* row, const FwhtPlan& plan, bool split, xsimd::batch<float, Arch>* u_vec,
+                             float* u_scalar, FwhtMinMax<xsimd::batch<float, Arch>>* mm = nullptr) noexcept {
     using B = xsimd::batch<float, Arch>;
     constexpr std::size_t W = B::size;
     const std::size_t m = plan.factors.m, P = plan.factors.pow2;
@@ -595,11 +753,23 @@ inline bool fwht_dense_stage(float* row, const FwhtPlan& plan, xsimd::batch<floa
         FwhtTrack<B> track_on{local};
         FwhtNoTrack track_off;
         auto run = [&](auto& track) {
+            auto fixed = [&]<std::size_t M>(std::integral_constant<std::size_t, M>) {
+                auto buffered = [&]<bool T>(std::bool_constant<T>) {
+                    if (split) fwht_dense_buffered_row<M, T, true>(row, P, plan.scale, u_vec, track);
+                    else fwht_dense_buffered_row<M, T, false>(row, P, plan.scale, u_vec, track);
+                };
+                if (split || M > kFwhtRegisterBlockMax) {
+                    if (plan.inverse) buffered(std::true_type{});
+                    else buffered(std::false_type{});
+                } else {
+                    fwht_dense_fixed_row<M, B>(row, P, W, plan.inverse, plan.scale, track);
+                }
+            };
             switch (m) {
-            case 12: fwht_dense_fixed_row<12, B>(row, P, W, plan.inverse, plan.scale, track); break;
-            case 20: fwht_dense_fixed_row<20, B>(row, P, W, plan.inverse, plan.scale, track); break;
-            case 28: fwht_dense_fixed_row<28, B>(row, P, W, plan.inverse, plan.scale, track); break;
-            case 36: fwht_dense_fixed_row<36, B>(row, P, W, plan.inverse, plan.scale, track); break;
+            case 12: fixed(std::integral_constant<std::size_t, 12>{}); break;
+            case 20: fixed(std::integral_constant<std::size_t, 20>{}); break;
+            case 28: fixed(std::integral_constant<std::size_t, 28>{}); break;
+            case 36: fixed(std::integral_constant<std::size_t, 36>{}); break;
             default:
                 for (std::size_t b = 0; b < P; b += W)
                     fwht_dense_lanes<B>(row, m, P, b, plan.combo.data(), plan.scale, u_vec, track);
@@ -634,9 +804,7 @@ template <class Arch>
 void fwht(Arch, MatrixView<float> x, const FwhtPlan& plan) noexcept {
     using B = xsimd::batch<float, Arch>;
     MQ_ASSERT(x.cols == plan.n, "fwht: row length must equal the plan size");
-    const std::size_t m = plan.factors.m, P = plan.factors.pow2;
-    const unsigned log2P = plan.factors.log2_pow2;
-    const float* signs = plan.randomized() && !plan.inverse ? plan.signs.data() : nullptr;
+    const bool split = detail::fwht_split_last_stage<Arch>(plan);
     alignas(64) B u_vec[16 * (kHadamardBlockSizes.back() / 4)];
     alignas(64) float u_scalar[16 * (kHadamardBlockSizes.back() / 4)];
     for (std::size_t r = 0; r < x.rows; ++r) {
@@ -645,10 +813,8 @@ void fwht(Arch, MatrixView<float> x, const FwhtPlan& plan) noexcept {
         // ask for the next row now, so that its trip from memory overlaps this row's arithmetic
         // (measured: helps n = 8192, costs a little on rows that stay in L2).
         if (plan.n >= 4096 && r + 1 < x.rows) detail::prefetch_row(x.row_ptr(r + 1), plan.n);
-        for (std::size_t a = 0; a < m; ++a)
-            detail::fwht_chunk<Arch>(row + a * P, row + a * P, P, log2P, signs ? signs + a * P : nullptr,
-                                     m == 1, plan.scale);
-        detail::fwht_dense_stage<Arch>(row, plan, u_vec, u_scalar);
+        detail::fwht_chunk_stage<Arch>(row, row, plan, split);
+        detail::fwht_dense_stage<Arch>(row, plan, split, u_vec, u_scalar);
     }
 }
 
@@ -774,10 +940,10 @@ void fwht_quantize(Arch, ConstMatrixView<float> x, const FwhtPlan& plan, MatrixV
     MQ_ASSERT(params.size() >= x.rows, "fwht_quantize: one QuantParams per row");
     MQ_ASSERT(scratch.size() >= plan.n, "fwht_quantize: scratch needs at least n floats");
     const std::size_t n = plan.n, m = plan.factors.m, P = plan.factors.pow2;
-    const unsigned log2P = plan.factors.log2_pow2;
-    const float* signs = plan.randomized() && !plan.inverse ? plan.signs.data() : nullptr;
+    const bool split = detail::fwht_split_last_stage<Arch>(plan);
     // Two rows of scratch must stay in L1 with the data in flight: pipeline up to n = 4096.
     const bool pipelined = scratch.size() >= 2 * n && n <= 4096;
+    const bool chunk_tracks = m == 1 && P >= W && !(plan.randomized() && plan.inverse);
     alignas(64) B u_vec[16 * (kHadamardBlockSizes.back() / 4)];
     alignas(64) float u_scalar[16 * (kHadamardBlockSizes.back() / 4)];
     // Transform row r into y and return its parameters. The last pass gathers the row's min/max
@@ -787,11 +953,8 @@ void fwht_quantize(Arch, ConstMatrixView<float> x, const FwhtPlan& plan, MatrixV
         const float* row = x.row_ptr(r);
         if (n >= 4096 && r + 1 < x.rows) detail::prefetch_row(x.row_ptr(r + 1), n);
         detail::FwhtMinMax<B> mm;
-        const bool chunk_tracks = m == 1 && P >= W && !(plan.randomized() && plan.inverse);
-        for (std::size_t a = 0; a < m; ++a)
-            detail::fwht_chunk<Arch, true>(row + a * P, y + a * P, P, log2P, signs ? signs + a * P : nullptr, m == 1,
-                                           plan.scale, &mm);
-        const bool dense_tracks = detail::fwht_dense_stage<Arch, true>(y, plan, u_vec, u_scalar, &mm);
+        detail::fwht_chunk_stage<Arch, true>(row, y, plan, split, &mm);
+        const bool dense_tracks = detail::fwht_dense_stage<Arch, true>(y, plan, split, u_vec, u_scalar, &mm);
         float lo, hi;
         if (chunk_tracks || dense_tracks) detail::reduce_min_max<Arch>(mm, lo, hi);
         else detail::row_min_max(Arch{}, y, n, lo, hi);
