@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -120,6 +121,39 @@ TEST_CASE("a rotated Linear computes the same product (rotation fused into the w
     qr.forward(mq::view(x), mq::view(y1));
     qn.forward(mq::view(x), mq::view(y2));
     CHECK((y1 - y0).norm() < (y2 - y0).norm());
+}
+
+// The fused path (rotate + quantize per token in one pass) against the unfused computation: the
+// same rotated rows, quantized by quantize_activations, through the same packed weight.
+template <class WQ, class AQ>
+void check_fused_linear(std::size_t M, std::size_t K, std::size_t N) {
+    CAPTURE(K);
+    const mq::MatrixXf x = mqtest::random_matrix(M, K, 20, 1.0f, true), w = mqtest::random_matrix(N, K, 21, 0.05f);
+    const std::vector<float> bias(N, 0.25f);
+    mq::Linear<WQ, AQ, mq::HadamardOnline> fused(mq::view(w), bias, mq::HadamardOnline(K, 9));
+    REQUIRE(fused.fused_input_quantization());
+    mq::Linear<WQ, AQ> unrotated(fused.weights(), bias); // the weight Q is already folded into
+    mq::MatrixXf xq = x;
+    fused.input_rotation().apply(mq::view(xq));
+    mq::MatrixXf y_fused(M, N), y_ref(M, N);
+    fused.forward(mq::view(x), mq::view(y_fused));
+    unrotated.forward(mq::view(std::as_const(xq)), mq::view(y_ref));
+    CHECK(y_fused == y_ref);
+}
+
+TEST_CASE("Linear: per-token activations behind a full HadamardOnline take the fused kernel, same result") {
+    using SymToken = mq::Quantizer<8, mq::per_token, mq::symmetric>;
+    check_fused_linear<mq::W8PerChannel, mq::A8PerToken>(7, 2560, 40);
+    check_fused_linear<mq::W8PerChannel, SymToken>(1, 768, 24);
+    check_fused_linear<mq::W4PerGroup<128>, mq::A8PerToken>(7, 1536, 33);
+    check_fused_linear<mq::W4PerChannel, SymToken>(3, 2560, 16);
+    // Per-tensor activations and block-diagonal rotations keep the two-pass path.
+    const mq::MatrixXf w = mqtest::random_matrix(8, 256, 1);
+    CHECK_FALSE((mq::Linear<mq::W8PerChannel, mq::A8PerTensor, mq::HadamardOnline>(mq::view(w), {}, mq::HadamardOnline(256))
+                     .fused_input_quantization()));
+    CHECK_FALSE((mq::Linear<mq::W8PerChannel, mq::A8PerToken, mq::HadamardOnline>(
+                     mq::view(w), {}, mq::HadamardOnline::block_diagonal(256, 64))
+                     .fused_input_quantization()));
 }
 
 TEST_CASE("Linear: bad input is reported") {

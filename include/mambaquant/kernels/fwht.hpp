@@ -920,25 +920,25 @@ inline void row_min_max(Arch, const float* y, std::size_t n, float& lo_out, floa
 
 } // namespace detail
 
-// Fused online kernel, one pass over the data: for each token row, y = (x ⊙ s)·H into `scratch`
-// (stays in L1), then p = params_from_range<8, S>(min y, max y) and q = quantize_value(y, p).
-// Equals fwht followed by per-row quantization bit for bit. S = asymmetric gives uint8 codes
-// (mq::A8PerToken), S = symmetric int8 codes in [−127, 127]. x is left untouched.
+// Rotation fused with whatever consumes the rotated rows (quantization, here or in
+// kernels/quantized_activations.hpp), one pass over the data: each row y = (x_r ⊙ s)·H is written
+// into `scratch` (it stays in L1) and handed to a sink while it is still there:
+//   sink.range(r, lo, hi)   right after row r is transformed: lo/hi = min/max of y (the last pass
+//                           gathers them as it stores; the few layouts it cannot track take one
+//                           more pass) — compute the row's quantization parameters here;
+//   sink.row(r, y)          consume the row (y: n floats, valid until the next call).
 // scratch: at least n floats; with 2·n (fwht_quantize_scratch_size) the rows are software-
-// pipelined (n ≤ 4096) — row r is transformed before row r − 1 is quantized, so the latency of
+// pipelined (n ≤ 4096) — row r is transformed before row r − 1 is consumed, so the latency of
 // finding a row's range and parameters hides behind independent work (measured up to ~15%
-// faster on short rows; neutral to slower once two rows crowd L1).
+// faster on short rows; neutral to slower once two rows crowd L1). x is left untouched.
 inline constexpr std::size_t fwht_quantize_scratch_size(std::size_t n) noexcept { return 2 * n; }
 
-template <Symmetry S, class Arch>
-void fwht_quantize(Arch, ConstMatrixView<float> x, const FwhtPlan& plan, MatrixView<int8_code_t<S>> codes,
-                   std::span<QuantParams> params, std::span<float> scratch) noexcept {
+template <class Arch, class Sink>
+void fwht_rows(Arch, ConstMatrixView<float> x, const FwhtPlan& plan, std::span<float> scratch, Sink& sink) noexcept {
     using B = xsimd::batch<float, Arch>;
     constexpr std::size_t W = B::size;
-    MQ_ASSERT(x.cols == plan.n, "fwht_quantize: row length must equal the plan size");
-    MQ_ASSERT(codes.rows == x.rows && codes.cols == x.cols, "fwht_quantize: code shape must match x");
-    MQ_ASSERT(params.size() >= x.rows, "fwht_quantize: one QuantParams per row");
-    MQ_ASSERT(scratch.size() >= plan.n, "fwht_quantize: scratch needs at least n floats");
+    MQ_ASSERT(x.cols == plan.n, "fwht_rows: row length must equal the plan size");
+    MQ_ASSERT(scratch.size() >= plan.n, "fwht_rows: scratch needs at least n floats");
     const std::size_t n = plan.n, m = plan.factors.m, P = plan.factors.pow2;
     const bool split = detail::fwht_split_last_stage<Arch>(plan);
     // Two rows of scratch must stay in L1 with the data in flight: pipeline up to n = 4096.
@@ -946,9 +946,6 @@ void fwht_quantize(Arch, ConstMatrixView<float> x, const FwhtPlan& plan, MatrixV
     const bool chunk_tracks = m == 1 && P >= W && !(plan.randomized() && plan.inverse);
     alignas(64) B u_vec[16 * (kHadamardBlockSizes.back() / 4)];
     alignas(64) float u_scalar[16 * (kHadamardBlockSizes.back() / 4)];
-    // Transform row r into y and return its parameters. The last pass gathers the row's min/max
-    // as it stores (m = 1: the last butterfly pass; m > 1: the dense stage); the few layouts it
-    // cannot track take one more pass.
     auto transform = [&](std::size_t r, float* y) {
         const float* row = x.row_ptr(r);
         if (n >= 4096 && r + 1 < x.rows) detail::prefetch_row(x.row_ptr(r + 1), n);
@@ -958,26 +955,41 @@ void fwht_quantize(Arch, ConstMatrixView<float> x, const FwhtPlan& plan, MatrixV
         float lo, hi;
         if (chunk_tracks || dense_tracks) detail::reduce_min_max<Arch>(mm, lo, hi);
         else detail::row_min_max(Arch{}, y, n, lo, hi);
-        const QuantParams p = params_from_range<8, S>(lo, hi);
-        params[r] = p;
-        return p;
+        sink.range(r, lo, hi);
     };
     if (!pipelined) {
         for (std::size_t r = 0; r < x.rows; ++r) {
-            const QuantParams p = transform(r, scratch.data());
-            detail::quantize_row<Arch, S>(Arch{}, scratch.data(), n, p, codes.row_ptr(r));
+            transform(r, scratch.data());
+            sink.row(r, static_cast<const float*>(scratch.data()));
         }
         return;
     }
-    QuantParams prev{};
     for (std::size_t r = 0; r < x.rows; ++r) {
-        float* y = scratch.data() + (r % 2) * n;
-        const QuantParams p = transform(r, y);
-        if (r > 0) detail::quantize_row<Arch, S>(Arch{}, scratch.data() + ((r - 1) % 2) * n, n, prev, codes.row_ptr(r - 1));
-        prev = p;
+        transform(r, scratch.data() + (r % 2) * n);
+        if (r > 0) sink.row(r - 1, static_cast<const float*>(scratch.data() + ((r - 1) % 2) * n));
     }
-    if (x.rows > 0)
-        detail::quantize_row<Arch, S>(Arch{}, scratch.data() + ((x.rows - 1) % 2) * n, n, prev, codes.row_ptr(x.rows - 1));
+    if (x.rows > 0) sink.row(x.rows - 1, static_cast<const float*>(scratch.data() + ((x.rows - 1) % 2) * n));
+}
+
+// Fused online rotation + dynamic per-token int8 quantization (the out_proj input): p_r =
+// params_from_range<8, S>(min y, max y), q = quantize_value(y, p_r). Equals fwht followed by
+// per-row quantization bit for bit. S = asymmetric gives uint8 codes (mq::A8PerToken),
+// S = symmetric int8 codes in [−127, 127]. The integer GEMM's activation layout comes from
+// fwht_quantize_activations (kernels/quantized_activations.hpp) instead.
+template <Symmetry S, class Arch>
+void fwht_quantize(Arch, ConstMatrixView<float> x, const FwhtPlan& plan, MatrixView<int8_code_t<S>> codes,
+                   std::span<QuantParams> params, std::span<float> scratch) noexcept {
+    MQ_ASSERT(codes.rows == x.rows && codes.cols == x.cols, "fwht_quantize: code shape must match x");
+    MQ_ASSERT(params.size() >= x.rows, "fwht_quantize: one QuantParams per row");
+    struct Sink {
+        MatrixView<int8_code_t<S>> codes;
+        std::span<QuantParams> params;
+        void range(std::size_t r, float lo, float hi) noexcept { params[r] = params_from_range<8, S>(lo, hi); }
+        void row(std::size_t r, const float* y) noexcept {
+            detail::quantize_row<Arch, S>(Arch{}, y, codes.cols, params[r], codes.row_ptr(r));
+        }
+    } sink{codes, params};
+    fwht_rows(Arch{}, x, plan, scratch, sink);
 }
 
 MQ_NAMESPACE_END

@@ -5,6 +5,7 @@
 #include <mambaquant/core/simd.hpp>
 #include <mambaquant/core/tags.hpp>
 #include <mambaquant/core/tensor.hpp>
+#include <mambaquant/kernels/fwht.hpp>
 #include <mambaquant/kernels/packed_weights.hpp>
 #include <mambaquant/quant/params.hpp>
 #include <mambaquant/quant/quantizer.hpp>
@@ -15,6 +16,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <type_traits>
 
 MQ_NAMESPACE_BEGIN
@@ -117,15 +119,85 @@ void act_row_min_max(Arch, const float* x, std::size_t n, float& lo, float& hi) 
 
 } // namespace detail
 
+namespace detail {
+
+// One row's codes in the kernel's layout: q = clamp(round_half_even(x·inv_scale) + zero, qmin, qmax)
+// (set_act_params already ran for row m). The AVX2 path works in the integer domain, 16 or 32 at
+// a time: vcvtps2dq rounds half to even (the default MXCSR mode, as std::nearbyint), and
+// |x·inv_scale| ≤ 2^8 because p comes from the range of this row (per token) or of the whole
+// input (per tensor) — so adding the zero point as an integer and clamping by saturating packs
+// and min/max is exactly quantize_value's float arithmetic. Inputs must be finite.
+template <A8Policy Q, class Arch, class Code>
+void quantize_act_row(Arch, const float* x, const QuantParams& p, ActBuffer<Code>& out, std::size_t m) noexcept {
+    using R = typename Q::range;
+    const std::size_t k = out.k;
+    Code* dst = out.row(m);
+    std::size_t c = 0;
+#if XSIMD_WITH_AVX2
+    if constexpr (std::is_base_of_v<xsimd::avx2, Arch> && xsimd::batch<float, Arch>::size == 8) {
+        const __m256 inv = _mm256_set1_ps(p.inv_scale);
+        const __m256i zero16 = _mm256_set1_epi16(static_cast<short>(p.zero));
+        auto rounded = [&](std::size_t i) { return _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + i), inv)); };
+        if constexpr (std::is_same_v<Code, std::int16_t>) {
+            const __m256i qmin = _mm256_set1_epi16(static_cast<short>(R::min));
+            const __m256i qmax = _mm256_set1_epi16(static_cast<short>(R::max));
+            for (; c + 16 <= k; c += 16) {
+                // packs works per 128-bit lane (a0..3 b0..3 a4..7 b4..7); 0xD8 restores the order.
+                __m256i v = _mm256_permute4x64_epi64(_mm256_packs_epi32(rounded(c), rounded(c + 8)), 0xD8);
+                v = _mm256_min_epi16(_mm256_max_epi16(_mm256_adds_epi16(v, zero16), qmin), qmax);
+                _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + c), v);
+            }
+        } else if (out.group % 32 == 0) {
+            const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+            const __m256i minus127 = _mm256_set1_epi8(-127);
+            const __m256i bias128 = _mm256_set1_epi8(static_cast<char>(0x80));
+            std::int32_t* gsum = out.gsum.data() + m * out.groups;
+            __m256i sums = _mm256_setzero_si256(); // Σ codes of the current group, 4 × u64
+            auto flush = [&](std::size_t g) {
+                const __m128i s2 = _mm_add_epi64(_mm256_castsi256_si128(sums), _mm256_extracti128_si256(sums, 1));
+                gsum[g] += static_cast<std::int32_t>(_mm_cvtsi128_si64(s2) + _mm_extract_epi64(s2, 1));
+                sums = _mm256_setzero_si256();
+            };
+            for (; c + 32 <= k; c += 32) {
+                const __m256i ab = _mm256_packs_epi32(rounded(c), rounded(c + 8));
+                const __m256i cd = _mm256_packs_epi32(rounded(c + 16), rounded(c + 24));
+                __m256i bytes;
+                if constexpr (Q::symmetry::is_symmetric) // int8 [-127, 127] stored as q + 128
+                    bytes = _mm256_xor_si256(_mm256_max_epi8(_mm256_packs_epi16(ab, cd), minus127), bias128);
+                else
+                    bytes = _mm256_packus_epi16(_mm256_adds_epi16(ab, zero16), _mm256_adds_epi16(cd, zero16));
+                bytes = _mm256_permutevar8x32_epi32(bytes, order);
+                _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + c), bytes);
+                sums = _mm256_add_epi64(sums, _mm256_sad_epu8(bytes, _mm256_setzero_si256()));
+                if ((c + 32) % out.group == 0) flush(c / out.group);
+            }
+            if (c % out.group != 0) flush(c / out.group);
+        }
+    }
+#endif
+    {   // Other arches (and W4 groups that are not a multiple of 32): round in SIMD, store one by one.
+        using B = xsimd::batch<float, Arch>;
+        constexpr std::size_t W = B::size;
+        const B inv(p.inv_scale), zf(static_cast<float>(p.zero));
+        const B qmin(static_cast<float>(R::min)), qmax(static_cast<float>(R::max));
+        alignas(64) std::int32_t tmp[W];
+        for (; c + W <= k; c += W) {
+            const B r = xsimd::min(xsimd::max(xsimd::nearbyint(B::load_unaligned(x + c) * inv) + zf, qmin), qmax);
+            xsimd::to_int(r).store_aligned(tmp);
+            for (std::size_t i = 0; i < W; ++i) store_act_code<Q>(out, m, c + i, tmp[i]);
+        }
+    }
+    for (; c < k; ++c) store_act_code<Q>(out, m, c, quantize_value<R>(x[c], p));
+}
+
+} // namespace detail
+
 // q = clamp(round_half_even(x·inv_scale) + zero, qmin, qmax) per row (per_token) or with one
 // (scale, zero) for the whole input (per_tensor); the range is min/max of the row or tensor.
 // Bit-identical to quantize_activations_ref (same float multiply, same rounding, same clamp).
 template <A8Policy Q, class Arch, class Code>
 void quantize_activations(Arch, ConstMatrixView<float> x, ActBuffer<Code>& out) noexcept {
     MQ_ASSERT(x.rows <= out.capacity && x.cols == out.k, "quantize_activations: buffer does not fit the input");
-    using B = xsimd::batch<float, Arch>;
-    constexpr std::size_t W = B::size;
-    using R = typename Q::range;
     out.rows = x.rows;
     QuantParams p{};
     if constexpr (std::same_as<typename Q::granularity, per_tensor>) {
@@ -133,8 +205,6 @@ void quantize_activations(Arch, ConstMatrixView<float> x, ActBuffer<Code>& out) 
         for (std::size_t m = 0; m < x.rows; ++m) detail::act_row_min_max(Arch{}, x.row_ptr(m), x.cols, lo, hi);
         p = Q::params(lo, hi);
     }
-    const B qmin(static_cast<float>(R::min)), qmax(static_cast<float>(R::max));
-    alignas(64) std::int32_t tmp[W];
     for (std::size_t m = 0; m < x.rows; ++m) {
         const float* xr = x.row_ptr(m);
         if constexpr (std::same_as<typename Q::granularity, per_token>) {
@@ -143,15 +213,29 @@ void quantize_activations(Arch, ConstMatrixView<float> x, ActBuffer<Code>& out) 
             p = Q::params(lo, hi);
         }
         detail::set_act_params<Q>(out, m, p);
-        const B inv(p.inv_scale), zf(static_cast<float>(p.zero));
-        std::size_t c = 0;
-        for (; c + W <= x.cols; c += W) {
-            const B r = xsimd::min(xsimd::max(xsimd::nearbyint(B::load_unaligned(xr + c) * inv) + zf, qmin), qmax);
-            xsimd::to_int(r).store_aligned(tmp);
-            for (std::size_t i = 0; i < W; ++i) detail::store_act_code<Q>(out, m, c + i, tmp[i]);
-        }
-        for (; c < x.cols; ++c) detail::store_act_code<Q>(out, m, c, quantize_value<R>(xr[c], p));
+        detail::quantize_act_row<Q>(Arch{}, xr, p, out, m);
     }
+}
+
+// The online Hadamard (kernels/fwht.hpp) and per-token quantization in one pass: each rotated row
+// is quantized while it is still in L1. Equals fwht(x) then quantize_activations bit for bit.
+// scratch: at least n floats, 2·n (fwht_quantize_scratch_size) to pipeline rows.
+template <A8Policy Q, class Arch, class Code>
+    requires std::same_as<typename Q::granularity, per_token>
+void fwht_quantize_activations(Arch, ConstMatrixView<float> x, const FwhtPlan& plan, std::span<float> scratch,
+                               ActBuffer<Code>& out) noexcept {
+    MQ_ASSERT(x.rows <= out.capacity && x.cols == out.k, "fwht_quantize_activations: buffer does not fit the input");
+    out.rows = x.rows;
+    struct Sink {
+        ActBuffer<Code>& out;
+        QuantParams params[2]; // rows r and r − 1 are in flight
+        void range(std::size_t r, float lo, float hi) noexcept {
+            params[r % 2] = Q::params(lo, hi);
+            detail::set_act_params<Q>(out, r, params[r % 2]);
+        }
+        void row(std::size_t r, const float* y) noexcept { detail::quantize_act_row<Q>(Arch{}, y, params[r % 2], out, r); }
+    } sink{out, {}};
+    fwht_rows(Arch{}, x, plan, scratch, sink);
 }
 
 // The scalar twin: params_from_range and quantize_value element by element.

@@ -27,7 +27,8 @@ MQ_NAMESPACE_BEGIN
 template <class Code>
 struct LinearWorkspace {
     ActBuffer<Code> act;
-    MatrixXf rotated;
+    MatrixXf rotated;              // the unfused path: x·Q before quantization
+    aligned_vector<float> scratch; // the fused path: rotated rows in flight (FusedQuantRotation)
 };
 template <>
 struct LinearWorkspace<float> {
@@ -38,7 +39,9 @@ struct LinearWorkspace<float> {
 // Rotation (transform/rotation.hpp: NoRotation, HadamardOnline): y = (x·Q)(W·Q)ᵀ + b = x·Wᵀ + b
 // with Q folded into the weight once, so the quantizer sees the rotated, flatter activations. Quantized: weights packed once (W8: Quantizer<8, per_channel, symmetric>; W4:
 // Quantizer<4, per_channel | per_group<32/64/128>, symmetric | asymmetric>), activations
-// quantized per call (A: Quantizer<8, per_token | per_tensor, symmetric | asymmetric>), integer
+// quantized per call (A: Quantizer<8, per_token | per_tensor, symmetric | asymmetric>; per-token
+// activations behind a FusedQuantRotation such as a full HadamardOnline are rotated and quantized
+// in one pass while each row is in L1 — the out_proj input of a MambaQuant block), integer
 // GEMM/GEMV with the fused epilogue. Float: Eigen's GEMM on the (rotated) float weight.
 //   using L = mq::Linear<mq::W4PerGroup<128>, mq::A8PerToken, mq::NoRotation>;
 //   L layer(weight /*[out x in]*/, bias);  layer.forward(x /*[M x in]*/, y /*[M x out]*/);
@@ -107,8 +110,21 @@ public:
     void set_thread_pool(ThreadPool* pool) noexcept { pool_ = pool; }
     ThreadPool* thread_pool() const noexcept { return pool_; }
 
+    // Whether forward() rotates and quantizes the activations in one pass (per-token activations
+    // and a rotation with a fused kernel for its whole row, e.g. a full HadamardOnline).
+    bool fused_input_quantization() const noexcept {
+        if constexpr (kFusable) return rotation_.fuses_quantization();
+        else return false;
+    }
+
     // Sizes a workspace for up to max_tokens rows (setup: allocates).
     void reserve(workspace_type& ws, std::size_t max_tokens) const {
+        if constexpr (kFusable)
+            if (fused_input_quantization()) {
+                if (ws.scratch.size() < rotation_.scratch_size()) ws.scratch.assign(rotation_.scratch_size(), 0.0f);
+                ws.act.reserve_for(max_tokens, weights_);
+                return;
+            }
         if constexpr (!InputRotation::is_identity)
             if (static_cast<std::size_t>(ws.rotated.rows()) < max_tokens)
                 ws.rotated.resize(static_cast<Eigen::Index>(max_tokens), static_cast<Eigen::Index>(in_features()));
@@ -120,6 +136,12 @@ public:
         require_shape(x, x.rows, in_features(), "Linear::forward input x");
         require_shape(y, x.rows, out_features(), "Linear::forward output y");
         reserve(ws, x.rows);
+        if constexpr (kFusable)
+            if (fused_input_quantization()) {
+                rotation_.template apply_quantize<ActPolicy>(x, ws.act, ws.scratch);
+                multiply(ws, y);
+                return;
+            }
         ConstMatrixView<float> src = x;
         if constexpr (!InputRotation::is_identity) {
             MatrixView<float> r(ws.rotated.data(), x.rows, in_features());
@@ -134,14 +156,24 @@ public:
                 out.rowwise() += Eigen::Map<const Eigen::RowVectorXf>(bias_.data(), static_cast<Eigen::Index>(bias_.size()));
         } else {
             quantize_activations<ActPolicy>(default_arch{}, src, ws.act);
-            const Epilogue<float> e{bias_.empty() ? nullptr : bias_.data(), {}};
-            qgemm(default_arch{}, ws.act, weights_, e, y, pool_);
+            multiply(ws, y);
         }
     }
     // Same, with the layer's own workspace (not re-entrant: one caller at a time).
     void forward(ConstMatrixView<float> x, MatrixView<float> y) { forward(x, y, ws_); }
 
 private:
+    static constexpr bool kFusable = [] {
+        if constexpr (kFloat || !FusedQuantRotation<InputRotation>) return false;
+        else return std::same_as<typename ActPolicy::granularity, per_token>;
+    }();
+
+    // y = codes · Ŵᵀ with scales, zero points and bias in the GEMM's epilogue.
+    void multiply(workspace_type& ws, MatrixView<float> y) const {
+        const Epilogue<float> e{bias_.empty() ? nullptr : bias_.data(), {}};
+        qgemm(default_arch{}, ws.act, weights_, e, y, pool_);
+    }
+
     void set_bias(std::span<const float> bias) {
         require(bias.empty() || bias.size() == out_features(), "Linear: bias must have out_features = ", out_features(),
                 " elements, got ", bias.size());

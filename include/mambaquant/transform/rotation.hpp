@@ -9,6 +9,8 @@
 #include <mambaquant/core/simd.hpp>
 #include <mambaquant/core/tensor.hpp>
 #include <mambaquant/kernels/fwht.hpp>
+#include <mambaquant/kernels/quantized_activations.hpp>
+#include <mambaquant/quant/quantizer.hpp>
 #include <mambaquant/transform/hadamard.hpp>
 
 #include <Eigen/Dense>
@@ -170,10 +172,11 @@ void fold_rotation_left(const Matrix<TQ>& Q, Matrix<TW>& W, const char* name = "
 //                           W ← W·Q once at setup, before W is quantized; throws mq::error when
 //                           W's column count is not n
 // so that apply(x)·fold_into_weight(W)ᵀ = x·Wᵀ. A rotation may also offer the fused
-//   r.template apply_quantize<S>(ConstMatrixView<float> x, MatrixView<code> q,
-//                                std::span<QuantParams> p, std::span<float> scratch) noexcept
-// (rotate and quantize per token in one pass; scratch ≥ r.scratch_size() floats), which Linear
-// uses for its dynamic per-token activation quantization when present.
+//   r.fuses_quantization()  whether the fused path below applies to this instance
+//   r.template apply_quantize<Q>(ConstMatrixView<float> x, ActBuffer<Code>& act,
+//                                std::span<float> scratch) noexcept
+// (rotate and quantize per token in one pass into the integer GEMM's activation layout; scratch
+// ≥ r.scratch_size() floats), which Linear uses for its per-token activation quantization.
 template <class R>
 concept Rotation = requires(const R& r, MatrixView<float> x, Matrix<float>& w) {
     { R::is_identity } -> std::convertible_to<bool>;
@@ -183,10 +186,10 @@ concept Rotation = requires(const R& r, MatrixView<float> x, Matrix<float>& w) {
 };
 
 template <class R>
-concept FusedQuantRotation = Rotation<R> && requires(const R& r, ConstMatrixView<float> x,
-                                                     MatrixView<std::uint8_t> q, std::span<QuantParams> p,
+concept FusedQuantRotation = Rotation<R> && requires(const R& r, ConstMatrixView<float> x, ActBuffer<std::int16_t>& a,
                                                      std::span<float> s) {
-    { r.template apply_quantize<asymmetric>(x, q, p, s) } noexcept;
+    { r.fuses_quantization() } -> std::convertible_to<bool>;
+    { r.template apply_quantize<A8PerToken>(x, a, s) } noexcept;
     { r.scratch_size() } -> std::convertible_to<std::size_t>;
 };
 
@@ -245,13 +248,22 @@ public:
         fwht(default_arch{}, blocks_of(x), plan_);
     }
 
-    // Rotate and quantize each token in one pass (block == n only: a per-token range needs the
+    // Rotate and quantize each token in one pass, only for block == n (a per-token range needs the
     // whole row); block-diagonal rotations apply() then quantize.
+    bool fuses_quantization() const noexcept { return block_ == n_; }
+    // Into int8 codes and per-row parameters (kernels/fwht.hpp: fwht_quantize).
     template <Symmetry S>
     void apply_quantize(ConstMatrixView<float> x, MatrixView<int8_code_t<S>> q, std::span<QuantParams> p,
                         std::span<float> scratch) const noexcept {
-        MQ_ASSERT(block_ == n_, "HadamardOnline::apply_quantize: needs a full (not block-diagonal) rotation");
+        MQ_ASSERT(fuses_quantization(), "HadamardOnline::apply_quantize: needs a full (not block-diagonal) rotation");
         fwht_quantize<S>(default_arch{}, x, plan_, q, p, scratch);
+    }
+    // Into the integer GEMM's activation layout (kernels/quantized_activations.hpp).
+    template <A8Policy Q, class Code>
+        requires std::same_as<typename Q::granularity, per_token>
+    void apply_quantize(ConstMatrixView<float> x, ActBuffer<Code>& act, std::span<float> scratch) const noexcept {
+        MQ_ASSERT(fuses_quantization(), "HadamardOnline::apply_quantize: needs a full (not block-diagonal) rotation");
+        fwht_quantize_activations<Q>(default_arch{}, x, plan_, scratch, act);
     }
 
     // W ← W·Q in double precision (W: [out × n], rows transformed by the reference transform).
