@@ -23,6 +23,9 @@
 #include <cstring>
 #include <type_traits>
 
+#ifndef MQ_GEMV_PF
+#define MQ_GEMV_PF 1024
+#endif
 MQ_NAMESPACE_BEGIN
 
 // y[m][n] = Σ_k x̂[m][k]·ŵ[n][k] + bias[n], from x̂ = (a − z_a)·s_a and the packed ŵ:
@@ -275,6 +278,104 @@ MQ_ALWAYS_INLINE void w4_tile_avx2(const ActBuffer<std::uint8_t>& a, std::size_t
     }
 }
 
+// GEMV (one token) kernels. Decode reads every weight byte once and does ~1 multiply-add per
+// weight, so it is bound by memory, not arithmetic: they walk the channel tiles one after the
+// other, which reads the packed weight as ONE sequential stream (a tile's k-blocks are
+// contiguous and tile t + 1 follows tile t), and they prefetch kGemvPrefetchBytes ahead of the
+// loads so that a core keeps enough cache-line misses in flight to approach the bandwidth that
+// a plain read stream gets (the hardware prefetcher alone stops at 4 KiB pages and lags a kernel
+// that does work between loads). Channels already sit in the register lanes, so no horizontal
+// reduction is needed. Prefetching past the end of the weight is harmless (prefetches never fault).
+inline constexpr std::size_t kGemvPrefetchBytes = MQ_GEMV_PF;
+
+MQ_ALWAYS_INLINE void prefetch_ahead(const void* p) noexcept {
+    _mm_prefetch(static_cast<const char*>(p) + kGemvPrefetchBytes, _MM_HINT_T0);
+}
+
+// W8 GEMV: the arithmetic of w8_tile_avx2 (exact int32 vpmaddwd sums) on one token; 8 k-pairs
+// (128 bytes, two cache lines) per step into 4 accumulators, summed once per tile (int32
+// addition is exact here, so the order does not change t).
+template <class OutT>
+void w8_gemv_avx2(const ActBuffer<std::int16_t>& a, const PackedW8& w, const Epilogue<OutT>& e, MatrixView<OutT> y,
+                  std::size_t b0, std::size_t b1) noexcept {
+    const std::size_t kp = w.k_pairs(); // a multiple of kPackK / 2 = 16
+    const std::int16_t* ar = a.row(0);
+    const __m256i za = _mm256_set1_epi32(a.zero[0]);
+    const __m256 sa = _mm256_set1_ps(a.scale[0]);
+    for (std::size_t nb = b0; nb < b1; ++nb) {
+        const BlockW8x2* wb = w.blocks.data() + nb * kp;
+        __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+        for (std::size_t p = 0; p < kp; p += 8) {
+            prefetch_ahead(wb + p);
+            prefetch_ahead(wb + p + 4);
+#pragma GCC unroll 8
+            for (std::size_t i = 0; i < 8; ++i) {
+                const __m256i wv = _mm256_cvtepi8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(wb + p + i)));
+                acc[i % 4] = _mm256_add_epi32(acc[i % 4], _mm256_madd_epi16(broadcast32(ar + 2 * (p + i)), wv));
+            }
+        }
+        const __m256i sum = _mm256_add_epi32(_mm256_add_epi32(acc[0], acc[1]), _mm256_add_epi32(acc[2], acc[3]));
+        const std::size_t col = nb * kPackCols;
+        // t = Σ a·q − z_a·Σ q, y = (s_a·s_w)·t + b: the reference's operations
+        const __m256i qs = _mm256_load_si256(reinterpret_cast<const __m256i*>(w.qsum.data() + col));
+        const __m256i t = _mm256_sub_epi32(sum, _mm256_mullo_epi32(za, qs));
+        const __m256 sc = _mm256_mul_ps(sa, _mm256_load_ps(w.scale.data() + col));
+        store8(y, 0, col, w.n, _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), sc, load_bias8(e.bias, w.n, col)), e);
+    }
+}
+
+// W4 GEMV: fewer instructions per weight than w4_tile_avx2, whose recentring (u − 8) pays off
+// only when MR tokens share the unpacked weights. Here the nibbles u ∈ [0, 15] go to
+// vpmaddubsw as they are: lanes a·u + a'·u' ∈ [0, 2·255·15 = 7650], so four of them (16 k: the
+// low and high nibbles of two 8-k blocks) sum to at most 30600 ≤ 32767 in int16, and one
+// vpmaddwd(·, 1) per 16 k widens to int32. Per 64 weights: and, shift, and, 2 vpmaddubsw,
+// 1.5 int16 adds, 0.5 vpmaddwd, 0.5 int32 add (7.5 ops, against 9.5 with recentring), and
+// t = Σ a·u − z_g·Σ a is the reference's t directly.
+template <class OutT>
+void w4_gemv_avx2(const ActBuffer<std::uint8_t>& a, const PackedW4& w, const Epilogue<OutT>& e, MatrixView<OutT> y,
+                  std::size_t b0, std::size_t b1) noexcept {
+    const __m256i mask = _mm256_set1_epi8(0x0F);
+    const __m256i ones = _mm256_set1_epi16(1);
+    const std::size_t kc = w.k_chunks();
+    const std::size_t gc = w.group / 8; // 8-k blocks per group, a multiple of 4
+    const std::uint8_t* ar = a.row(0);
+    const std::int32_t* gsum = a.gsum.data();
+    const __m256 za = _mm256_set1_ps(static_cast<float>(a.zero[0]));
+    const __m256 sa = _mm256_set1_ps(a.scale[0]);
+    auto pair = [&](const BlockW4x8* wb, std::size_t c) {
+        // Σ over 16 k of a·u in int16 (≤ 30600), widened to int32 lanes of 8 channels
+        const __m256i r0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(wb + c));
+        const __m256i r1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(wb + c + 1));
+        const __m256i l0 = _mm256_and_si256(r0, mask), h0 = _mm256_and_si256(_mm256_srli_epi16(r0, 4), mask);
+        const __m256i l1 = _mm256_and_si256(r1, mask), h1 = _mm256_and_si256(_mm256_srli_epi16(r1, 4), mask);
+        const std::uint8_t* ac = ar + 8 * c;
+        const __m256i s0 = _mm256_add_epi16(_mm256_maddubs_epi16(broadcast32(ac), l0), _mm256_maddubs_epi16(broadcast32(ac + 4), h0));
+        const __m256i s1 = _mm256_add_epi16(_mm256_maddubs_epi16(broadcast32(ac + 8), l1), _mm256_maddubs_epi16(broadcast32(ac + 12), h1));
+        return _mm256_madd_epi16(_mm256_add_epi16(s0, s1), ones);
+    };
+    for (std::size_t nb = b0; nb < b1; ++nb) {
+        const BlockW4x8* wb = w.blocks.data() + nb * kc;
+        __m256 accf = _mm256_setzero_ps();
+        for (std::size_t g = 0; g < w.groups; ++g) {
+            __m256i acc0 = _mm256_setzero_si256(), acc1 = _mm256_setzero_si256();
+            for (std::size_t c = g * gc; c < (g + 1) * gc; c += 4) {
+                prefetch_ahead(wb + c);
+                prefetch_ahead(wb + c + 2);
+                acc0 = _mm256_add_epi32(acc0, pair(wb, c));
+                acc1 = _mm256_add_epi32(acc1, pair(wb, c + 2));
+            }
+            // t = Σ a·u − z_g·Σ a (exact int32), accf += s_g·t
+            const std::size_t pi = (nb * w.groups + g) * kPackCols;
+            const __m256i zg = _mm256_load_si256(reinterpret_cast<const __m256i*>(w.zero.data() + pi));
+            const __m256i t = _mm256_sub_epi32(_mm256_add_epi32(acc0, acc1), _mm256_mullo_epi32(zg, _mm256_set1_epi32(gsum[g])));
+            accf = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_load_ps(w.scale.data() + pi), accf);
+        }
+        const std::size_t col = nb * kPackCols;
+        const __m256 tt = _mm256_fnmadd_ps(za, _mm256_load_ps(w.col_corr.data() + col), accf);
+        store8(y, 0, col, w.n, _mm256_fmadd_ps(sa, tt, load_bias8(e.bias, w.n, col)), e);
+    }
+}
+
 // Runs a micro-kernel over tokens [0, rows) × tiles [b0, b1): channel panels outside (they stay
 // in L1/L2 while every token streams past), MR-token tiles inside, tails by smaller instances.
 template <int MR, int NB, class Tile>
@@ -315,7 +416,7 @@ void qgemm(Arch, const ActBuffer<std::int16_t>& a, const PackedW8& w, const Epil
             detail::w8_tile_avx2<decltype(mr)::value, decltype(nb)::value>(a, m, w, b, e, y);
         };
         if (a.rows == 1)
-            detail::drive_tiles<1, 8>(a.rows, block_begin, block_end, tile);
+            detail::w8_gemv_avx2(a, w, e, y, block_begin, block_end);
         else
             detail::drive_tiles<4, 2>(a.rows, block_begin, block_end, tile);
         return;
@@ -335,7 +436,7 @@ void qgemm(Arch, const ActBuffer<std::uint8_t>& a, const PackedW4& w, const Epil
             detail::w4_tile_avx2<decltype(mr)::value, decltype(nb)::value>(a, m, w, b, e, y);
         };
         if (a.rows == 1)
-            detail::drive_tiles<1, 4>(a.rows, block_begin, block_end, tile);
+            detail::w4_gemv_avx2(a, w, e, y, block_begin, block_end);
         else
             detail::drive_tiles<3, 1>(a.rows, block_begin, block_end, tile);
         return;
