@@ -13,6 +13,7 @@
 
 #include <mambaquant/core/tensor.hpp>
 #include <mambaquant/kernels/parallel.hpp>
+#include <mambaquant/kernels/qgemm.hpp>
 
 #include <benchmark/benchmark.h>
 
@@ -20,6 +21,7 @@
 #include <immintrin.h>
 #endif
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -62,26 +64,18 @@ inline std::uint64_t xor_stream(const char* p, std::size_t bytes) noexcept {
 #endif
 }
 
-// Splits [0, bytes) into `parts` contiguous 256-byte-aligned ranges, range t for thread t.
-inline void stream_range(std::size_t bytes, std::size_t parts, std::size_t t, std::size_t& b, std::size_t& e) noexcept {
-    const std::size_t lines = bytes / 256;
-    b = t * lines / parts * 256;
-    e = (t + 1) * lines / parts * 256;
-}
+// The 2-thread runs cut the buffer like qgemv cuts its weight (kGemvTasksPerThread contiguous
+// ranges per thread, claimed as threads finish), so both meet a busy machine the same way.
+inline constexpr std::size_t kLine = 256;
 
 // bytes/s = bytes read + bytes written.
 inline void memory_copy(benchmark::State& state, mq::ThreadPool* pool) {
     const auto bytes = static_cast<std::size_t>(state.range(0));
     mq::aligned_vector<char> src(bytes, 1), dst(bytes, 0);
-    const std::size_t parts = pool ? pool->size() : 1;
     for (auto _ : state) {
-        mq::parallel_ranges(pool, parts, [&](std::size_t t0, std::size_t t1) {
-            for (std::size_t t = t0; t < t1; ++t) {
-                std::size_t b = 0, e = 0;
-                stream_range(bytes, parts, t, b, e);
-                std::memcpy(dst.data() + b, src.data() + b, e - b);
-            }
-        });
+        mq::parallel_ranges(pool, bytes / kLine, [&](std::size_t l0, std::size_t l1) {
+            std::memcpy(dst.data() + l0 * kLine, src.data() + l0 * kLine, (l1 - l0) * kLine);
+        }, mq::kGemvTasksPerThread);
         benchmark::DoNotOptimize(dst.data());
         benchmark::ClobberMemory();
     }
@@ -92,17 +86,13 @@ inline void memory_copy(benchmark::State& state, mq::ThreadPool* pool) {
 inline void memory_read(benchmark::State& state, mq::ThreadPool* pool) {
     const auto bytes = static_cast<std::size_t>(state.range(0));
     const mq::aligned_vector<char> src(bytes, 1);
-    const std::size_t parts = pool ? pool->size() : 1;
-    std::uint64_t sink[2] = {0, 0};
+    std::atomic<std::uint64_t> sink{0};
     for (auto _ : state) {
-        mq::parallel_ranges(pool, parts, [&](std::size_t t0, std::size_t t1) {
-            for (std::size_t t = t0; t < t1; ++t) {
-                std::size_t b = 0, e = 0;
-                stream_range(bytes, parts, t, b, e);
-                sink[t % 2] ^= xor_stream(src.data() + b, e - b);
-            }
-        });
-        benchmark::DoNotOptimize(sink);
+        mq::parallel_ranges(pool, bytes / kLine, [&](std::size_t l0, std::size_t l1) {
+            sink.fetch_xor(xor_stream(src.data() + l0 * kLine, (l1 - l0) * kLine), std::memory_order_relaxed);
+        }, mq::kGemvTasksPerThread);
+        std::uint64_t v = sink.load(std::memory_order_relaxed);
+        benchmark::DoNotOptimize(v);
     }
     state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations()) * static_cast<std::int64_t>(bytes));
 }

@@ -4,6 +4,8 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -207,6 +209,14 @@ TEST_CASE("ThreadPool runs every task once, serial fallback without a pool") {
             for (std::size_t i = b; i < e; ++i) ++hits[i];
         });
         CHECK(std::count(hits.begin(), hits.end(), 1) == 37);
+        std::vector<std::atomic<int>> fine(37);
+        std::atomic<int> ranges{0};
+        mq::parallel_ranges(&pool, fine.size(), [&](std::size_t b, std::size_t e) {
+            ++ranges;
+            for (std::size_t i = b; i < e; ++i) ++fine[i];
+        }, 4);
+        CHECK(ranges == 8); // 2 threads x 4 contiguous ranges
+        CHECK(std::all_of(fine.begin(), fine.end(), [](const std::atomic<int>& h) { return h == 1; }));
     }
     int calls = 0;
     mq::parallel_ranges(nullptr, 10, [&](std::size_t b, std::size_t e) { calls += int(e - b) * 100 + 1; });

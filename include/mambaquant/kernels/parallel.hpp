@@ -101,11 +101,14 @@ inline ThreadPool& default_thread_pool() {
     return pool;
 }
 
-// Splits [0, count) into at most `parts` contiguous ranges and calls f(begin, end) for each, on
-// `pool` when given (nullptr: serially on the caller, for engines with their own threads).
+// Splits [0, count) into contiguous ranges and calls f(begin, end) for each, on `pool` when given
+// (nullptr: serially on the caller, for engines with their own threads). One range per thread by
+// default; tasks_per_thread > 1 cuts finer ranges that threads claim as they finish, so a thread
+// the OS delays (a busy machine) holds back less than its whole share.
 template <class F>
-void parallel_ranges(ThreadPool* pool, std::size_t count, F&& f) {
-    const std::size_t parts = pool ? std::min(pool->size(), count) : 1;
+void parallel_ranges(ThreadPool* pool, std::size_t count, F&& f, std::size_t tasks_per_thread = 1) {
+    const std::size_t threads = pool ? pool->size() : 1;
+    const std::size_t parts = threads > 1 ? std::min(threads * std::max<std::size_t>(tasks_per_thread, 1), count) : 1;
     if (parts <= 1) {
         if (count > 0) f(std::size_t{0}, count);
         return;

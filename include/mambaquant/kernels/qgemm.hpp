@@ -23,6 +23,9 @@
 #include <cstring>
 #include <type_traits>
 
+#ifndef MQ_GEMV_HINT
+#define MQ_GEMV_HINT _MM_HINT_T0
+#endif
 #ifndef MQ_GEMV_PF
 #define MQ_GEMV_PF 1024
 #endif
@@ -289,7 +292,7 @@ MQ_ALWAYS_INLINE void w4_tile_avx2(const ActBuffer<std::uint8_t>& a, std::size_t
 inline constexpr std::size_t kGemvPrefetchBytes = MQ_GEMV_PF;
 
 MQ_ALWAYS_INLINE void prefetch_ahead(const void* p) noexcept {
-    _mm_prefetch(static_cast<const char*>(p) + kGemvPrefetchBytes, _MM_HINT_T0);
+    _mm_prefetch(static_cast<const char*>(p) + kGemvPrefetchBytes, MQ_GEMV_HINT);
 }
 
 // W8 GEMV: the arithmetic of w8_tile_avx2 (exact int32 vpmaddwd sums) on one token; 8 k-pairs
@@ -445,11 +448,17 @@ void qgemm(Arch, const ActBuffer<std::uint8_t>& a, const PackedW4& w, const Epil
     qgemm_ref(a, w, e, y, block_begin, block_end);
 }
 
+// GEMV work is cut into this many contiguous tile ranges per pool thread: each range is still a
+// long sequential stream (10240 x 2560 W8 on 2 threads: 8 ranges of 3.3 MB), and a thread the
+// OS delays no longer holds back half the weight (decode is one short call, often on a busy box).
+inline constexpr std::size_t kGemvTasksPerThread = 4;
+
 // All channels, split over `pool` by channel tiles (nullptr: on the calling thread only).
 template <class Arch, class Code, class W, class OutT>
 void qgemm(Arch arch, const ActBuffer<Code>& a, const W& w, const Epilogue<OutT>& e, MatrixView<OutT> y,
            ThreadPool* pool = nullptr) noexcept {
-    parallel_ranges(pool, w.n_blocks, [&](std::size_t b0, std::size_t b1) { qgemm(arch, a, w, e, y, b0, b1); });
+    parallel_ranges(pool, w.n_blocks, [&](std::size_t b0, std::size_t b1) { qgemm(arch, a, w, e, y, b0, b1); },
+                    a.rows == 1 ? kGemvTasksPerThread : 1);
 }
 
 // Decode (one token): the same kernels, named for the caller's intent.
