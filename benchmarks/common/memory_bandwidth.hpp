@@ -36,31 +36,51 @@ inline mq::ThreadPool& bandwidth_pool() {
     return pool;
 }
 
-// XOR of every 64-bit word of [p, p + bytes) (bytes a multiple of 256): the loads are the work;
-// four independent accumulators keep the adds off the critical path.
+// XOR of every 64-bit word of [p, p + bytes) (bytes a multiple of 64): the loads are the work.
+// The range is read as kStreams interleaved sequential streams (one cache line of each per
+// step) because one core reads DRAM faster that way: each 4 KiB page stream gets its own
+// hardware-prefetch tracker, so more lines are in flight. Measured here on one core, 1 GiB:
+// 1 stream 12.3 GB/s, 4 streams 15.8, 8 streams 16.0 (at another moment all ≈ 16.5); a kernel
+// is compared with what the core can really read, so the faster form is the yardstick.
+inline constexpr std::size_t kStreams = 8;
+
 inline std::uint64_t xor_stream(const char* p, std::size_t bytes) noexcept {
+    const std::size_t lines = bytes / 64, per = lines / kStreams;
 #if defined(__AVX2__)
-    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
-    for (std::size_t i = 0; i < bytes; i += 256) {
-        const auto* q = reinterpret_cast<const __m256i*>(p + i);
-        a0 = _mm256_xor_si256(a0, _mm256_xor_si256(_mm256_load_si256(q + 0), _mm256_load_si256(q + 1)));
-        a1 = _mm256_xor_si256(a1, _mm256_xor_si256(_mm256_load_si256(q + 2), _mm256_load_si256(q + 3)));
-        a2 = _mm256_xor_si256(a2, _mm256_xor_si256(_mm256_load_si256(q + 4), _mm256_load_si256(q + 5)));
-        a3 = _mm256_xor_si256(a3, _mm256_xor_si256(_mm256_load_si256(q + 6), _mm256_load_si256(q + 7)));
+    __m256i acc[kStreams];
+    for (auto& v : acc) v = _mm256_setzero_si256();
+    for (std::size_t l = 0; l < per; ++l)
+        for (std::size_t s = 0; s < kStreams; ++s) {
+            const auto* q = reinterpret_cast<const __m256i*>(p + (s * per + l) * 64);
+            acc[s] = _mm256_xor_si256(acc[s], _mm256_xor_si256(_mm256_load_si256(q), _mm256_load_si256(q + 1)));
+        }
+    for (std::size_t l = kStreams * per; l < lines; ++l) {
+        const auto* q = reinterpret_cast<const __m256i*>(p + l * 64);
+        acc[0] = _mm256_xor_si256(acc[0], _mm256_xor_si256(_mm256_load_si256(q), _mm256_load_si256(q + 1)));
     }
-    const __m256i a = _mm256_xor_si256(_mm256_xor_si256(a0, a1), _mm256_xor_si256(a2, a3));
+    __m256i a = acc[0];
+    for (std::size_t s = 1; s < kStreams; ++s) a = _mm256_xor_si256(a, acc[s]);
     alignas(32) std::uint64_t r[4];
     _mm256_store_si256(reinterpret_cast<__m256i*>(r), a);
     return r[0] ^ r[1] ^ r[2] ^ r[3];
 #else
-    std::uint64_t a[4] = {0, 0, 0, 0};
-    for (std::size_t i = 0; i < bytes; i += 32)
-        for (int j = 0; j < 4; ++j) {
+    std::uint64_t acc[kStreams] = {};
+    for (std::size_t l = 0; l < per; ++l)
+        for (std::size_t s = 0; s < kStreams; ++s)
+            for (std::size_t j = 0; j < 8; ++j) {
+                std::uint64_t v;
+                std::memcpy(&v, p + (s * per + l) * 64 + 8 * j, sizeof v);
+                acc[s] ^= v;
+            }
+    for (std::size_t l = kStreams * per; l < lines; ++l)
+        for (std::size_t j = 0; j < 8; ++j) {
             std::uint64_t v;
-            std::memcpy(&v, p + i + 8 * j, sizeof v);
-            a[j] ^= v;
+            std::memcpy(&v, p + l * 64 + 8 * j, sizeof v);
+            acc[0] ^= v;
         }
-    return a[0] ^ a[1] ^ a[2] ^ a[3];
+    std::uint64_t r = 0;
+    for (auto v : acc) r ^= v;
+    return r;
 #endif
 }
 
