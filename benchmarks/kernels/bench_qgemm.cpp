@@ -124,6 +124,12 @@ void BM_w8a8_gemv_cold(benchmark::State& s) {
 void BM_w4a8_gemv_cold(benchmark::State& s) {
     run_quantized<W4, Mode::fast>(s, 1, std::size_t(s.range(0)), std::size_t(s.range(1)), true);
 }
+void BM_w4a8_pc_gemv_cold(benchmark::State& s) {
+    run_quantized<mq::W4PerChannel, Mode::fast>(s, 1, std::size_t(s.range(0)), std::size_t(s.range(1)), true);
+}
+void BM_w4a8_pc_gemv_cold_mt(benchmark::State& s) {
+    run_quantized<mq::W4PerChannel, Mode::threaded>(s, 1, std::size_t(s.range(0)), std::size_t(s.range(1)), true);
+}
 void BM_w8a8_gemv_cold_mt(benchmark::State& s) {
     run_quantized<mq::W8PerChannel, Mode::threaded>(s, 1, std::size_t(s.range(0)), std::size_t(s.range(1)), true);
 }
@@ -162,6 +168,8 @@ BENCHMARK(BM_w4a8_gemv_mt)->Apply(gemv_shapes);
 BENCHMARK(BM_f32_gemv_eigen_cold)->Args({2560, 10240})->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK(BM_w8a8_gemv_cold)->Args({2560, 10240})->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK(BM_w4a8_gemv_cold)->Args({2560, 10240})->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(BM_w4a8_pc_gemv_cold)->Args({2560, 10240})->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(BM_w4a8_pc_gemv_cold_mt)->Args({2560, 10240})->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK(BM_w8a8_gemv_cold_mt)->Args({2560, 10240})->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK(BM_w4a8_gemv_cold_mt)->Args({2560, 10240})->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK(BM_w8a8_gemv_ref)->Args({2560, 10240})->Unit(benchmark::kMillisecond)->UseRealTime();

@@ -286,6 +286,22 @@ MQ_ALWAYS_INLINE void w4_tile_avx2(const ActBuffer<std::uint8_t>& a, std::size_t
 // sit in the register lanes, so no horizontal reduction is needed.
 inline constexpr int kGemvTiles = 4;
 
+// Each line of the weight is prefetched into L1 kGemvPrefetchBytes before its use, and the
+// per-channel parameters (scales, sums, zero points: separate small arrays that would otherwise
+// miss at every tile or group end and stall retirement for a whole DRAM latency) one tile group
+// ahead. Measured here, 10240 x 2560 from DRAM, fraction of BM_memory_read: W8 80% without
+// software prefetch, 87% with; W4 per group 72% → 83% (most of it from the parameter
+// prefetch). L2-only (T1) hints did about as well, NTA much worse (~55%). Prefetching past the
+// end of an array is harmless: prefetches never fault.
+inline constexpr std::size_t kGemvPrefetchBytes = 2048;
+
+// Addresses are formed as integers: they may lie past the end of the array (no pointer
+// arithmetic out of bounds), and a prefetch of any address is harmless.
+MQ_ALWAYS_INLINE void prefetch_at(const void* base, std::size_t byte_offset) noexcept {
+    _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(base) + byte_offset), _MM_HINT_T0);
+}
+MQ_ALWAYS_INLINE void prefetch_ahead(const void* p) noexcept { prefetch_at(p, kGemvPrefetchBytes); }
+
 // Runs tile(NB, nb) over [b0, b1) in groups of kGemvTiles tiles, the tail by a smaller instance.
 template <class Tile>
 MQ_ALWAYS_INLINE void drive_gemv(std::size_t b0, std::size_t b1, Tile&& tile) noexcept {
@@ -305,10 +321,16 @@ MQ_ALWAYS_INLINE void w8_gemv_tiles(const ActBuffer<std::int16_t>& a, const Pack
     const std::size_t kp = w.k_pairs(); // a multiple of kPackK / 2 = 16
     const std::int16_t* ar = a.row(0);
     const BlockW8x2* wb = w.blocks.data() + nb0 * kp;
+    for (std::size_t i = 0; i < 2; ++i) { // the next tile group's Σ q and scales, 4 x 32 bytes each
+        prefetch_at(w.qsum.data(), ((nb0 + NB) * kPackCols + 16 * i) * sizeof(std::int32_t));
+        prefetch_at(w.scale.data(), ((nb0 + NB) * kPackCols + 16 * i) * sizeof(float));
+    }
     __m256i acc[NB];
 #pragma GCC unroll 8
     for (int j = 0; j < NB; ++j) acc[j] = _mm256_setzero_si256();
     for (std::size_t p = 0; p < kp; p += 4) {
+#pragma GCC unroll 8
+        for (int j = 0; j < NB; ++j) prefetch_ahead(wb + j * kp + p); // in bounds: p < kp
 #pragma GCC unroll 4
         for (std::size_t i = 0; i < 4; ++i) {
             const __m256i av = broadcast32(ar + 2 * (p + i));
@@ -348,6 +370,8 @@ MQ_ALWAYS_INLINE void w4_gemv_tiles(const ActBuffer<std::uint8_t>& a, const Pack
     const std::size_t gc = w.group / 8; // 8-k blocks per group, a multiple of 4
     const std::uint8_t* ar = a.row(0);
     const BlockW4x8* wb = w.blocks.data() + nb0 * kc;
+    for (std::size_t i = 0; i < 2; ++i) // the next tile group's col_corr, 4 x 32 bytes
+        prefetch_at(w.col_corr.data(), ((nb0 + NB) * kPackCols + 16 * i) * sizeof(float));
     __m256 accf[NB];
 #pragma GCC unroll 8
     for (int j = 0; j < NB; ++j) accf[j] = _mm256_setzero_ps();
@@ -360,6 +384,7 @@ MQ_ALWAYS_INLINE void w4_gemv_tiles(const ActBuffer<std::uint8_t>& a, const Pack
             const __m256i a0 = broadcast32(ac), a1 = broadcast32(ac + 4), a2 = broadcast32(ac + 8), a3 = broadcast32(ac + 12);
 #pragma GCC unroll 8
             for (int j = 0; j < NB; ++j) {
+                prefetch_ahead(wb + j * kc + c);
                 const __m256i r0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(wb + j * kc + c));
                 const __m256i r1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(wb + j * kc + c + 1));
                 const __m256i l0 = _mm256_and_si256(r0, mask), h0 = _mm256_and_si256(_mm256_srli_epi16(r0, 4), mask);
@@ -370,6 +395,14 @@ MQ_ALWAYS_INLINE void w4_gemv_tiles(const ActBuffer<std::uint8_t>& a, const Pack
             }
         }
         // t = Σ a·u − z_g·Σ a (exact int32), accf += s_g·t
+        if (g % 2 == 0) { // the next tile group's (zero, scale) of groups g, g + 1: one line each
+#pragma GCC unroll 8
+            for (int j = 0; j < NB; ++j) {
+                const std::size_t pn = ((nb0 + NB + j) * w.groups + g) * kPackCols;
+                prefetch_at(w.zero.data(), pn * sizeof(std::int32_t));
+                prefetch_at(w.scale.data(), pn * sizeof(float));
+            }
+        }
         const __m256i sum_a = _mm256_set1_epi32(a.gsum[g]);
 #pragma GCC unroll 8
         for (int j = 0; j < NB; ++j) {
