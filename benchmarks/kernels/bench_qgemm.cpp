@@ -3,6 +3,10 @@
 // (2560 → 10240, 5120 → 2560). Quantized timings include quantizing the float activations.
 // Names: BM_<dtype>_<op>/<M>/<K>/<N> (GEMM) and BM_<dtype>_gemv/<K>/<N>; "_mt" runs on a
 // 2-thread pool (Eigen runs single-threaded: no OpenMP), "_ref" is the scalar twin (small M).
+// "_cold" GEMVs stream their weight from DRAM: compare their bytes/s (weight + scales read per
+// call) with BM_memory_read (1 thread) and BM_memory_read_mt (2 threads) from the same run; run
+// with --benchmark_enable_random_interleaving=true so both meet the same machine load.
+// W4 is per group of 128 ("w4a8") or per channel ("w4a8_pc").
 #include <mambaquant/core/rng.hpp>
 #include <mambaquant/kernels/qgemm.hpp>
 

@@ -290,9 +290,9 @@ inline constexpr int kGemvTiles = 4;
 // per-channel parameters (scales, sums, zero points: separate small arrays that would otherwise
 // miss at every tile or group end and stall retirement for a whole DRAM latency) one tile group
 // ahead. Measured here, 10240 x 2560 from DRAM, fraction of BM_memory_read: W8 80% without
-// software prefetch, 87% with; W4 per group 72% → 83% (most of it from the parameter
-// prefetch). L2-only (T1) hints did about as well, NTA much worse (~55%). Prefetching past the
-// end of an array is harmless: prefetches never fault.
+// software prefetch, 87–89% with; W4 per group 72% → 82% (most of it from the parameter
+// prefetch). 4 KiB ahead or L2-only (T1) hints did about as well or slightly worse, NTA much
+// worse (~55%).
 inline constexpr std::size_t kGemvPrefetchBytes = 2048;
 
 // Addresses are formed as integers: they may lie past the end of the array (no pointer
@@ -462,7 +462,9 @@ void qgemm(Arch, const ActBuffer<std::int16_t>& a, const PackedW8& w, const Epil
             detail::w8_tile_avx2<decltype(mr)::value, decltype(nb)::value>(a, m, w, b, e, y);
         };
         if (a.rows == 1)
-            detail::drive_gemv(block_begin, block_end, [&](auto nb, std::size_t b) { detail::w8_gemv_tiles<decltype(nb)::value>(a, w, b, e, y); });
+            detail::drive_gemv(block_begin, block_end, [&](auto nb, std::size_t b) {
+                detail::w8_gemv_tiles<decltype(nb)::value>(a, w, b, e, y);
+            });
         else
             detail::drive_tiles<4, 2>(a.rows, block_begin, block_end, tile);
         return;
@@ -482,7 +484,9 @@ void qgemm(Arch, const ActBuffer<std::uint8_t>& a, const PackedW4& w, const Epil
             detail::w4_tile_avx2<decltype(mr)::value, decltype(nb)::value>(a, m, w, b, e, y);
         };
         if (a.rows == 1)
-            detail::drive_gemv(block_begin, block_end, [&](auto nb, std::size_t b) { detail::w4_gemv_tiles<decltype(nb)::value>(a, w, b, e, y); });
+            detail::drive_gemv(block_begin, block_end, [&](auto nb, std::size_t b) {
+                detail::w4_gemv_tiles<decltype(nb)::value>(a, w, b, e, y);
+            });
         else
             detail::drive_tiles<3, 1>(a.rows, block_begin, block_end, tile);
         return;
