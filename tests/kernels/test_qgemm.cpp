@@ -6,9 +6,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -217,6 +219,16 @@ TEST_CASE("ThreadPool runs every task once, serial fallback without a pool") {
         }, 4);
         CHECK(ranges == 8); // 2 threads x 4 contiguous ranges
         CHECK(std::all_of(fine.begin(), fine.end(), [](const std::atomic<int>& h) { return h == 1; }));
+    }
+    // Runs after the workers and the caller gave up spinning take the blocking path.
+    for (int rep = 0; rep < 3; ++rep) {
+        std::this_thread::sleep_for(std::chrono::microseconds(3 * mq::ThreadPool::kSpinMicros));
+        std::atomic<int> sum{0};
+        pool.run(5, [&](std::size_t t) {
+            if (t == 0) std::this_thread::sleep_for(std::chrono::microseconds(2 * mq::ThreadPool::kSpinMicros));
+            sum += int(t) + 1;
+        });
+        CHECK(sum == 15);
     }
     int calls = 0;
     mq::parallel_ranges(nullptr, 10, [&](std::size_t b, std::size_t e) { calls += int(e - b) * 100 + 1; });
