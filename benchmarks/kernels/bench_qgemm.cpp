@@ -3,6 +3,10 @@
 // (2560 → 10240, 5120 → 2560). Quantized timings include quantizing the float activations.
 // Names: BM_<dtype>_<op>/<M>/<K>/<N> (GEMM) and BM_<dtype>_gemv/<K>/<N>; "_mt" runs on a
 // 2-thread pool (Eigen runs single-threaded: no OpenMP), "_ref" is the scalar twin (small M).
+// "_cold" GEMVs stream their weight from DRAM: compare their bytes/s (weight + scales read per
+// call) with BM_memory_read (1 thread) and BM_memory_read_mt (2 threads) from the same run; run
+// with --benchmark_enable_random_interleaving=true so both meet the same machine load.
+// W4 is per group of 128 ("w4a8") or per channel ("w4a8_pc").
 #include <mambaquant/core/rng.hpp>
 #include <mambaquant/kernels/qgemm.hpp>
 
@@ -124,6 +128,12 @@ void BM_w8a8_gemv_cold(benchmark::State& s) {
 void BM_w4a8_gemv_cold(benchmark::State& s) {
     run_quantized<W4, Mode::fast>(s, 1, std::size_t(s.range(0)), std::size_t(s.range(1)), true);
 }
+void BM_w4a8_pc_gemv_cold(benchmark::State& s) {
+    run_quantized<mq::W4PerChannel, Mode::fast>(s, 1, std::size_t(s.range(0)), std::size_t(s.range(1)), true);
+}
+void BM_w4a8_pc_gemv_cold_mt(benchmark::State& s) {
+    run_quantized<mq::W4PerChannel, Mode::threaded>(s, 1, std::size_t(s.range(0)), std::size_t(s.range(1)), true);
+}
 void BM_w8a8_gemv_cold_mt(benchmark::State& s) {
     run_quantized<mq::W8PerChannel, Mode::threaded>(s, 1, std::size_t(s.range(0)), std::size_t(s.range(1)), true);
 }
@@ -162,6 +172,8 @@ BENCHMARK(BM_w4a8_gemv_mt)->Apply(gemv_shapes);
 BENCHMARK(BM_f32_gemv_eigen_cold)->Args({2560, 10240})->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK(BM_w8a8_gemv_cold)->Args({2560, 10240})->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK(BM_w4a8_gemv_cold)->Args({2560, 10240})->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(BM_w4a8_pc_gemv_cold)->Args({2560, 10240})->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(BM_w4a8_pc_gemv_cold_mt)->Args({2560, 10240})->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK(BM_w8a8_gemv_cold_mt)->Args({2560, 10240})->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK(BM_w4a8_gemv_cold_mt)->Args({2560, 10240})->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK(BM_w8a8_gemv_ref)->Args({2560, 10240})->Unit(benchmark::kMillisecond)->UseRealTime();

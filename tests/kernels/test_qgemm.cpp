@@ -4,9 +4,13 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -109,6 +113,7 @@ void check_shapes() {
     check_case<WQ, AQ>(7, 256, 40);
     check_case<WQ, AQ>(13, 384, 24, false);
     check_case<WQ, AQ>(5, 128, 200); // 25 tiles: 4 tile groups, the last partial, split over threads
+    check_case<WQ, AQ>(1, 256, 203); // GEMV: 26 tiles, the last partial, several per thread
     // Mamba shapes (K = d_model or d_inner of mamba-130m / 2.8b); fewer under sanitizers.
     check_case<WQ, AQ>(7, 768, 40);
     if (!kSanitized) {
@@ -139,9 +144,13 @@ TEST_CASE("W4A8 per group: fast == ref, exact integer pipeline, within the error
     check_shapes<mq::Quantizer<4, mq::per_group<32>, mq::asymmetric>, mq::Quantizer<8, mq::per_token, mq::symmetric>>();
 }
 
-TEST_CASE("worst-case codes do not overflow the int16 / int32 partial sums") {
-    // All activations 255 and all weights at the extreme code: the largest partial sums.
-    const std::size_t M = 5, K = 2560, N = 16;
+namespace {
+
+// All activations 255 and all weights at the extreme code: the largest partial sums, for the
+// GEMM tiles (M = 5) and the GEMV kernels (M = 1), whose int16 / int32 bounds differ.
+void check_worst_case(std::size_t M) {
+    CAPTURE(M);
+    const std::size_t K = 2560, N = 16, last = M - 1;
     std::vector<std::int8_t> c8(N * K, -127);
     std::vector<std::int8_t> c4(N * K, -7);
     std::vector<std::uint8_t> c4u(N * K, 15);
@@ -153,27 +162,28 @@ TEST_CASE("worst-case codes do not overflow the int16 / int32 partial sums") {
         mq::ConstMatrixView<std::uint8_t>(c4u.data(), N, K), p4u);
     mq::MatrixXf x(M, K);
     x.setConstant(1.0f);
-    x(0, 0) = 0.0f; // asymmetric range [0, 1]: every other code is 255
+    if (M > 1) x(0, 0) = 0.0f; // row 0 holds code 0 too; the asymmetric range is [0, 1] either way
     mq::ActBuffer<std::int16_t> a8;
     a8.reserve_for(M, w8);
     mq::quantize_activations<mq::A8PerToken>(mq::default_arch{}, mq::view(x), a8);
     mq::ActBuffer<std::uint8_t> a4(M, K, w4.k_pad, w4.group), a4u(M, K, w4u.k_pad, w4u.group);
     mq::quantize_activations<mq::A8PerToken>(mq::default_arch{}, mq::view(x), a4);
     mq::quantize_activations<mq::A8PerToken>(mq::default_arch{}, mq::view(x), a4u);
+    CHECK(int(a4u.row(last)[7]) == 255);
     mq::MatrixXf y(M, N), yr(M, N);
     mq::qgemm(mq::default_arch{}, a8, w8, mq::Epilogue<float>{}, mq::view(y));
     mq::qgemm_ref(a8, w8, mq::Epilogue<float>{}, mq::view(yr));
     CHECK(bit_equal(y, yr));
-    CHECK(y(1, 3) == doctest::Approx(-127.0 * double(K)).epsilon(1e-6)); // x̂ = 255·(1/255) = 1, ŵ = -127
+    CHECK(y(last, 3) == doctest::Approx(-127.0 * double(K)).epsilon(1e-6)); // x̂ = 255·(1/255) = 1, ŵ = -127
     mq::qgemm(mq::default_arch{}, a4, w4, mq::Epilogue<float>{}, mq::view(y));
     mq::qgemm_ref(a4, w4, mq::Epilogue<float>{}, mq::view(yr));
     CHECK(bit_equal(y, yr));
-    CHECK(y(2, 0) == doctest::Approx(-7.0 * double(K)).epsilon(1e-6));
+    CHECK(y(last, 0) == doctest::Approx(-7.0 * double(K)).epsilon(1e-6));
     mq::qgemm(mq::default_arch{}, a4u, w4u, mq::Epilogue<float>{}, mq::view(y));
     mq::qgemm_ref(a4u, w4u, mq::Epilogue<float>{}, mq::view(yr));
     CHECK(bit_equal(y, yr));
-    CHECK(y(4, 15) == doctest::Approx(15.0 * double(K)).epsilon(1e-6));
-    // Asymmetric code 0 is the kernel's most negative recentred nibble (0 − 8).
+    CHECK(y(last, 15) == doctest::Approx(15.0 * double(K)).epsilon(1e-6));
+    // Asymmetric code 0 is the GEMM tile's most negative recentred nibble (0 − 8).
     std::vector<std::uint8_t> c4z(N * K, 0);
     std::vector<mq::QuantParams> pz(N);
     for (auto& p : pz) p.zero = 15;
@@ -182,7 +192,14 @@ TEST_CASE("worst-case codes do not overflow the int16 / int32 partial sums") {
     mq::qgemm(mq::default_arch{}, a4, w4z, mq::Epilogue<float>{}, mq::view(y));
     mq::qgemm_ref(a4, w4z, mq::Epilogue<float>{}, mq::view(yr));
     CHECK(bit_equal(y, yr));
-    CHECK(y(3, 7) == doctest::Approx(-15.0 * double(K)).epsilon(1e-6));
+    CHECK(y(last, 7) == doctest::Approx(-15.0 * double(K)).epsilon(1e-6));
+}
+
+} // namespace
+
+TEST_CASE("worst-case codes do not overflow the int16 / int32 partial sums") {
+    check_worst_case(5);
+    check_worst_case(1);
 }
 
 TEST_CASE("ThreadPool runs every task once, serial fallback without a pool") {
@@ -194,6 +211,24 @@ TEST_CASE("ThreadPool runs every task once, serial fallback without a pool") {
             for (std::size_t i = b; i < e; ++i) ++hits[i];
         });
         CHECK(std::count(hits.begin(), hits.end(), 1) == 37);
+        std::vector<std::atomic<int>> fine(37);
+        std::atomic<int> ranges{0};
+        mq::parallel_ranges(&pool, fine.size(), [&](std::size_t b, std::size_t e) {
+            ++ranges;
+            for (std::size_t i = b; i < e; ++i) ++fine[i];
+        }, 4);
+        CHECK(ranges == 8); // 2 threads x 4 contiguous ranges
+        CHECK(std::all_of(fine.begin(), fine.end(), [](const std::atomic<int>& h) { return h == 1; }));
+    }
+    // Runs after the workers and the caller gave up spinning take the blocking path.
+    for (int rep = 0; rep < 3; ++rep) {
+        std::this_thread::sleep_for(std::chrono::microseconds(3 * mq::ThreadPool::kSpinMicros));
+        std::atomic<int> sum{0};
+        pool.run(5, [&](std::size_t t) {
+            if (t == 0) std::this_thread::sleep_for(std::chrono::microseconds(2 * mq::ThreadPool::kSpinMicros));
+            sum += int(t) + 1;
+        });
+        CHECK(sum == 15);
     }
     int calls = 0;
     mq::parallel_ranges(nullptr, 10, [&](std::size_t b, std::size_t e) { calls += int(e - b) * 100 + 1; });
