@@ -44,7 +44,7 @@ inline void fix_eigenvector_signs(MatrixXd& basis) noexcept {
 // The KLT of a symmetric covariance [d, d], typically CovarianceAccumulator::covariance()
 // (calib/covariance.hpp; transform/ sits above calib/ and does not include it). The backend
 // (transform/symmetric_eigen.hpp) validates and decomposes; at d = 5120 Eigen needs ~140 s and
-// LAPACK's dsyevr over OpenBLAS ~20 s, hence `automatic` prefers LAPACK when it is compiled in.
+// LAPACK's dsyevd over OpenBLAS ~11 s, hence `automatic` prefers LAPACK when it is compiled in.
 // Tiny negative eigenvalues from rounding are kept as they are (they are ~1e-16·λ_0).
 inline Klt klt_from_covariance(const MatrixXd& covariance, EigenBackend backend = EigenBackend::automatic) {
     SymmetricEigen eig = symmetric_eigen(covariance, backend);
