@@ -7,6 +7,7 @@
 #include <mambaquant/core/simd.hpp>
 #include <mambaquant/core/tags.hpp>
 #include <mambaquant/core/tensor.hpp>
+#include <mambaquant/kernels/quantize.hpp>
 #include <mambaquant/quant/params.hpp>
 #include <mambaquant/quant/range.hpp>
 #include <mambaquant/transform/hadamard.hpp>
@@ -823,41 +824,6 @@ void fwht(Arch, MatrixView<float> x, const FwhtPlan& plan) noexcept {
 // ---------------------------------------------------------------------------------------------
 namespace detail {
 
-// q_i = clamp(round_half_even(y_i·inv_scale) + zero, qmin, qmax), 32 at a time on AVX2, in the
-// integer domain: vcvtps2dq rounds half to even (the default MXCSR mode, as std::nearbyint), and
-// |y·inv_scale| ≤ 2^8 because the parameters come from this row's own range, so adding the zero
-// point as an integer and clamping by saturating packs (int32 → int16 → uint8 / int8, then −128 →
-// −127 for symmetric codes) is exactly quantize_value's float arithmetic.
-template <class Arch, Symmetry S>
-inline void quantize_row(Arch, const float* y, std::size_t n, const QuantParams& p, int8_code_t<S>* q) noexcept {
-    using R = BitRange<8, S>;
-    std::size_t i = 0;
-#if XSIMD_WITH_AVX2
-    if constexpr (std::is_base_of_v<xsimd::avx2, Arch> && xsimd::batch<float, Arch>::size == 8) {
-        const __m256 inv = _mm256_set1_ps(p.inv_scale);
-        const __m256i zero16 = _mm256_set1_epi16(static_cast<short>(p.zero));
-        const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-        const __m256i qmin8 = _mm256_set1_epi8(static_cast<char>(R::min));
-        auto rounded = [&](const float* src) { return _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(src), inv)); };
-        for (; i + 32 <= n; i += 32) {
-            __m256i ab = _mm256_packs_epi32(rounded(y + i), rounded(y + i + 8));
-            __m256i cd = _mm256_packs_epi32(rounded(y + i + 16), rounded(y + i + 24));
-            __m256i bytes;
-            if constexpr (S::is_symmetric) {
-                bytes = _mm256_max_epi8(_mm256_packs_epi16(ab, cd), qmin8);
-            } else {
-                ab = _mm256_adds_epi16(ab, zero16);
-                cd = _mm256_adds_epi16(cd, zero16);
-                bytes = _mm256_packus_epi16(ab, cd);
-            }
-            // The packs work per 128-bit lane: dwords come out a0 b0 c0 d0 a1 b1 c1 d1.
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + i), _mm256_permutevar8x32_epi32(bytes, order));
-        }
-    }
-#endif
-    for (; i < n; ++i) q[i] = static_cast<int8_code_t<S>>(quantize_value<R>(y[i], p));
-}
-
 template <class Arch>
 inline void reduce_min_max(const FwhtMinMax<xsimd::batch<float, Arch>>& mm, float& lo, float& hi) noexcept {
     constexpr std::size_t W = xsimd::batch<float, Arch>::size;
@@ -885,37 +851,6 @@ inline void reduce_min_max(const FwhtMinMax<xsimd::batch<float, Arch>>& mm, floa
         lo = std::min(lo, ls[k]);
         hi = std::max(hi, hs[k]);
     }
-}
-
-template <class Arch>
-inline void row_min_max(Arch, const float* y, std::size_t n, float& lo_out, float& hi_out) noexcept {
-    using B = xsimd::batch<float, Arch>;
-    constexpr std::size_t W = B::size;
-    float lo = y[0], hi = y[0];
-    std::size_t i = 0;
-    if (n >= 4 * W) {
-        B l0 = B::load_unaligned(y), l1 = l0, h0 = l0, h1 = l0;
-        for (; i + 2 * W <= n; i += 2 * W) {
-            const B a = B::load_unaligned(y + i), b = B::load_unaligned(y + i + W);
-            l0 = xsimd::min(l0, a);
-            h0 = xsimd::max(h0, a);
-            l1 = xsimd::min(l1, b);
-            h1 = xsimd::max(h1, b);
-        }
-        alignas(64) float ls[W], hs[W];
-        xsimd::min(l0, l1).store_aligned(ls);
-        xsimd::max(h0, h1).store_aligned(hs);
-        for (std::size_t k = 0; k < W; ++k) {
-            lo = std::min(lo, ls[k]);
-            hi = std::max(hi, hs[k]);
-        }
-    }
-    for (; i < n; ++i) {
-        lo = std::min(lo, y[i]);
-        hi = std::max(hi, y[i]);
-    }
-    lo_out = lo;
-    hi_out = hi;
 }
 
 } // namespace detail
@@ -954,7 +889,11 @@ void fwht_rows(Arch, ConstMatrixView<float> x, const FwhtPlan& plan, std::span<f
         const bool dense_tracks = detail::fwht_dense_stage<Arch, true>(y, plan, split, u_vec, u_scalar, &mm);
         float lo, hi;
         if (chunk_tracks || dense_tracks) detail::reduce_min_max<Arch>(mm, lo, hi);
-        else detail::row_min_max(Arch{}, y, n, lo, hi);
+        else {
+            const RowRange rr = row_range(Arch{}, y, n);
+            lo = rr.lo;
+            hi = rr.hi;
+        }
         sink.range(r, lo, hi);
     };
     if (!pipelined) {
@@ -986,7 +925,7 @@ void fwht_quantize(Arch, ConstMatrixView<float> x, const FwhtPlan& plan, MatrixV
         std::span<QuantParams> params;
         void range(std::size_t r, float lo, float hi) noexcept { params[r] = params_from_range<8, S>(lo, hi); }
         void row(std::size_t r, const float* y) noexcept {
-            detail::quantize_row<Arch, S>(Arch{}, y, codes.cols, params[r], codes.row_ptr(r));
+            quantize_row_in_range<BitRange<8, S>>(Arch{}, y, codes.cols, params[r], codes.row_ptr(r));
         }
     } sink{codes, params};
     fwht_rows(Arch{}, x, plan, scratch, sink);

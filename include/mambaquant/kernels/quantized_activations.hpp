@@ -7,6 +7,7 @@
 #include <mambaquant/core/tensor.hpp>
 #include <mambaquant/kernels/fwht.hpp>
 #include <mambaquant/kernels/packed_weights.hpp>
+#include <mambaquant/kernels/quantize.hpp>
 #include <mambaquant/quant/params.hpp>
 #include <mambaquant/quant/quantizer.hpp>
 
@@ -92,41 +93,21 @@ MQ_ALWAYS_INLINE void set_act_params(ActBuffer<Code>& out, std::size_t m, const 
         std::fill_n(out.gsum.data() + m * out.groups, out.groups, 0);
 }
 
-// Range of a row, widened to contain 0 (params_from_range widens to 0 anyway, so the result is the same).
+// Range of a row merged into [lo, hi] (which starts at [0, 0]: params_from_range widens to 0 anyway).
 template <class Arch>
-void act_row_min_max(Arch, const float* x, std::size_t n, float& lo, float& hi) noexcept {
-    using B = xsimd::batch<float, Arch>;
-    constexpr std::size_t W = B::size;
-    B vlo(lo), vhi(hi);
-    std::size_t c = 0;
-    for (; c + W <= n; c += W) {
-        const B v = B::load_unaligned(x + c);
-        vlo = xsimd::min(vlo, v);
-        vhi = xsimd::max(vhi, v);
-    }
-    alignas(64) float l[W], h[W];
-    vlo.store_aligned(l);
-    vhi.store_aligned(h);
-    for (std::size_t i = 0; i < W; ++i) {
-        lo = std::min(lo, l[i]);
-        hi = std::max(hi, h[i]);
-    }
-    for (; c < n; ++c) {
-        lo = std::min(lo, x[c]);
-        hi = std::max(hi, x[c]);
-    }
+MQ_ALWAYS_INLINE void widen_to_row_range(Arch, const float* x, std::size_t n, float& lo, float& hi) noexcept {
+    const RowRange r = row_range(Arch{}, x, n);
+    lo = std::min(lo, r.lo);
+    hi = std::max(hi, r.hi);
 }
-
-} // namespace detail
-
-namespace detail {
 
 // One row's codes in the kernel's layout: q = clamp(round_half_even(x·inv_scale) + zero, qmin, qmax)
 // (set_act_params already ran for row m). The AVX2 path works in the integer domain, 16 or 32 at
 // a time: vcvtps2dq rounds half to even (the default MXCSR mode, as std::nearbyint), and
 // |x·inv_scale| ≤ 2^8 because p comes from the range of this row (per token) or of the whole
 // input (per tensor) — so adding the zero point as an integer and clamping by saturating packs
-// and min/max is exactly quantize_value's float arithmetic. Inputs must be finite.
+// and min/max is exactly quantize_value's float arithmetic (the byte codes come from
+// kernels/quantize.hpp's quantize32_in_range). Inputs must be finite.
 template <A8Policy Q, class Arch, class Code>
 void quantize_act_row(Arch, const float* x, const QuantParams& p, ActBuffer<Code>& out, std::size_t m) noexcept {
     using R = typename Q::range;
@@ -137,8 +118,8 @@ void quantize_act_row(Arch, const float* x, const QuantParams& p, ActBuffer<Code
     if constexpr (std::is_base_of_v<xsimd::avx2, Arch> && xsimd::batch<float, Arch>::size == 8) {
         const __m256 inv = _mm256_set1_ps(p.inv_scale);
         const __m256i zero16 = _mm256_set1_epi16(static_cast<short>(p.zero));
-        auto rounded = [&](std::size_t i) { return _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + i), inv)); };
         if constexpr (std::is_same_v<Code, std::int16_t>) {
+            auto rounded = [&](std::size_t i) { return _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + i), inv)); };
             const __m256i qmin = _mm256_set1_epi16(static_cast<short>(R::min));
             const __m256i qmax = _mm256_set1_epi16(static_cast<short>(R::max));
             for (; c + 16 <= k; c += 16) {
@@ -148,8 +129,6 @@ void quantize_act_row(Arch, const float* x, const QuantParams& p, ActBuffer<Code
                 _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + c), v);
             }
         } else if (out.group % 32 == 0) {
-            const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-            const __m256i minus127 = _mm256_set1_epi8(-127);
             const __m256i bias128 = _mm256_set1_epi8(static_cast<char>(0x80));
             std::int32_t* gsum = out.gsum.data() + m * out.groups;
             __m256i sums = _mm256_setzero_si256(); // Σ codes of the current group, 4 × u64
@@ -159,14 +138,8 @@ void quantize_act_row(Arch, const float* x, const QuantParams& p, ActBuffer<Code
                 sums = _mm256_setzero_si256();
             };
             for (; c + 32 <= k; c += 32) {
-                const __m256i ab = _mm256_packs_epi32(rounded(c), rounded(c + 8));
-                const __m256i cd = _mm256_packs_epi32(rounded(c + 16), rounded(c + 24));
-                __m256i bytes;
-                if constexpr (Q::symmetry::is_symmetric) // int8 [-127, 127] stored as q + 128
-                    bytes = _mm256_xor_si256(_mm256_max_epi8(_mm256_packs_epi16(ab, cd), minus127), bias128);
-                else
-                    bytes = _mm256_packus_epi16(_mm256_adds_epi16(ab, zero16), _mm256_adds_epi16(cd, zero16));
-                bytes = _mm256_permutevar8x32_epi32(bytes, order);
+                __m256i bytes = quantize32_in_range<R>(x + c, inv, zero16);
+                if constexpr (Q::symmetry::is_symmetric) bytes = _mm256_xor_si256(bytes, bias128); // q + 128
                 _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + c), bytes);
                 sums = _mm256_add_epi64(sums, _mm256_sad_epu8(bytes, _mm256_setzero_si256()));
                 if ((c + 32) % out.group == 0) flush(c / out.group);
@@ -202,14 +175,14 @@ void quantize_activations(Arch, ConstMatrixView<float> x, ActBuffer<Code>& out) 
     QuantParams p{};
     if constexpr (std::same_as<typename Q::granularity, per_tensor>) {
         float lo = 0.0f, hi = 0.0f;
-        for (std::size_t m = 0; m < x.rows; ++m) detail::act_row_min_max(Arch{}, x.row_ptr(m), x.cols, lo, hi);
+        for (std::size_t m = 0; m < x.rows; ++m) detail::widen_to_row_range(Arch{}, x.row_ptr(m), x.cols, lo, hi);
         p = Q::params(lo, hi);
     }
     for (std::size_t m = 0; m < x.rows; ++m) {
         const float* xr = x.row_ptr(m);
         if constexpr (std::same_as<typename Q::granularity, per_token>) {
             float lo = 0.0f, hi = 0.0f;
-            detail::act_row_min_max(Arch{}, xr, x.cols, lo, hi);
+            detail::widen_to_row_range(Arch{}, xr, x.cols, lo, hi);
             p = Q::params(lo, hi);
         }
         detail::set_act_params<Q>(out, m, p);
