@@ -289,6 +289,18 @@ MQ_ALWAYS_INLINE void fwht_minmax_tree(const B* v, B& lo, B& hi) noexcept {
     }
 }
 
+// The end of a pass over R registers: when it is the row's last pass (scale_out), scale and
+// gather min/max (Track) as the values leave; then store v[t] at dst + t·stride.
+template <std::size_t R, bool Track, class B>
+MQ_ALWAYS_INLINE void fwht_store_registers(B* v, float* dst, std::size_t stride, bool scale_out, const B& sc, B& lo,
+                                           B& hi) noexcept {
+    if (scale_out) {
+        for (std::size_t t = 0; t < R; ++t) v[t] = v[t] * sc;
+        if constexpr (Track) fwht_minmax_tree<R>(v, lo, hi);
+    }
+    for (std::size_t t = 0; t < R; ++t) v[t].store_unaligned(dst + t * stride);
+}
+
 // First pass over a chunk of P ≥ W floats: load G = min(8, P/W) registers from src (times the
 // signs), all in-register stages and log2(G) cross-register stages, store to dst (times scale
 // when this pass is the last one).
@@ -308,11 +320,7 @@ MQ_ALWAYS_INLINE void fwht_first_pass(const float* MQ_RESTRICT src, float* dst, 
             v[t] = fwht_lane_stages<Arch>(v[t]);
         }
         fwht_reg_stages<G>(v);
-        if (scale_out) {
-            for (std::size_t t = 0; t < G; ++t) v[t] = v[t] * sc;
-            if constexpr (Track) fwht_minmax_tree<G>(v, lo, hi);
-        }
-        for (std::size_t t = 0; t < G; ++t) v[t].store_unaligned(dst + base + t * W);
+        fwht_store_registers<G, Track>(v, dst + base, W, scale_out, sc, lo, hi);
     }
     if constexpr (Track) mm->lo = lo, mm->hi = hi;
 }
@@ -331,11 +339,7 @@ MQ_ALWAYS_INLINE void fwht_radix_pass(float* x, std::size_t P, std::size_t h, bo
             B v[R];
             for (std::size_t t = 0; t < R; ++t) v[t] = B::load_unaligned(x + j + t * h);
             fwht_reg_stages<R>(v);
-            if (scale_out) {
-                for (std::size_t t = 0; t < R; ++t) v[t] = v[t] * sc;
-                if constexpr (Track) fwht_minmax_tree<R>(v, lo, hi);
-            }
-            for (std::size_t t = 0; t < R; ++t) v[t].store_unaligned(x + j + t * h);
+            fwht_store_registers<R, Track>(v, x + j, h, scale_out, sc, lo, hi);
         }
     if constexpr (Track) mm->lo = lo, mm->hi = hi;
 }
