@@ -7,10 +7,10 @@
 // call) with BM_memory_read (1 thread) and BM_memory_read_mt (2 threads) from the same run; run
 // with --benchmark_enable_random_interleaving=true so both meet the same machine load.
 // W4 is per group of 128 ("w4a8") or per channel ("w4a8_pc").
-#include <mambaquant/core/rng.hpp>
 #include <mambaquant/kernels/qgemm.hpp>
 
 #include "common/memory_bandwidth.hpp"
+#include "common/random_matrix.hpp"
 
 #include <benchmark/benchmark.h>
 
@@ -22,12 +22,7 @@ namespace {
 using W4 = mq::W4PerGroup<128>;
 using A8 = mq::A8PerToken;
 
-mq::MatrixXf random_matrix(std::size_t rows, std::size_t cols, std::uint64_t seed, float scale) {
-    mq::Rng rng(seed);
-    mq::MatrixXf m(static_cast<Eigen::Index>(rows), static_cast<Eigen::Index>(cols));
-    for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = static_cast<float>(rng.normal()) * scale;
-    return m;
-}
+using mqbench::random_matrix;
 
 mq::ThreadPool& pool2() {
     static mq::ThreadPool pool(2);

@@ -1,8 +1,9 @@
 // Per-token activation quantization into the integer GEMM's layouts (int16 codes for W8 kernels,
 // uint8 codes + group sums for W4), beside the scalar reference and the fused online Hadamard.
-#include <mambaquant/core/rng.hpp>
 #include <mambaquant/kernels/fwht.hpp>
 #include <mambaquant/kernels/quantized_activations.hpp>
+
+#include "common/random_matrix.hpp"
 
 #include <benchmark/benchmark.h>
 
@@ -16,9 +17,7 @@ enum class Path { simd, ref, fused_hadamard };
 template <class Code, Path path>
 void run(benchmark::State& state) {
     const auto M = static_cast<std::size_t>(state.range(0)), K = static_cast<std::size_t>(state.range(1));
-    mq::Rng rng(1);
-    mq::MatrixXf x(static_cast<Eigen::Index>(M), static_cast<Eigen::Index>(K));
-    for (Eigen::Index i = 0; i < x.size(); ++i) x.data()[i] = static_cast<float>(rng.normal());
+    const mq::MatrixXf x = mqbench::random_matrix(M, K, 1);
     // W4 layout: groups of 128 (mq::W4PerGroup<128>); W8: one group per row.
     mq::ActBuffer<Code> a(M, K, K, std::is_same_v<Code, std::uint8_t> ? 128 : K);
     const mq::FwhtPlan plan = mq::make_fwht_plan(K);

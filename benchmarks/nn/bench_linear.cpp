@@ -1,7 +1,8 @@
 // Linear layers with the online Hadamard at their input (the out_proj of a MambaQuant block):
 // the fused rotate+quantize path against rotating first and quantizing in a second pass.
-#include <mambaquant/core/rng.hpp>
 #include <mambaquant/nn/linear.hpp>
+
+#include "common/random_matrix.hpp"
 
 #include <benchmark/benchmark.h>
 
@@ -9,12 +10,7 @@
 #include <utility>
 
 namespace {
-mq::MatrixXf random_matrix(std::size_t rows, std::size_t cols, std::uint64_t seed) {
-    mq::Rng rng(seed);
-    mq::MatrixXf m(static_cast<Eigen::Index>(rows), static_cast<Eigen::Index>(cols));
-    for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = static_cast<float>(rng.normal());
-    return m;
-}
+using mqbench::random_matrix;
 
 // FLOP/s counts the GEMM (2·M·K·N); the rotation and quantization are the overhead being compared.
 template <class Layer>
