@@ -1,5 +1,6 @@
 #include <mambaquant/kernels/qgemm.hpp>
 
+#include "kernels/arch_test_util.hpp"
 #include "kernels/qgemm_test_util.hpp"
 
 #include <doctest/doctest.h>
@@ -30,15 +31,29 @@ bool bit_equal(const mq::Matrix<T>& a, const mq::Matrix<T>& b) {
 // One shape, one weight policy, one activation policy: fast == ref bit for bit (float and both
 // requantized outputs, serial and threaded); ref == the exact dequantized product; and the result
 // is within the quantization error bound of the float product.
-template <class WQ, class AQ>
-void check_case(std::size_t M, std::size_t K, std::size_t N, bool with_bias = true) {
+// The kernel an arch is meant to run on weights packed for it (the tests fail if another ran).
+template <class Arch>
+mq::QgemmKernel expected_kernel(Arch) {
+    if constexpr (mq::is_avx512vnni_v<Arch>) return mq::QgemmKernel::avx512vnni;
+    else if constexpr (std::is_base_of_v<xsimd::avx2, Arch>) return mq::QgemmKernel::avx2;
+    else return mq::QgemmKernel::reference;
+}
+template <class Arch>
+mq::arch_id id_of(Arch) {
+    return mq::is_avx512vnni_v<Arch> ? mq::arch_id::avx512vnni
+                                    : std::is_base_of_v<xsimd::avx2, Arch> ? mq::arch_id::avx2 : mq::arch_id::baseline;
+}
+
+template <class WQ, class AQ, class Arch>
+void check_case(Arch arch, std::size_t M, std::size_t K, std::size_t N, bool with_bias = true) {
     CAPTURE(M);
     CAPTURE(K);
     CAPTURE(N);
     const mq::MatrixXf x = mqtest::random_matrix(M, K, 1000 + M + K, 1.0f, true);
     const mq::MatrixXf w = mqtest::random_matrix(N, K, 2000 + N + K, 0.05f);
     const mq::MatrixXf bias = mqtest::random_matrix(1, N, 3000 + N, 0.1f);
-    const auto pw = mq::pack_weights<WQ>(mq::view(w));
+    const auto pw = mq::pack_weights<WQ>(mq::view(w), mq::w8_layout_for(id_of(arch)));
+    REQUIRE(mq::qgemm_kernel(arch, pw) == expected_kernel(arch));
     using Code = mq::act_code_t<std::decay_t<decltype(pw)>>;
     mq::ActBuffer<Code> a;
     a.reserve_for(M, pw);
@@ -47,11 +62,11 @@ void check_case(std::size_t M, std::size_t K, std::size_t N, bool with_bias = tr
 
     mq::MatrixXf y_fast(M, N), y_ref(M, N), y_mt(M, N);
     y_fast.setConstant(-1.0f);
-    mq::qgemm(mq::default_arch{}, a, pw, e, mq::view(y_fast));
+    mq::qgemm(arch, a, pw, e, mq::view(y_fast));
     mq::qgemm_ref(a, pw, e, mq::view(y_ref));
     CHECK(bit_equal(y_fast, y_ref));
     mq::ThreadPool pool(3);
-    mq::qgemm(mq::default_arch{}, a, pw, e, mq::view(y_mt), &pool);
+    mq::qgemm(arch, a, pw, e, mq::view(y_mt), &pool);
     CHECK(bit_equal(y_mt, y_ref));
 
     // The integer pipeline computes Σ_k x̂·ŵ + b exactly up to float rounding.
@@ -83,12 +98,12 @@ void check_case(std::size_t M, std::size_t K, std::size_t N, bool with_bias = tr
     const float lo = y_ref.minCoeff(), hi = y_ref.maxCoeff();
     const mq::Epilogue<std::int8_t> e8{e.bias, mq::params_from_range<8, mq::symmetric>(lo, hi)};
     mq::Matrix<std::int8_t> q_fast(M, N), q_ref(M, N);
-    mq::qgemm(mq::default_arch{}, a, pw, e8, mq::view(q_fast));
+    mq::qgemm(arch, a, pw, e8, mq::view(q_fast));
     mq::qgemm_ref(a, pw, e8, mq::view(q_ref));
     CHECK(bit_equal(q_fast, q_ref));
     const mq::Epilogue<std::uint8_t> eu{e.bias, mq::params_from_range<8, mq::asymmetric>(lo, hi)};
     mq::Matrix<std::uint8_t> u_fast(M, N), u_ref(M, N);
-    mq::qgemm(mq::default_arch{}, a, pw, eu, mq::view(u_fast));
+    mq::qgemm(arch, a, pw, eu, mq::view(u_fast));
     mq::qgemm_ref(a, pw, eu, mq::view(u_ref));
     CHECK(bit_equal(u_fast, u_ref));
     bool requant_ok = true;
@@ -99,28 +114,33 @@ void check_case(std::size_t M, std::size_t K, std::size_t N, bool with_bias = tr
     CHECK(requant_ok);
 }
 
-template <class WQ, class AQ>
-void check_shapes() {
+template <class WQ, class AQ, class Arch>
+void check_shapes(Arch arch) {
     // Odd shapes: K not a multiple of the block, N = 1, M = 1, M = 7.
     constexpr bool grouped = mq::is_per_group_v<typename WQ::granularity>;
     if constexpr (!grouped) {
-        check_case<WQ, AQ>(1, 1, 1);
-        check_case<WQ, AQ>(7, 37, 1);
-        check_case<WQ, AQ>(1, 100, 13);
-        check_case<WQ, AQ>(7, 5, 9, false);
+        check_case<WQ, AQ>(arch, 1, 1, 1);
+        check_case<WQ, AQ>(arch, 7, 37, 1);
+        check_case<WQ, AQ>(arch, 1, 100, 13);
+        check_case<WQ, AQ>(arch, 7, 5, 9, false);
     }
-    check_case<WQ, AQ>(1, 128, 17);
-    check_case<WQ, AQ>(7, 256, 40);
-    check_case<WQ, AQ>(13, 384, 24, false);
-    check_case<WQ, AQ>(5, 128, 200); // 25 tiles: 4 tile groups, the last partial, split over threads
-    check_case<WQ, AQ>(1, 256, 203); // GEMV: 26 tiles, the last partial, several per thread
+    check_case<WQ, AQ>(arch, 1, 128, 17);
+    check_case<WQ, AQ>(arch, 7, 256, 40);
+    check_case<WQ, AQ>(arch, 13, 384, 24, false);
+    check_case<WQ, AQ>(arch, 5, 128, 200); // 25 tiles: 4 tile groups, the last partial, split over threads
+    check_case<WQ, AQ>(arch, 1, 256, 203); // GEMV: 26 tiles, the last partial, several per thread
     // Mamba shapes (K = d_model or d_inner of mamba-130m / 2.8b); fewer under sanitizers.
-    check_case<WQ, AQ>(7, 768, 40);
+    check_case<WQ, AQ>(arch, 7, 768, 40);
     if (!kSanitized) {
-        check_case<WQ, AQ>(1, 1536, 24);
-        check_case<WQ, AQ>(3, 2560, 16);
-        check_case<WQ, AQ>(1, 5120, 8);
+        check_case<WQ, AQ>(arch, 1, 1536, 24);
+        check_case<WQ, AQ>(arch, 3, 2560, 16);
+        check_case<WQ, AQ>(arch, 1, 5120, 8);
     }
+}
+
+template <class WQ, class AQ>
+void check_shapes() {
+    mqtest::for_each_arch([](auto arch) { check_shapes<WQ, AQ>(arch); });
 }
 
 } // namespace
@@ -148,7 +168,8 @@ namespace {
 
 // All activations 255 and all weights at the extreme code: the largest partial sums, for the
 // GEMM tiles (M = 5) and the GEMV kernels (M = 1), whose int16 / int32 bounds differ.
-void check_worst_case(std::size_t M) {
+template <class Arch>
+void check_worst_case(Arch arch, std::size_t M) {
     CAPTURE(M);
     const std::size_t K = 2560, N = 16, last = M - 1;
     std::vector<std::int8_t> c8(N * K, -127);
@@ -156,7 +177,8 @@ void check_worst_case(std::size_t M) {
     std::vector<std::uint8_t> c4u(N * K, 15);
     std::vector<mq::QuantParams> p8(N), p4(N * (K / 32)), p4u(N * (K / 32));
     for (auto& p : p4u) p.zero = 0;
-    const auto w8 = mq::pack_w8(mq::ConstMatrixView<std::int8_t>(c8.data(), N, K), p8);
+    const auto w8 = mq::pack_w8(mq::ConstMatrixView<std::int8_t>(c8.data(), N, K), p8, mq::w8_layout_for(id_of(arch)));
+    REQUIRE(mq::qgemm_kernel(arch, w8) == expected_kernel(arch));
     const auto w4 = mq::pack_w4<mq::W4PerChannel>(mq::ConstMatrixView<std::int8_t>(c4.data(), N, K), std::span(p4.data(), N));
     const auto w4u = mq::pack_w4<mq::Quantizer<4, mq::per_group<32>, mq::asymmetric>>(
         mq::ConstMatrixView<std::uint8_t>(c4u.data(), N, K), p4u);
@@ -171,15 +193,15 @@ void check_worst_case(std::size_t M) {
     mq::quantize_activations<mq::A8PerToken>(mq::default_arch{}, mq::view(x), a4u);
     CHECK(int(a4u.row(last)[7]) == 255);
     mq::MatrixXf y(M, N), yr(M, N);
-    mq::qgemm(mq::default_arch{}, a8, w8, mq::Epilogue<float>{}, mq::view(y));
+    mq::qgemm(arch, a8, w8, mq::Epilogue<float>{}, mq::view(y));
     mq::qgemm_ref(a8, w8, mq::Epilogue<float>{}, mq::view(yr));
     CHECK(bit_equal(y, yr));
     CHECK(y(last, 3) == doctest::Approx(-127.0 * double(K)).epsilon(1e-6)); // x̂ = 255·(1/255) = 1, ŵ = -127
-    mq::qgemm(mq::default_arch{}, a4, w4, mq::Epilogue<float>{}, mq::view(y));
+    mq::qgemm(arch, a4, w4, mq::Epilogue<float>{}, mq::view(y));
     mq::qgemm_ref(a4, w4, mq::Epilogue<float>{}, mq::view(yr));
     CHECK(bit_equal(y, yr));
     CHECK(y(last, 0) == doctest::Approx(-7.0 * double(K)).epsilon(1e-6));
-    mq::qgemm(mq::default_arch{}, a4u, w4u, mq::Epilogue<float>{}, mq::view(y));
+    mq::qgemm(arch, a4u, w4u, mq::Epilogue<float>{}, mq::view(y));
     mq::qgemm_ref(a4u, w4u, mq::Epilogue<float>{}, mq::view(yr));
     CHECK(bit_equal(y, yr));
     CHECK(y(last, 15) == doctest::Approx(15.0 * double(K)).epsilon(1e-6));
@@ -189,7 +211,7 @@ void check_worst_case(std::size_t M) {
     for (auto& p : pz) p.zero = 15;
     const auto w4z = mq::pack_w4<mq::Quantizer<4, mq::per_channel, mq::asymmetric>>(
         mq::ConstMatrixView<std::uint8_t>(c4z.data(), N, K), pz);
-    mq::qgemm(mq::default_arch{}, a4, w4z, mq::Epilogue<float>{}, mq::view(y));
+    mq::qgemm(arch, a4, w4z, mq::Epilogue<float>{}, mq::view(y));
     mq::qgemm_ref(a4, w4z, mq::Epilogue<float>{}, mq::view(yr));
     CHECK(bit_equal(y, yr));
     CHECK(y(last, 7) == doctest::Approx(-15.0 * double(K)).epsilon(1e-6));
@@ -198,8 +220,10 @@ void check_worst_case(std::size_t M) {
 } // namespace
 
 TEST_CASE("worst-case codes do not overflow the int16 / int32 partial sums") {
-    check_worst_case(5);
-    check_worst_case(1);
+    mqtest::for_each_arch([](auto arch) {
+        check_worst_case(arch, 5);
+        check_worst_case(arch, 1);
+    });
 }
 
 TEST_CASE("ThreadPool runs every task once, serial fallback without a pool") {

@@ -50,20 +50,32 @@ struct BlockW4x8 {
 };
 static_assert(sizeof(BlockW4x8) == 32, "BlockW4x8: 8 channels x 8 k x 4 bits");
 
+// How the bytes of one 8-channel tile of a PackedW8 are ordered, chosen at packing for the arch
+// that will run it (kernels/qgemm.hpp: w8_layout_for):
+//  - pairs: [k/2][8 channels][2 k], 16-byte BlockW8x2s, for AVX2's vpmaddwd on sign-extended int16;
+//  - quads: [k/4][8 channels][4 k], 32 bytes per 4 k, for VNNI's vpdpbusd (4 u8·s8 products per
+//    int32 lane). Same bytes, same size, same padding; only the order within a tile differs.
+enum class W8Layout : unsigned char { pairs, quads };
+
 // int8 symmetric per-channel weights: ŵ[n][k] = q[n][k]·scale[n], q ∈ [-127, 127].
 // Storage: 8 bits per weight + 8 bytes per channel (scale, Σ_k q for the activation zero point).
 struct PackedW8 {
     std::size_t n = 0, k = 0, k_pad = 0, n_blocks = 0;
-    aligned_vector<BlockW8x2> blocks;    // [n_blocks][k_pad / 2]
+    W8Layout layout = W8Layout::pairs;
+    aligned_vector<BlockW8x2> blocks;    // [n_blocks][k_pad / 2] (16 bytes each, ordered by layout)
     aligned_vector<float> scale;         // [n_blocks·8]; 0 on padded channels
     aligned_vector<std::int32_t> qsum;   // [n_blocks·8]: Σ_k q[n][k]
 
     std::size_t n_pad() const noexcept { return n_blocks * kPackCols; }
     std::size_t k_pairs() const noexcept { return k_pad / 2; }
+    // Byte offset of q[r][c] from the start of blocks.
+    std::size_t code_offset(std::size_t r, std::size_t c) const noexcept {
+        const std::size_t tile = (r / kPackCols) * k_pad * kPackCols, ch = r % kPackCols;
+        return layout == W8Layout::pairs ? tile + (c / 2) * 16 + 2 * ch + c % 2 : tile + (c / 4) * 32 + 4 * ch + c % 4;
+    }
     // The code q[r][c] (padding included: 0).
     int code(std::size_t r, std::size_t c) const noexcept {
-        const BlockW8x2& b = blocks[(r / kPackCols) * k_pairs() + c / 2];
-        return b.qs[2 * (r % kPackCols) + c % 2];
+        return reinterpret_cast<const std::int8_t*>(blocks.data())[code_offset(r, c)];
     }
     std::size_t bytes() const noexcept {
         return blocks.size() * sizeof(BlockW8x2) + scale.size() * sizeof(float) + qsum.size() * sizeof(std::int32_t);
@@ -163,7 +175,8 @@ aligned_vector<QuantParams> weight_params(ConstMatrixView<float> w, std::size_t 
 } // namespace detail
 
 // Packs already-quantized int8 codes q[n][k] ∈ [-127, 127] with one symmetric QuantParams per row.
-inline PackedW8 pack_w8(ConstMatrixView<std::int8_t> codes, std::span<const QuantParams> params) {
+inline PackedW8 pack_w8(ConstMatrixView<std::int8_t> codes, std::span<const QuantParams> params,
+                        W8Layout layout = W8Layout::pairs) {
     detail::check_weight_shape(codes.rows, codes.cols, "pack_w8");
     detail::check_params(params, codes.rows, true, 0, 0, "pack_w8");
     PackedW8 p;
@@ -171,7 +184,9 @@ inline PackedW8 pack_w8(ConstMatrixView<std::int8_t> codes, std::span<const Quan
     p.k = codes.cols;
     p.k_pad = detail::pack_round_up(p.k, kPackK);
     p.n_blocks = detail::pack_round_up(p.n, kPackCols) / kPackCols;
+    p.layout = layout;
     p.blocks.assign(p.n_blocks * p.k_pairs(), BlockW8x2{});
+    auto* bytes = reinterpret_cast<std::int8_t*>(p.blocks.data());
     p.scale.assign(p.n_pad(), 0.0f);
     p.qsum.assign(p.n_pad(), 0);
     for (std::size_t r = 0; r < p.n; ++r) {
@@ -179,7 +194,7 @@ inline PackedW8 pack_w8(ConstMatrixView<std::int8_t> codes, std::span<const Quan
         for (std::size_t c = 0; c < p.k; ++c) {
             const int q = codes(r, c);
             require(q >= Int8SymmetricRange::min, "pack_w8: code[", r, "][", c, "] = ", q, " is outside [-127, 127]");
-            p.blocks[(r / kPackCols) * p.k_pairs() + c / 2].qs[2 * (r % kPackCols) + c % 2] = static_cast<std::int8_t>(q);
+            bytes[p.code_offset(r, c)] = static_cast<std::int8_t>(q);
             sum += q;
         }
         p.scale[r] = params[r].scale;
@@ -189,14 +204,14 @@ inline PackedW8 pack_w8(ConstMatrixView<std::int8_t> codes, std::span<const Quan
 }
 
 // Quantizes a float weight W[n][k] per channel, symmetric (q = round(w/s), s = max|w_n|/127), and packs it.
-inline PackedW8 pack_w8(ConstMatrixView<float> w) {
+inline PackedW8 pack_w8(ConstMatrixView<float> w, W8Layout layout = W8Layout::pairs) {
     detail::check_weight_shape(w.rows, w.cols, "pack_w8");
     const auto params = detail::weight_params<W8PerChannel>(w, w.cols, "pack_w8");
     aligned_vector<std::int8_t> codes(w.rows * w.cols);
     for (std::size_t r = 0; r < w.rows; ++r)
         for (std::size_t c = 0; c < w.cols; ++c)
             codes[r * w.cols + c] = static_cast<std::int8_t>(quantize_value<Int8SymmetricRange>(w(r, c), params[r]));
-    return pack_w8(ConstMatrixView<std::int8_t>(codes.data(), w.rows, w.cols), params);
+    return pack_w8(ConstMatrixView<std::int8_t>(codes.data(), w.rows, w.cols), params, layout);
 }
 
 // Packs already-quantized int4 codes, one code per byte (int8 in [-7, 7] for a symmetric policy,
@@ -319,9 +334,9 @@ using packed_weights_t = std::conditional_t<Q::bits == 8, PackedW8, PackedW4>;
 
 template <class Q>
     requires W8Policy<Q> || W4Policy<Q>
-packed_weights_t<Q> pack_weights(ConstMatrixView<float> w) {
+packed_weights_t<Q> pack_weights(ConstMatrixView<float> w, W8Layout w8_layout = W8Layout::pairs) {
     if constexpr (Q::bits == 8)
-        return pack_w8(w);
+        return pack_w8(w, w8_layout);
     else
         return pack_w4<Q>(w);
 }

@@ -446,18 +446,307 @@ MQ_ALWAYS_INLINE void drive_tiles(std::size_t rows, std::size_t b0, std::size_t 
 
 #endif // __AVX2__
 
+#if MQ_HAS_AVX512VNNI_KERNELS
+MQ_AVX512VNNI_BEGIN
+
+// AVX-512 VNNI kernels. vpdpbusd adds four u8·s8 products to each int32 lane in one instruction
+// (against vpmaddwd + vpaddd for two on AVX2), and with AVX-512VL it runs on 256-bit registers,
+// which on these cores issue on two ports (a 512-bit one issues on one: the same multiply-adds per
+// cycle), while EVEX encoding gives 32 registers for a larger tile of accumulators. Products and
+// sums are exact: |a·q| ≤ 255·127, four of them ≤ 129540, and the int32 total stays exact while
+// K·255·127 < 2^31 (K ≤ kMaxPackedK), so every integer equals the reference's. These functions are
+// called, not inlined, from the AVX2-compiled drivers (their target is wider).
+
+// Four int16 activation codes (8 bytes) as four unsigned bytes in every int32 lane: the low byte
+// of each code (vpshufb of a 64-bit broadcast), XOR 0x80 for signed codes (q + 128 ∈ [1, 255]).
+template <class Arch>
+MQ_ALWAYS_INLINE __m256i codes4_u8(const std::int16_t* p, __m256i flip) noexcept {
+    std::int64_t v;
+    std::memcpy(&v, p, sizeof v);
+    const __m256i pick = _mm256_setr_epi8(0, 2, 4, 6, 0, 2, 4, 6, 0, 2, 4, 6, 0, 2, 4, 6, 0, 2, 4, 6, 0, 2, 4, 6, 0, 2,
+                                          4, 6, 0, 2, 4, 6);
+    return _mm256_xor_si256(_mm256_shuffle_epi8(_mm256_set1_epi64x(v), pick), flip);
+}
+
+// The zero point the u8 sums need: z + 128 for signed codes (Σ (q + 128)·w − (z + 128)·Σ w =
+// Σ q·w − z·Σ w, the reference's t, exactly).
+template <class Arch>
+MQ_ALWAYS_INLINE std::int32_t vnni_zero(const ActBuffer<std::int16_t>& a, std::size_t m) noexcept {
+    return a.zero[m] + (a.signed_codes ? 128 : 0);
+}
+
+// W8 micro-kernel, quads layout: MR tokens × NB channel tiles of 8, the whole K, 4 k per step.
+template <class Arch, int MR, int NB, class OutT>
+void w8_tile_vnni(const ActBuffer<std::int16_t>& a, std::size_t m0, const PackedW8& w, std::size_t nb0,
+                  const Epilogue<OutT>& e, MatrixView<OutT> y) noexcept {
+    __m256i acc[MR][NB];
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+        for (int j = 0; j < NB; ++j) acc[i][j] = _mm256_setzero_si256();
+    const __m256i flip = _mm256_set1_epi8(a.signed_codes ? static_cast<char>(0x80) : 0);
+    const std::size_t ts = kPackCols * w.k_pad; // bytes per tile
+    const std::int8_t* wb = reinterpret_cast<const std::int8_t*>(w.blocks.data()) + nb0 * ts;
+    const std::int16_t* ar = a.row(m0);
+    const std::size_t as = a.k_pad;
+    for (std::size_t k = 0; k < w.k_pad; k += 4) {
+        __m256i wv[NB];
+#pragma GCC unroll 8
+        for (int j = 0; j < NB; ++j) wv[j] = _mm256_load_si256(reinterpret_cast<const __m256i*>(wb + j * ts + 8 * k));
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; ++i) {
+            const __m256i av = codes4_u8<Arch>(ar + i * as + k, flip);
+#pragma GCC unroll 8
+            for (int j = 0; j < NB; ++j) acc[i][j] = _mm256_dpbusd_epi32(acc[i][j], av, wv[j]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int j = 0; j < NB; ++j) {
+        const std::size_t col = (nb0 + j) * kPackCols;
+        const __m256i qs = _mm256_load_si256(reinterpret_cast<const __m256i*>(w.qsum.data() + col));
+        const __m256 ws = _mm256_load_ps(w.scale.data() + col);
+        const __m256 b = load_bias8(e.bias, w.n, col);
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; ++i) {
+            const __m256i t = _mm256_sub_epi32(acc[i][j], _mm256_mullo_epi32(_mm256_set1_epi32(vnni_zero<Arch>(a, m0 + i)), qs));
+            const __m256 sc = _mm256_mul_ps(_mm256_set1_ps(a.scale[m0 + i]), ws);
+            store8(y, m0 + i, col, w.n, _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), sc, b), e);
+        }
+    }
+}
+
+// W8 GEMV, quads layout: one cache line (8 k) of each of NB tiles per step, prefetched as in
+// w8_gemv_tiles.
+template <class Arch, int NB, class OutT>
+void w8_gemv_vnni(const ActBuffer<std::int16_t>& a, const PackedW8& w, std::size_t nb0, const Epilogue<OutT>& e,
+                  MatrixView<OutT> y) noexcept {
+    const std::size_t ts = kPackCols * w.k_pad;
+    const std::int8_t* wb = reinterpret_cast<const std::int8_t*>(w.blocks.data()) + nb0 * ts;
+    const std::int16_t* ar = a.row(0);
+    for (std::size_t i = 0; i < 2; ++i) {
+        prefetch_at(w.qsum.data(), ((nb0 + NB) * kPackCols + 16 * i) * sizeof(std::int32_t));
+        prefetch_at(w.scale.data(), ((nb0 + NB) * kPackCols + 16 * i) * sizeof(float));
+    }
+    const __m256i flip = _mm256_set1_epi8(a.signed_codes ? static_cast<char>(0x80) : 0);
+    __m256i acc[NB];
+#pragma GCC unroll 8
+    for (int j = 0; j < NB; ++j) acc[j] = _mm256_setzero_si256();
+    for (std::size_t k = 0; k < w.k_pad; k += 8) {
+        const __m256i a0 = codes4_u8<Arch>(ar + k, flip), a1 = codes4_u8<Arch>(ar + k + 4, flip);
+#pragma GCC unroll 8
+        for (int j = 0; j < NB; ++j) {
+            const std::int8_t* p = wb + j * ts + 8 * k;
+            prefetch_ahead(p);
+            acc[j] = _mm256_dpbusd_epi32(acc[j], a0, _mm256_load_si256(reinterpret_cast<const __m256i*>(p)));
+            acc[j] = _mm256_dpbusd_epi32(acc[j], a1, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + 32)));
+        }
+    }
+    const __m256i za = _mm256_set1_epi32(vnni_zero<Arch>(a, 0));
+    const __m256 sa = _mm256_set1_ps(a.scale[0]);
+#pragma GCC unroll 8
+    for (int j = 0; j < NB; ++j) {
+        const std::size_t col = (nb0 + j) * kPackCols;
+        const __m256i qs = _mm256_load_si256(reinterpret_cast<const __m256i*>(w.qsum.data() + col));
+        const __m256i t = _mm256_sub_epi32(acc[j], _mm256_mullo_epi32(za, qs));
+        const __m256 sc = _mm256_mul_ps(sa, _mm256_load_ps(w.scale.data() + col));
+        store8(y, 0, col, w.n, _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), sc, load_bias8(e.bias, w.n, col)), e);
+    }
+}
+
+// W4 micro-kernel: the nibbles u ∈ [0, 15] go to vpdpbusd as they are (valid s8), against the u8
+// activations: lanes gain a·u + … exactly in int32, so neither the recentring nor the int16
+// partial sums of w4_tile_avx2 are needed: per 64 weights and, shift, and, two vpdpbusd.
+// t = Σ a·u − z_g·Σ a is the reference's t.
+template <class Arch, int MR, int NB, class OutT>
+void w4_tile_vnni(const ActBuffer<std::uint8_t>& a, std::size_t m0, const PackedW4& w, std::size_t nb0,
+                  const Epilogue<OutT>& e, MatrixView<OutT> y) noexcept {
+    const __m256i mask = _mm256_set1_epi8(0x0F);
+    __m256 accf[MR][NB];
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+        for (int j = 0; j < NB; ++j) accf[i][j] = _mm256_setzero_ps();
+    const std::size_t kc = w.k_chunks();
+    const std::size_t gc = w.group / 8;
+    const BlockW4x8* wb = w.blocks.data() + nb0 * kc;
+    const std::uint8_t* ar = a.row(m0);
+    const std::size_t as = a.k_pad;
+    for (std::size_t g = 0; g < w.groups; ++g) {
+        __m256i acc[MR][NB];
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+            for (int j = 0; j < NB; ++j) acc[i][j] = _mm256_setzero_si256();
+        for (std::size_t c = g * gc; c < (g + 1) * gc; ++c) {
+            __m256i lo[NB], hi[NB];
+#pragma GCC unroll 8
+            for (int j = 0; j < NB; ++j) {
+                const __m256i raw = _mm256_load_si256(reinterpret_cast<const __m256i*>(wb + j * kc + c));
+                lo[j] = _mm256_and_si256(raw, mask);
+                hi[j] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+            }
+#pragma GCC unroll 8
+            for (int i = 0; i < MR; ++i) {
+                const __m256i alo = broadcast32(ar + i * as + 8 * c);
+                const __m256i ahi = broadcast32(ar + i * as + 8 * c + 4);
+#pragma GCC unroll 8
+                for (int j = 0; j < NB; ++j) {
+                    acc[i][j] = _mm256_dpbusd_epi32(acc[i][j], alo, lo[j]);
+                    acc[i][j] = _mm256_dpbusd_epi32(acc[i][j], ahi, hi[j]);
+                }
+            }
+        }
+#pragma GCC unroll 8
+        for (int j = 0; j < NB; ++j) {
+            const std::size_t pi = ((nb0 + j) * w.groups + g) * kPackCols;
+            const __m256i zg = _mm256_load_si256(reinterpret_cast<const __m256i*>(w.zero.data() + pi));
+            const __m256 sg = _mm256_load_ps(w.scale.data() + pi);
+#pragma GCC unroll 8
+            for (int i = 0; i < MR; ++i) {
+                const __m256i sa = _mm256_set1_epi32(a.gsum[(m0 + i) * a.groups + g]);
+                const __m256i t = _mm256_sub_epi32(acc[i][j], _mm256_mullo_epi32(zg, sa));
+                accf[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), sg, accf[i][j]);
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int j = 0; j < NB; ++j) {
+        const std::size_t col = (nb0 + j) * kPackCols;
+        const __m256 cc = _mm256_load_ps(w.col_corr.data() + col);
+        const __m256 b = load_bias8(e.bias, w.n, col);
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; ++i) {
+            const __m256 tt = _mm256_fnmadd_ps(_mm256_set1_ps(static_cast<float>(a.zero[m0 + i])), cc, accf[i][j]);
+            store8(y, m0 + i, col, w.n, _mm256_fmadd_ps(_mm256_set1_ps(a.scale[m0 + i]), tt, b), e);
+        }
+    }
+}
+
+// W4 GEMV: w4_gemv_tiles with vpdpbusd (one cache line, 16 k, of each tile per step).
+template <class Arch, int NB, class OutT>
+void w4_gemv_vnni(const ActBuffer<std::uint8_t>& a, const PackedW4& w, std::size_t nb0, const Epilogue<OutT>& e,
+                  MatrixView<OutT> y) noexcept {
+    const __m256i mask = _mm256_set1_epi8(0x0F);
+    const std::size_t kc = w.k_chunks();
+    const std::size_t gc = w.group / 8;
+    const std::uint8_t* ar = a.row(0);
+    const BlockW4x8* wb = w.blocks.data() + nb0 * kc;
+    for (std::size_t i = 0; i < 2; ++i)
+        prefetch_at(w.col_corr.data(), ((nb0 + NB) * kPackCols + 16 * i) * sizeof(float));
+    __m256 accf[NB];
+#pragma GCC unroll 8
+    for (int j = 0; j < NB; ++j) accf[j] = _mm256_setzero_ps();
+    for (std::size_t g = 0; g < w.groups; ++g) {
+        __m256i acc[NB];
+#pragma GCC unroll 8
+        for (int j = 0; j < NB; ++j) acc[j] = _mm256_setzero_si256();
+        for (std::size_t c = g * gc; c < (g + 1) * gc; c += 2) {
+            const std::uint8_t* ac = ar + 8 * c;
+            const __m256i a0 = broadcast32(ac), a1 = broadcast32(ac + 4), a2 = broadcast32(ac + 8), a3 = broadcast32(ac + 12);
+#pragma GCC unroll 8
+            for (int j = 0; j < NB; ++j) {
+                prefetch_ahead(wb + j * kc + c);
+                const __m256i r0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(wb + j * kc + c));
+                const __m256i r1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(wb + j * kc + c + 1));
+                acc[j] = _mm256_dpbusd_epi32(acc[j], a0, _mm256_and_si256(r0, mask));
+                acc[j] = _mm256_dpbusd_epi32(acc[j], a1, _mm256_and_si256(_mm256_srli_epi16(r0, 4), mask));
+                acc[j] = _mm256_dpbusd_epi32(acc[j], a2, _mm256_and_si256(r1, mask));
+                acc[j] = _mm256_dpbusd_epi32(acc[j], a3, _mm256_and_si256(_mm256_srli_epi16(r1, 4), mask));
+            }
+        }
+        if (g % 2 == 0) {
+#pragma GCC unroll 8
+            for (int j = 0; j < NB; ++j) {
+                const std::size_t pn = ((nb0 + NB + j) * w.groups + g) * kPackCols;
+                prefetch_at(w.zero.data(), pn * sizeof(std::int32_t));
+                prefetch_at(w.scale.data(), pn * sizeof(float));
+            }
+        }
+        const __m256i sum_a = _mm256_set1_epi32(a.gsum[g]);
+#pragma GCC unroll 8
+        for (int j = 0; j < NB; ++j) {
+            const std::size_t pi = ((nb0 + j) * w.groups + g) * kPackCols;
+            const __m256i zg = _mm256_load_si256(reinterpret_cast<const __m256i*>(w.zero.data() + pi));
+            const __m256i t = _mm256_sub_epi32(acc[j], _mm256_mullo_epi32(zg, sum_a));
+            accf[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_load_ps(w.scale.data() + pi), accf[j]);
+        }
+    }
+    const __m256 za = _mm256_set1_ps(static_cast<float>(a.zero[0]));
+    const __m256 sa = _mm256_set1_ps(a.scale[0]);
+#pragma GCC unroll 8
+    for (int j = 0; j < NB; ++j) {
+        const std::size_t col = (nb0 + j) * kPackCols;
+        const __m256 tt = _mm256_fnmadd_ps(za, _mm256_load_ps(w.col_corr.data() + col), accf[j]);
+        store8(y, 0, col, w.n, _mm256_fmadd_ps(sa, tt, load_bias8(e.bias, w.n, col)), e);
+    }
+}
+
+MQ_AVX512VNNI_END
+#endif // MQ_HAS_AVX512VNNI_KERNELS
+
 } // namespace detail
+
+// Which kernel qgemm(Arch, a, w, ...) runs: the arch's widest that fits the weight's layout
+// (a W8 weight packed as pairs runs the AVX2 kernel on avx512vnni too; quads need VNNI and run
+// the scalar reference elsewhere). Tests assert it, so a fast path cannot silently fall back.
+enum class QgemmKernel { reference, avx2, avx512vnni };
+
+constexpr const char* kernel_name(QgemmKernel k) noexcept {
+    return k == QgemmKernel::avx512vnni ? "avx512vnni" : k == QgemmKernel::avx2 ? "avx2" : "reference";
+}
+
+template <class Arch>
+constexpr QgemmKernel qgemm_kernel(Arch, const PackedW8& w) noexcept {
+    if constexpr (is_avx512vnni_v<Arch> && MQ_HAS_AVX512VNNI_KERNELS)
+        if (w.layout == W8Layout::quads) return QgemmKernel::avx512vnni;
+    if constexpr (std::is_base_of_v<xsimd::avx2, Arch> && MQ_HAS_AVX2_KERNELS)
+        if (w.layout == W8Layout::pairs) return QgemmKernel::avx2;
+    return QgemmKernel::reference;
+}
+template <class Arch>
+constexpr QgemmKernel qgemm_kernel(Arch, const PackedW4&) noexcept {
+    if constexpr (is_avx512vnni_v<Arch> && MQ_HAS_AVX512VNNI_KERNELS) return QgemmKernel::avx512vnni;
+    if constexpr (std::is_base_of_v<xsimd::avx2, Arch> && MQ_HAS_AVX2_KERNELS) return QgemmKernel::avx2;
+    return QgemmKernel::reference;
+}
+
+// The W8 layout whose fast kernel arch a runs (Linear packs with it).
+constexpr W8Layout w8_layout_for(arch_id a) noexcept {
+    return runnable_arch(a) == arch_id::avx512vnni ? W8Layout::quads : W8Layout::pairs;
+}
+
+// VNNI register blocking (tokens × 8-channel tiles): the accumulators, weights and broadcasts
+// fit the 32 EVEX registers.
+inline constexpr int kW8VnniTokens = 4, kW8VnniTiles = 4;
+inline constexpr int kW4VnniTokens = 4, kW4VnniTiles = 2;
 
 // Fast kernels over channel tiles [block_begin, block_end) (8 channels each; pass 0 and
 // w.n_blocks for all). One token (decode) takes the GEMV register blocking, more take the GEMM one.
-// Without AVX2 (other arches) they fall back to the scalar reference arithmetic.
+// qgemm_kernel(arch, w) says which kernel runs; without one (other arches, or a W8 layout the arch
+// has no kernel for) they fall back to the scalar reference arithmetic.
 template <class Arch, class OutT>
 void qgemm(Arch, const ActBuffer<std::int16_t>& a, const PackedW8& w, const Epilogue<OutT>& e, MatrixView<OutT> y,
            std::size_t block_begin, std::size_t block_end) noexcept {
     MQ_ASSERT(a.k == w.k && a.k_pad == w.k_pad && y.rows == a.rows && y.cols == w.n, "qgemm: shapes");
     MQ_ASSERT(block_begin <= block_end && block_end <= w.n_blocks, "qgemm: tile range");
+#if MQ_HAS_AVX512VNNI_KERNELS
+    if constexpr (is_avx512vnni_v<Arch>) {
+        if (qgemm_kernel(Arch{}, w) == QgemmKernel::avx512vnni) {
+            if (a.rows == 1)
+                detail::drive_gemv(block_begin, block_end, [&](auto nb, std::size_t b) {
+                    detail::w8_gemv_vnni<Arch, decltype(nb)::value>(a, w, b, e, y);
+                });
+            else
+                detail::drive_tiles<kW8VnniTokens, kW8VnniTiles>(a.rows, block_begin, block_end,
+                                                                 [&](auto mr, auto nb, std::size_t m, std::size_t b) {
+                    detail::w8_tile_vnni<Arch, decltype(mr)::value, decltype(nb)::value>(a, m, w, b, e, y);
+                });
+            return;
+        }
+    }
+#endif
 #if defined(__AVX2__)
-    if constexpr (std::is_base_of_v<xsimd::avx2, Arch>) {
+    if constexpr (std::is_base_of_v<xsimd::avx2, Arch>) if (w.layout == W8Layout::pairs) {
         auto tile = [&](auto mr, auto nb, std::size_t m, std::size_t b) {
             detail::w8_tile_avx2<decltype(mr)::value, decltype(nb)::value>(a, m, w, b, e, y);
         };
@@ -478,6 +767,20 @@ void qgemm(Arch, const ActBuffer<std::uint8_t>& a, const PackedW4& w, const Epil
            std::size_t block_begin, std::size_t block_end) noexcept {
     MQ_ASSERT(a.k == w.k && a.k_pad == w.k_pad && a.group == w.group && y.rows == a.rows && y.cols == w.n, "qgemm: shapes");
     MQ_ASSERT(block_begin <= block_end && block_end <= w.n_blocks, "qgemm: tile range");
+#if MQ_HAS_AVX512VNNI_KERNELS
+    if constexpr (is_avx512vnni_v<Arch>) {
+        if (a.rows == 1)
+            detail::drive_gemv(block_begin, block_end, [&](auto nb, std::size_t b) {
+                detail::w4_gemv_vnni<Arch, decltype(nb)::value>(a, w, b, e, y);
+            });
+        else
+            detail::drive_tiles<kW4VnniTokens, kW4VnniTiles>(a.rows, block_begin, block_end,
+                                                             [&](auto mr, auto nb, std::size_t m, std::size_t b) {
+                detail::w4_tile_vnni<Arch, decltype(mr)::value, decltype(nb)::value>(a, m, w, b, e, y);
+            });
+        return;
+    }
+#endif
 #if defined(__AVX2__)
     if constexpr (std::is_base_of_v<xsimd::avx2, Arch>) {
         auto tile = [&](auto mr, auto nb, std::size_t m, std::size_t b) {

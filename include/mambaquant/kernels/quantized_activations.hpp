@@ -43,6 +43,9 @@ struct ActBuffer {
     aligned_vector<float> scale;         // [capacity]
     aligned_vector<std::int32_t> zero;   // [capacity]
     aligned_vector<std::int32_t> gsum;   // [capacity][groups] (uint8_t codes only)
+    // int16_t codes: whether they are a symmetric policy's q ∈ [-127, 127] (else q ∈ [0, 255]).
+    // The VNNI W8 kernel, which multiplies unsigned bytes, then reads q + 128 with zero + 128.
+    bool signed_codes = false;
 
     ActBuffer() = default;
     // Room for up to max_rows tokens of k features, laid out for weights padded to k_pad with
@@ -89,6 +92,7 @@ template <A8Policy Q, class Code>
 MQ_ALWAYS_INLINE void set_act_params(ActBuffer<Code>& out, std::size_t m, const QuantParams& p) noexcept {
     out.scale[m] = p.scale;
     out.zero[m] = (std::is_same_v<Code, std::uint8_t> && Q::symmetry::is_symmetric) ? 128 : p.zero;
+    out.signed_codes = std::is_same_v<Code, std::int16_t> && Q::symmetry::is_symmetric;
     if constexpr (std::is_same_v<Code, std::uint8_t>)
         std::fill_n(out.gsum.data() + m * out.groups, out.groups, 0);
 }
