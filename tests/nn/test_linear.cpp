@@ -90,6 +90,36 @@ TEST_CASE("quantized Linear equals the kernel pipeline bit for bit") {
     CHECK(bit_equal(y, y2));
 }
 
+TEST_CASE("Linear picks its SIMD arch once, at construction; every arch gives the same bits") {
+    const std::size_t K = 768, N = 40;
+    const mq::MatrixXf w = mqtest::random_matrix(N, K, 5, 0.05f);
+    using L = mq::Linear<mq::W8PerChannel, mq::Quantizer<8, mq::per_token, mq::symmetric>>;
+    for (std::size_t M : {std::size_t{1}, std::size_t{7}}) {
+        CAPTURE(M);
+        const mq::MatrixXf x = mqtest::random_matrix(M, K, 4, 1.0f, true);
+        L best(mq::view(w)); // the CPU's best (capped by MQ_ARCH)
+        mq::set_arch(mq::arch_id::avx2);
+        L avx2(mq::view(w));
+        mq::reset_arch();
+        CHECK(avx2.arch() == mq::arch_id::avx2);
+        CHECK(avx2.weights().layout == mq::W8Layout::pairs);
+        CHECK(best.arch() == mq::runnable_arch(mq::active_arch()));
+        CHECK((best.arch() == mq::arch_id::avx512vnni) == (best.weights().layout == mq::W8Layout::quads));
+        mq::MatrixXf y(M, N), y2(M, N), y_ref(M, N);
+        best.forward(mq::view(x), mq::view(y));
+        mq::set_arch(mq::arch_id::avx2); // a built layer keeps its arch
+        avx2.forward(mq::view(x), mq::view(y2));
+        mq::reset_arch();
+        CHECK(bit_equal(y, y2));
+        const auto pw = mq::pack_w8(mq::view(w));
+        mq::ActBuffer<std::int16_t> a;
+        a.reserve_for(M, pw);
+        mq::quantize_activations_ref<mq::Quantizer<8, mq::per_token, mq::symmetric>>(mq::view(x), a);
+        mq::qgemm_ref(a, pw, mq::Epilogue<float>{}, mq::view(y_ref));
+        CHECK(bit_equal(y, y_ref));
+    }
+}
+
 TEST_CASE("quantized Linear is close to the float Linear (both weight formats, both act granularities)") {
     // Per output: the proven bound. Overall (sanity, RTN on Gaussian weights with 8x outlier
     // channels in x): 8-bit weights a few percent, 4-bit weights tens of percent at most.

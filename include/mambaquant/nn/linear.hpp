@@ -45,6 +45,8 @@ struct LinearWorkspace<float> {
 // GEMM/GEMV with the fused epilogue. Float: Eigen's GEMM on the (rotated) float weight.
 //   using L = mq::Linear<mq::W4PerGroup<128>, mq::A8PerToken, mq::NoRotation>;
 //   L layer(weight /*[out x in]*/, bias);  layer.forward(x /*[M x in]*/, y /*[M x out]*/);
+// SIMD arch: picked once, at construction (arch(): mq::active_arch(), the CPU's best capped by
+// MQ_ARCH or mq::set_arch), and the weights packed for it.
 // Threading: output channels are split over a ThreadPool (default: default_thread_pool());
 // set_thread_pool(nullptr) runs on the calling thread, for engines with their own pool.
 template <NumericPolicy WeightPolicy, NumericPolicy ActPolicy, Rotation InputRotation = NoRotation>
@@ -87,7 +89,7 @@ public:
         if constexpr (kFloat)
             weights_ = std::move(w);
         else
-            weights_ = pack_weights<WeightPolicy>(view(std::as_const(w)));
+            weights_ = pack_weights<WeightPolicy>(view(std::as_const(w)), w8_layout_for(arch_));
         set_bias(bias);
     }
     // From weights already packed (and already fused with the rotation), e.g. loaded from a file.
@@ -107,6 +109,9 @@ public:
     const weights_type& weights() const noexcept { return weights_; }
     const aligned_vector<float>& bias() const noexcept { return bias_; }
     const InputRotation& input_rotation() const noexcept { return rotation_; }
+    // The SIMD arch the integer GEMM runs on: mq::active_arch() when the layer was built (the
+    // weights are packed for it), fixed for the layer's life.
+    arch_id arch() const noexcept { return arch_; }
     void set_thread_pool(ThreadPool* pool) noexcept { pool_ = pool; }
     ThreadPool* thread_pool() const noexcept { return pool_; }
 
@@ -171,7 +176,7 @@ private:
     // y = codes · Ŵᵀ with scales, zero points and bias in the GEMM's epilogue.
     void multiply(workspace_type& ws, MatrixView<float> y) const {
         const Epilogue<float> e{bias_.empty() ? nullptr : bias_.data(), {}};
-        qgemm(default_arch{}, ws.act, weights_, e, y, pool_);
+        dispatch(arch_, [&](auto arch) { qgemm(arch, ws.act, weights_, e, y, pool_); });
     }
 
     void set_bias(std::span<const float> bias) {
@@ -180,6 +185,7 @@ private:
         bias_.assign(bias.begin(), bias.end());
     }
 
+    arch_id arch_ = runnable_arch(active_arch()); // first: the constructors pack for it
     InputRotation rotation_;
     weights_type weights_;
     aligned_vector<float> bias_;
