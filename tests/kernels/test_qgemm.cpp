@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 #include <vector>
@@ -144,6 +145,15 @@ void check_shapes() {
 }
 
 } // namespace
+
+// MQ_EXPECT_ARCH=<arch> (CI's forced-AVX2 run sets it): the widest arch these tests run must be
+// that one, so a run meant to test a path cannot pass on another.
+TEST_CASE("the kernel tests run the arch CI expects") {
+    const auto arches = mqtest::test_arches();
+    REQUIRE(!arches.empty());
+    CHECK(arches.back() == mq::runnable_arch(mq::active_arch()));
+    if (const char* want = std::getenv("MQ_EXPECT_ARCH"); want && *want) CHECK(arches.back() == mq::parse_arch(want));
+}
 
 TEST_CASE("W8A8: fast == ref, exact integer pipeline, within the error bound") {
     check_shapes<mq::W8PerChannel, mq::A8PerToken>();
