@@ -207,6 +207,12 @@ void check_worst_case(Arch arch, std::size_t M) {
     mq::qgemm_ref(a8, w8, mq::Epilogue<float>{}, mq::view(yr));
     CHECK(bit_equal(y, yr));
     CHECK(y(last, 3) == doctest::Approx(-127.0 * double(K)).epsilon(1e-6)); // x̂ = 255·(1/255) = 1, ŵ = -127
+    // Symmetric activations: codes 127, which the VNNI kernel reads as 127 + 128 = 255.
+    mq::quantize_activations<mq::Quantizer<8, mq::per_token, mq::symmetric>>(mq::default_arch{}, mq::view(x), a8);
+    mq::qgemm(arch, a8, w8, mq::Epilogue<float>{}, mq::view(y));
+    mq::qgemm_ref(a8, w8, mq::Epilogue<float>{}, mq::view(yr));
+    CHECK(bit_equal(y, yr));
+    CHECK(y(last, 3) == doctest::Approx(-127.0 * double(K)).epsilon(1e-6));
     mq::qgemm(arch, a4, w4, mq::Epilogue<float>{}, mq::view(y));
     mq::qgemm_ref(a4, w4, mq::Epilogue<float>{}, mq::view(yr));
     CHECK(bit_equal(y, yr));
