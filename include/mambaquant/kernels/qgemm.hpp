@@ -138,6 +138,66 @@ MQ_ALWAYS_INLINE __m256i broadcast32(const void* p) noexcept {
     return _mm256_set1_epi32(v);
 }
 
+// W8 epilogue of MR tokens × NB tiles (the GEMV: MR = 1, m0 = 0), the reference's operations:
+// t = Σ a·q − z·Σ q (wrapping int32 is exact: the true t fits), y = (s_a·s_w)·t + b. The kernels'
+// sums may be of codes offset by zero_offset (VNNI reads signed codes + 128), z = zero + offset.
+template <int MR, int NB, class Acc, class OutT>
+MQ_ALWAYS_INLINE void w8_epilogue(const Acc& acc, std::int32_t zero_offset, const ActBuffer<std::int16_t>& a,
+                                  std::size_t m0, const PackedW8& w, std::size_t nb0, const Epilogue<OutT>& e,
+                                  MatrixView<OutT> y) noexcept {
+#pragma GCC unroll 8
+    for (int j = 0; j < NB; ++j) {
+        const std::size_t col = (nb0 + j) * kPackCols;
+        const __m256i qs = _mm256_load_si256(reinterpret_cast<const __m256i*>(w.qsum.data() + col));
+        const __m256 ws = _mm256_load_ps(w.scale.data() + col);
+        const __m256 b = load_bias8(e.bias, w.n, col);
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; ++i) {
+            const __m256i z = _mm256_set1_epi32(a.zero[m0 + i] + zero_offset);
+            const __m256i t = _mm256_sub_epi32(acc[i][j], _mm256_mullo_epi32(z, qs));
+            const __m256 sc = _mm256_mul_ps(_mm256_set1_ps(a.scale[m0 + i]), ws);
+            store8(y, m0 + i, col, w.n, _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), sc, b), e);
+        }
+    }
+}
+
+// W4 group end of MR tokens × NB tiles: t = Σ a·u' − (z_g + zero_offset)·Σ a (exact int32; the
+// GEMM tile's u' = u − 8 has offset −8), accf += s_g·t.
+template <int MR, int NB, class Acc, class AccF>
+MQ_ALWAYS_INLINE void w4_group_end(const Acc& acc, AccF& accf, std::int32_t zero_offset, const ActBuffer<std::uint8_t>& a,
+                                   std::size_t m0, const PackedW4& w, std::size_t nb0, std::size_t g) noexcept {
+#pragma GCC unroll 8
+    for (int j = 0; j < NB; ++j) {
+        const std::size_t pi = ((nb0 + j) * w.groups + g) * kPackCols;
+        const __m256i zg = _mm256_add_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(w.zero.data() + pi)),
+                                            _mm256_set1_epi32(zero_offset));
+        const __m256 sg = _mm256_load_ps(w.scale.data() + pi);
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; ++i) {
+            const __m256i sa = _mm256_set1_epi32(a.gsum[(m0 + i) * a.groups + g]);
+            const __m256i t = _mm256_sub_epi32(acc[i][j], _mm256_mullo_epi32(zg, sa));
+            accf[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), sg, accf[i][j]);
+        }
+    }
+}
+
+// W4 final epilogue: y = s_a·(accf − z_a·col_corr) + b.
+template <int MR, int NB, class AccF, class OutT>
+MQ_ALWAYS_INLINE void w4_epilogue(const AccF& accf, const ActBuffer<std::uint8_t>& a, std::size_t m0, const PackedW4& w,
+                                  std::size_t nb0, const Epilogue<OutT>& e, MatrixView<OutT> y) noexcept {
+#pragma GCC unroll 8
+    for (int j = 0; j < NB; ++j) {
+        const std::size_t col = (nb0 + j) * kPackCols;
+        const __m256 cc = _mm256_load_ps(w.col_corr.data() + col);
+        const __m256 b = load_bias8(e.bias, w.n, col);
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; ++i) {
+            const __m256 tt = _mm256_fnmadd_ps(_mm256_set1_ps(static_cast<float>(a.zero[m0 + i])), cc, accf[i][j]);
+            store8(y, m0 + i, col, w.n, _mm256_fmadd_ps(_mm256_set1_ps(a.scale[m0 + i]), tt, b), e);
+        }
+    }
+}
+
 // W8 micro-kernel: MR tokens × NB channel tiles of 8, the whole K.
 // vpmaddwd on int16: lane = a_k·q_k + a_{k+1}·q_{k+1}, |a| ≤ 255, |q| ≤ 127, so each product
 // and the pair sum are exact in int32 (no int16 saturation anywhere: vpmaddubsw would saturate,
@@ -168,20 +228,7 @@ MQ_ALWAYS_INLINE void w8_tile_avx2(const ActBuffer<std::int16_t>& a, std::size_t
             for (int j = 0; j < NB; ++j) acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(av, wv[j]));
         }
     }
-#pragma GCC unroll 8
-    for (int j = 0; j < NB; ++j) {
-        const std::size_t col = (nb0 + j) * kPackCols;
-        const __m256i qs = _mm256_load_si256(reinterpret_cast<const __m256i*>(w.qsum.data() + col));
-        const __m256 ws = _mm256_load_ps(w.scale.data() + col);
-        const __m256 b = load_bias8(e.bias, w.n, col);
-#pragma GCC unroll 8
-        for (int i = 0; i < MR; ++i) {
-            // t = Σ a·q − z_a·Σ q (wrapping int32 is exact: the true t fits, see above)
-            const __m256i t = _mm256_sub_epi32(acc[i][j], _mm256_mullo_epi32(_mm256_set1_epi32(a.zero[m0 + i]), qs));
-            const __m256 sc = _mm256_mul_ps(_mm256_set1_ps(a.scale[m0 + i]), ws);
-            store8(y, m0 + i, col, w.n, _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), sc, b), e);
-        }
-    }
+    w8_epilogue<MR, NB>(acc, 0, a, m0, w, nb0, e, y);
 }
 
 // W4 micro-kernel: MR tokens × NB channel tiles of 8, group by group.
@@ -198,7 +245,6 @@ MQ_ALWAYS_INLINE void w4_tile_avx2(const ActBuffer<std::uint8_t>& a, std::size_t
     const __m256i mask = _mm256_set1_epi8(0x0F);
     const __m256i ones = _mm256_set1_epi16(1);
     const __m256i eight8 = _mm256_set1_epi8(8);
-    const __m256i eight32 = _mm256_set1_epi32(8);
     __m256 accf[MR][NB];
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i)
@@ -249,30 +295,9 @@ MQ_ALWAYS_INLINE void w4_tile_avx2(const ActBuffer<std::uint8_t>& a, std::size_t
                 for (int j = 0; j < NB; ++j) acc32[i][j] = _mm256_add_epi32(acc32[i][j], _mm256_madd_epi16(acc16[i][j], ones));
         }
         // Group end: t = Σ a·s − (z_g − 8)·Σ a (exact int32), accf += s_g·t
-#pragma GCC unroll 8
-        for (int j = 0; j < NB; ++j) {
-            const std::size_t pi = ((nb0 + j) * w.groups + g) * kPackCols;
-            const __m256i zg = _mm256_sub_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(w.zero.data() + pi)), eight32);
-            const __m256 sg = _mm256_load_ps(w.scale.data() + pi);
-#pragma GCC unroll 8
-            for (int i = 0; i < MR; ++i) {
-                const __m256i sa = _mm256_set1_epi32(a.gsum[(m0 + i) * a.groups + g]);
-                const __m256i t = _mm256_sub_epi32(acc32[i][j], _mm256_mullo_epi32(zg, sa));
-                accf[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), sg, accf[i][j]);
-            }
-        }
+        w4_group_end<MR, NB>(acc32, accf, -8, a, m0, w, nb0, g);
     }
-#pragma GCC unroll 8
-    for (int j = 0; j < NB; ++j) {
-        const std::size_t col = (nb0 + j) * kPackCols;
-        const __m256 cc = _mm256_load_ps(w.col_corr.data() + col);
-        const __m256 b = load_bias8(e.bias, w.n, col);
-#pragma GCC unroll 8
-        for (int i = 0; i < MR; ++i) {
-            const __m256 tt = _mm256_fnmadd_ps(_mm256_set1_ps(static_cast<float>(a.zero[m0 + i])), cc, accf[i][j]);
-            store8(y, m0 + i, col, w.n, _mm256_fmadd_ps(_mm256_set1_ps(a.scale[m0 + i]), tt, b), e);
-        }
-    }
+    w4_epilogue<MR, NB>(accf, a, m0, w, nb0, e, y);
 }
 
 // GEMV (one token) kernels. Decode reads every weight byte once and does ~1 multiply-add per
@@ -302,6 +327,32 @@ MQ_ALWAYS_INLINE void prefetch_at(const void* base, std::size_t byte_offset) noe
 }
 MQ_ALWAYS_INLINE void prefetch_ahead(const void* p) noexcept { prefetch_at(p, kGemvPrefetchBytes); }
 
+// The next tile group's per-channel parameters, one group of NB tiles ahead: W8 Σ q and scales
+// (4 x 32 bytes each), W4 col_corr; and, at every other group end, W4 (zero, scale) of groups
+// g, g + 1 (one line each).
+template <int NB>
+MQ_ALWAYS_INLINE void prefetch_next_params(const PackedW8& w, std::size_t nb0) noexcept {
+    for (std::size_t i = 0; i < 2; ++i) {
+        prefetch_at(w.qsum.data(), ((nb0 + NB) * kPackCols + 16 * i) * sizeof(std::int32_t));
+        prefetch_at(w.scale.data(), ((nb0 + NB) * kPackCols + 16 * i) * sizeof(float));
+    }
+}
+template <int NB>
+MQ_ALWAYS_INLINE void prefetch_next_params(const PackedW4& w, std::size_t nb0) noexcept {
+    for (std::size_t i = 0; i < 2; ++i)
+        prefetch_at(w.col_corr.data(), ((nb0 + NB) * kPackCols + 16 * i) * sizeof(float));
+}
+template <int NB>
+MQ_ALWAYS_INLINE void prefetch_next_group_params(const PackedW4& w, std::size_t nb0, std::size_t g) noexcept {
+    if (g % 2 != 0) return;
+#pragma GCC unroll 8
+    for (int j = 0; j < NB; ++j) {
+        const std::size_t pn = ((nb0 + NB + j) * w.groups + g) * kPackCols;
+        prefetch_at(w.zero.data(), pn * sizeof(std::int32_t));
+        prefetch_at(w.scale.data(), pn * sizeof(float));
+    }
+}
+
 // Runs tile(NB, nb) over [b0, b1) in groups of kGemvTiles tiles, the tail by a smaller instance.
 template <class Tile>
 MQ_ALWAYS_INLINE void drive_gemv(std::size_t b0, std::size_t b1, Tile&& tile) noexcept {
@@ -321,13 +372,10 @@ MQ_ALWAYS_INLINE void w8_gemv_tiles(const ActBuffer<std::int16_t>& a, const Pack
     const std::size_t kp = w.k_pairs(); // a multiple of kPackK / 2 = 16
     const std::int16_t* ar = a.row(0);
     const BlockW8x2* wb = w.blocks.data() + nb0 * kp;
-    for (std::size_t i = 0; i < 2; ++i) { // the next tile group's Σ q and scales, 4 x 32 bytes each
-        prefetch_at(w.qsum.data(), ((nb0 + NB) * kPackCols + 16 * i) * sizeof(std::int32_t));
-        prefetch_at(w.scale.data(), ((nb0 + NB) * kPackCols + 16 * i) * sizeof(float));
-    }
-    __m256i acc[NB];
+    prefetch_next_params<NB>(w, nb0);
+    __m256i acc[1][NB];
 #pragma GCC unroll 8
-    for (int j = 0; j < NB; ++j) acc[j] = _mm256_setzero_si256();
+    for (int j = 0; j < NB; ++j) acc[0][j] = _mm256_setzero_si256();
     for (std::size_t p = 0; p < kp; p += 4) {
 #pragma GCC unroll 8
         for (int j = 0; j < NB; ++j) prefetch_ahead(wb + j * kp + p); // in bounds: p < kp
@@ -337,21 +385,11 @@ MQ_ALWAYS_INLINE void w8_gemv_tiles(const ActBuffer<std::int16_t>& a, const Pack
 #pragma GCC unroll 8
             for (int j = 0; j < NB; ++j) {
                 const __m256i wv = _mm256_cvtepi8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(wb + j * kp + p + i)));
-                acc[j] = _mm256_add_epi32(acc[j], _mm256_madd_epi16(av, wv));
+                acc[0][j] = _mm256_add_epi32(acc[0][j], _mm256_madd_epi16(av, wv));
             }
         }
     }
-    const __m256i za = _mm256_set1_epi32(a.zero[0]);
-    const __m256 sa = _mm256_set1_ps(a.scale[0]);
-#pragma GCC unroll 8
-    for (int j = 0; j < NB; ++j) {
-        const std::size_t col = (nb0 + j) * kPackCols;
-        // t = Σ a·q − z_a·Σ q, y = (s_a·s_w)·t + b: the reference's operations
-        const __m256i qs = _mm256_load_si256(reinterpret_cast<const __m256i*>(w.qsum.data() + col));
-        const __m256i t = _mm256_sub_epi32(acc[j], _mm256_mullo_epi32(za, qs));
-        const __m256 sc = _mm256_mul_ps(sa, _mm256_load_ps(w.scale.data() + col));
-        store8(y, 0, col, w.n, _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), sc, load_bias8(e.bias, w.n, col)), e);
-    }
+    w8_epilogue<1, NB>(acc, 0, a, 0, w, nb0, e, y);
 }
 
 // W4 GEMV over tiles [nb0, nb0 + NB), with fewer instructions per weight than w4_tile_avx2,
@@ -370,15 +408,14 @@ MQ_ALWAYS_INLINE void w4_gemv_tiles(const ActBuffer<std::uint8_t>& a, const Pack
     const std::size_t gc = w.group / 8; // 8-k blocks per group, a multiple of 4
     const std::uint8_t* ar = a.row(0);
     const BlockW4x8* wb = w.blocks.data() + nb0 * kc;
-    for (std::size_t i = 0; i < 2; ++i) // the next tile group's col_corr, 4 x 32 bytes
-        prefetch_at(w.col_corr.data(), ((nb0 + NB) * kPackCols + 16 * i) * sizeof(float));
-    __m256 accf[NB];
+    prefetch_next_params<NB>(w, nb0);
+    __m256 accf[1][NB];
 #pragma GCC unroll 8
-    for (int j = 0; j < NB; ++j) accf[j] = _mm256_setzero_ps();
+    for (int j = 0; j < NB; ++j) accf[0][j] = _mm256_setzero_ps();
     for (std::size_t g = 0; g < w.groups; ++g) {
-        __m256i acc[NB];
+        __m256i acc[1][NB];
 #pragma GCC unroll 8
-        for (int j = 0; j < NB; ++j) acc[j] = _mm256_setzero_si256();
+        for (int j = 0; j < NB; ++j) acc[0][j] = _mm256_setzero_si256();
         for (std::size_t c = g * gc; c < (g + 1) * gc; c += 2) {
             const std::uint8_t* ac = ar + 8 * c;
             const __m256i a0 = broadcast32(ac), a1 = broadcast32(ac + 4), a2 = broadcast32(ac + 8), a3 = broadcast32(ac + 12);
@@ -391,35 +428,14 @@ MQ_ALWAYS_INLINE void w4_gemv_tiles(const ActBuffer<std::uint8_t>& a, const Pack
                 const __m256i l1 = _mm256_and_si256(r1, mask), h1 = _mm256_and_si256(_mm256_srli_epi16(r1, 4), mask);
                 const __m256i s0 = _mm256_add_epi16(_mm256_maddubs_epi16(a0, l0), _mm256_maddubs_epi16(a1, h0));
                 const __m256i s1 = _mm256_add_epi16(_mm256_maddubs_epi16(a2, l1), _mm256_maddubs_epi16(a3, h1));
-                acc[j] = _mm256_add_epi32(acc[j], _mm256_madd_epi16(_mm256_add_epi16(s0, s1), ones));
+                acc[0][j] = _mm256_add_epi32(acc[0][j], _mm256_madd_epi16(_mm256_add_epi16(s0, s1), ones));
             }
         }
         // t = Σ a·u − z_g·Σ a (exact int32), accf += s_g·t
-        if (g % 2 == 0) { // the next tile group's (zero, scale) of groups g, g + 1: one line each
-#pragma GCC unroll 8
-            for (int j = 0; j < NB; ++j) {
-                const std::size_t pn = ((nb0 + NB + j) * w.groups + g) * kPackCols;
-                prefetch_at(w.zero.data(), pn * sizeof(std::int32_t));
-                prefetch_at(w.scale.data(), pn * sizeof(float));
-            }
-        }
-        const __m256i sum_a = _mm256_set1_epi32(a.gsum[g]);
-#pragma GCC unroll 8
-        for (int j = 0; j < NB; ++j) {
-            const std::size_t pi = ((nb0 + j) * w.groups + g) * kPackCols;
-            const __m256i zg = _mm256_load_si256(reinterpret_cast<const __m256i*>(w.zero.data() + pi));
-            const __m256i t = _mm256_sub_epi32(acc[j], _mm256_mullo_epi32(zg, sum_a));
-            accf[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_load_ps(w.scale.data() + pi), accf[j]);
-        }
+        prefetch_next_group_params<NB>(w, nb0, g);
+        w4_group_end<1, NB>(acc, accf, 0, a, 0, w, nb0, g);
     }
-    const __m256 za = _mm256_set1_ps(static_cast<float>(a.zero[0]));
-    const __m256 sa = _mm256_set1_ps(a.scale[0]);
-#pragma GCC unroll 8
-    for (int j = 0; j < NB; ++j) {
-        const std::size_t col = (nb0 + j) * kPackCols;
-        const __m256 tt = _mm256_fnmadd_ps(za, _mm256_load_ps(w.col_corr.data() + col), accf[j]);
-        store8(y, 0, col, w.n, _mm256_fmadd_ps(sa, tt, load_bias8(e.bias, w.n, col)), e);
-    }
+    w4_epilogue<1, NB>(accf, a, 0, w, nb0, e, y);
 }
 
 // Runs a micro-kernel over tokens [0, rows) × tiles [b0, b1): channel panels outside (they stay
@@ -476,11 +492,11 @@ MQ_ALWAYS_INLINE __m256i codes4_u8(const std::int16_t* p, __m256i flip) noexcept
     return _mm256_xor_si256(_mm256_shuffle_epi8(_mm256_set1_epi64x(v), pick), flip);
 }
 
-// The zero point the u8 sums need: z + 128 for signed codes (Σ (q + 128)·w − (z + 128)·Σ w =
+// The zero-point offset of the u8 sums: 128 for signed codes (Σ (q + 128)·w − (z + 128)·Σ w =
 // Σ q·w − z·Σ w, the reference's t, exactly).
 template <class Arch>
-MQ_ALWAYS_INLINE std::int32_t vnni_zero(const ActBuffer<std::int16_t>& a, std::size_t m) noexcept {
-    return a.zero[m] + (a.signed_codes ? 128 : 0);
+MQ_ALWAYS_INLINE std::int32_t vnni_zero_offset(const ActBuffer<std::int16_t>& a) noexcept {
+    return a.signed_codes ? 128 : 0;
 }
 
 // W8 micro-kernel, quads layout: MR tokens × NB channel tiles of 8, the whole K, 4 k per step.
@@ -508,19 +524,7 @@ void w8_tile_vnni(const ActBuffer<std::int16_t>& a, std::size_t m0, const Packed
             for (int j = 0; j < NB; ++j) dpbusd<Arch>(acc[i][j], av, wv[j]);
         }
     }
-#pragma GCC unroll 8
-    for (int j = 0; j < NB; ++j) {
-        const std::size_t col = (nb0 + j) * kPackCols;
-        const __m256i qs = _mm256_load_si256(reinterpret_cast<const __m256i*>(w.qsum.data() + col));
-        const __m256 ws = _mm256_load_ps(w.scale.data() + col);
-        const __m256 b = load_bias8(e.bias, w.n, col);
-#pragma GCC unroll 8
-        for (int i = 0; i < MR; ++i) {
-            const __m256i t = _mm256_sub_epi32(acc[i][j], _mm256_mullo_epi32(_mm256_set1_epi32(vnni_zero<Arch>(a, m0 + i)), qs));
-            const __m256 sc = _mm256_mul_ps(_mm256_set1_ps(a.scale[m0 + i]), ws);
-            store8(y, m0 + i, col, w.n, _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), sc, b), e);
-        }
-    }
+    w8_epilogue<MR, NB>(acc, vnni_zero_offset<Arch>(a), a, m0, w, nb0, e, y);
 }
 
 // W8 GEMV, quads layout: one cache line (8 k) of each of NB tiles per step, prefetched as in
@@ -531,34 +535,22 @@ void w8_gemv_vnni(const ActBuffer<std::int16_t>& a, const PackedW8& w, std::size
     const std::size_t ts = kPackCols * w.k_pad;
     const std::int8_t* wb = reinterpret_cast<const std::int8_t*>(w.blocks.data()) + nb0 * ts;
     const std::int16_t* ar = a.row(0);
-    for (std::size_t i = 0; i < 2; ++i) {
-        prefetch_at(w.qsum.data(), ((nb0 + NB) * kPackCols + 16 * i) * sizeof(std::int32_t));
-        prefetch_at(w.scale.data(), ((nb0 + NB) * kPackCols + 16 * i) * sizeof(float));
-    }
+    prefetch_next_params<NB>(w, nb0);
     const __m256i flip = _mm256_set1_epi8(a.signed_codes ? static_cast<char>(0x80) : 0);
-    __m256i acc[NB];
+    __m256i acc[1][NB];
 #pragma GCC unroll 8
-    for (int j = 0; j < NB; ++j) acc[j] = _mm256_setzero_si256();
+    for (int j = 0; j < NB; ++j) acc[0][j] = _mm256_setzero_si256();
     for (std::size_t k = 0; k < w.k_pad; k += 8) {
         const __m256i a0 = codes4_u8<Arch>(ar + k, flip), a1 = codes4_u8<Arch>(ar + k + 4, flip);
 #pragma GCC unroll 8
         for (int j = 0; j < NB; ++j) {
             const std::int8_t* p = wb + j * ts + 8 * k;
             prefetch_ahead(p);
-            dpbusd<Arch>(acc[j], a0, _mm256_load_si256(reinterpret_cast<const __m256i*>(p)));
-            dpbusd<Arch>(acc[j], a1, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + 32)));
+            dpbusd<Arch>(acc[0][j], a0, _mm256_load_si256(reinterpret_cast<const __m256i*>(p)));
+            dpbusd<Arch>(acc[0][j], a1, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + 32)));
         }
     }
-    const __m256i za = _mm256_set1_epi32(vnni_zero<Arch>(a, 0));
-    const __m256 sa = _mm256_set1_ps(a.scale[0]);
-#pragma GCC unroll 8
-    for (int j = 0; j < NB; ++j) {
-        const std::size_t col = (nb0 + j) * kPackCols;
-        const __m256i qs = _mm256_load_si256(reinterpret_cast<const __m256i*>(w.qsum.data() + col));
-        const __m256i t = _mm256_sub_epi32(acc[j], _mm256_mullo_epi32(za, qs));
-        const __m256 sc = _mm256_mul_ps(sa, _mm256_load_ps(w.scale.data() + col));
-        store8(y, 0, col, w.n, _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), sc, load_bias8(e.bias, w.n, col)), e);
-    }
+    w8_epilogue<1, NB>(acc, vnni_zero_offset<Arch>(a), a, 0, w, nb0, e, y);
 }
 
 // W4 micro-kernel: the nibbles u ∈ [0, 15] go to vpdpbusd as they are (valid s8), against the u8
@@ -604,30 +596,9 @@ void w4_tile_vnni(const ActBuffer<std::uint8_t>& a, std::size_t m0, const Packed
                 }
             }
         }
-#pragma GCC unroll 8
-        for (int j = 0; j < NB; ++j) {
-            const std::size_t pi = ((nb0 + j) * w.groups + g) * kPackCols;
-            const __m256i zg = _mm256_load_si256(reinterpret_cast<const __m256i*>(w.zero.data() + pi));
-            const __m256 sg = _mm256_load_ps(w.scale.data() + pi);
-#pragma GCC unroll 8
-            for (int i = 0; i < MR; ++i) {
-                const __m256i sa = _mm256_set1_epi32(a.gsum[(m0 + i) * a.groups + g]);
-                const __m256i t = _mm256_sub_epi32(acc[i][j], _mm256_mullo_epi32(zg, sa));
-                accf[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), sg, accf[i][j]);
-            }
-        }
+        w4_group_end<MR, NB>(acc, accf, 0, a, m0, w, nb0, g);
     }
-#pragma GCC unroll 8
-    for (int j = 0; j < NB; ++j) {
-        const std::size_t col = (nb0 + j) * kPackCols;
-        const __m256 cc = _mm256_load_ps(w.col_corr.data() + col);
-        const __m256 b = load_bias8(e.bias, w.n, col);
-#pragma GCC unroll 8
-        for (int i = 0; i < MR; ++i) {
-            const __m256 tt = _mm256_fnmadd_ps(_mm256_set1_ps(static_cast<float>(a.zero[m0 + i])), cc, accf[i][j]);
-            store8(y, m0 + i, col, w.n, _mm256_fmadd_ps(_mm256_set1_ps(a.scale[m0 + i]), tt, b), e);
-        }
-    }
+    w4_epilogue<MR, NB>(accf, a, m0, w, nb0, e, y);
 }
 
 // W4 GEMV: w4_gemv_tiles with vpdpbusd (one cache line, 16 k, of each tile per step).
@@ -639,15 +610,14 @@ void w4_gemv_vnni(const ActBuffer<std::uint8_t>& a, const PackedW4& w, std::size
     const std::size_t gc = w.group / 8;
     const std::uint8_t* ar = a.row(0);
     const BlockW4x8* wb = w.blocks.data() + nb0 * kc;
-    for (std::size_t i = 0; i < 2; ++i)
-        prefetch_at(w.col_corr.data(), ((nb0 + NB) * kPackCols + 16 * i) * sizeof(float));
-    __m256 accf[NB];
+    prefetch_next_params<NB>(w, nb0);
+    __m256 accf[1][NB];
 #pragma GCC unroll 8
-    for (int j = 0; j < NB; ++j) accf[j] = _mm256_setzero_ps();
+    for (int j = 0; j < NB; ++j) accf[0][j] = _mm256_setzero_ps();
     for (std::size_t g = 0; g < w.groups; ++g) {
-        __m256i acc[NB];
+        __m256i acc[1][NB];
 #pragma GCC unroll 8
-        for (int j = 0; j < NB; ++j) acc[j] = _mm256_setzero_si256();
+        for (int j = 0; j < NB; ++j) acc[0][j] = _mm256_setzero_si256();
         for (std::size_t c = g * gc; c < (g + 1) * gc; c += 2) {
             const std::uint8_t* ac = ar + 8 * c;
             const __m256i a0 = broadcast32(ac), a1 = broadcast32(ac + 4), a2 = broadcast32(ac + 8), a3 = broadcast32(ac + 12);
@@ -656,37 +626,16 @@ void w4_gemv_vnni(const ActBuffer<std::uint8_t>& a, const PackedW4& w, std::size
                 prefetch_ahead(wb + j * kc + c);
                 const __m256i r0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(wb + j * kc + c));
                 const __m256i r1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(wb + j * kc + c + 1));
-                dpbusd<Arch>(acc[j], a0, _mm256_and_si256(r0, mask));
-                dpbusd<Arch>(acc[j], a1, _mm256_and_si256(_mm256_srli_epi16(r0, 4), mask));
-                dpbusd<Arch>(acc[j], a2, _mm256_and_si256(r1, mask));
-                dpbusd<Arch>(acc[j], a3, _mm256_and_si256(_mm256_srli_epi16(r1, 4), mask));
+                dpbusd<Arch>(acc[0][j], a0, _mm256_and_si256(r0, mask));
+                dpbusd<Arch>(acc[0][j], a1, _mm256_and_si256(_mm256_srli_epi16(r0, 4), mask));
+                dpbusd<Arch>(acc[0][j], a2, _mm256_and_si256(r1, mask));
+                dpbusd<Arch>(acc[0][j], a3, _mm256_and_si256(_mm256_srli_epi16(r1, 4), mask));
             }
         }
-        if (g % 2 == 0) {
-#pragma GCC unroll 8
-            for (int j = 0; j < NB; ++j) {
-                const std::size_t pn = ((nb0 + NB + j) * w.groups + g) * kPackCols;
-                prefetch_at(w.zero.data(), pn * sizeof(std::int32_t));
-                prefetch_at(w.scale.data(), pn * sizeof(float));
-            }
-        }
-        const __m256i sum_a = _mm256_set1_epi32(a.gsum[g]);
-#pragma GCC unroll 8
-        for (int j = 0; j < NB; ++j) {
-            const std::size_t pi = ((nb0 + j) * w.groups + g) * kPackCols;
-            const __m256i zg = _mm256_load_si256(reinterpret_cast<const __m256i*>(w.zero.data() + pi));
-            const __m256i t = _mm256_sub_epi32(acc[j], _mm256_mullo_epi32(zg, sum_a));
-            accf[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_load_ps(w.scale.data() + pi), accf[j]);
-        }
+        prefetch_next_group_params<NB>(w, nb0, g);
+        w4_group_end<1, NB>(acc, accf, 0, a, 0, w, nb0, g);
     }
-    const __m256 za = _mm256_set1_ps(static_cast<float>(a.zero[0]));
-    const __m256 sa = _mm256_set1_ps(a.scale[0]);
-#pragma GCC unroll 8
-    for (int j = 0; j < NB; ++j) {
-        const std::size_t col = (nb0 + j) * kPackCols;
-        const __m256 tt = _mm256_fnmadd_ps(za, _mm256_load_ps(w.col_corr.data() + col), accf[j]);
-        store8(y, 0, col, w.n, _mm256_fmadd_ps(sa, tt, load_bias8(e.bias, w.n, col)), e);
-    }
+    w4_epilogue<1, NB>(accf, a, 0, w, nb0, e, y);
 }
 
 MQ_AVX512VNNI_END
