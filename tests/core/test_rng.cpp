@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <initializer_list>
 
 TEST_CASE("Rng: same seed, same stream; different seeds differ") {
     mq::Rng a(42), b(42), c(43);
