@@ -144,3 +144,18 @@ TEST_CASE("a truncated real file is rejected, never read past its end") {
     CHECK_THROWS_WITH_AS(mq::SafetensorsFile::open("/dev/zero"), doctest::Contains("not a regular file"), mq::error);
     CHECK_THROWS_WITH_AS(mq::SafetensorsFile::open(std::filesystem::temp_directory_path()), doctest::Contains("cannot open"), mq::error);
 }
+
+TEST_CASE("bad input: a write that cannot happen is an error naming the file") {
+    const std::vector<float> v = {1.0f, 2.0f};
+    const std::vector<mq::TensorData> ts = {{"w", mq::DType::F32, {2}, std::as_bytes(std::span(v))}};
+    const auto dir = std::filesystem::temp_directory_path() / "mq_test_st_write";
+    std::filesystem::remove_all(dir);
+    // A folder that does not exist.
+    CHECK_THROWS_WITH_AS(mq::save_safetensors(dir / "missing" / "x.safetensors", ts), doctest::Contains("x.safetensors"), mq::error);
+    CHECK_FALSE(std::filesystem::exists(dir / "missing"));
+    // A path that is a folder.
+    std::filesystem::create_directories(dir / "x.safetensors");
+    CHECK_THROWS_WITH_AS(mq::save_safetensors(dir / "x.safetensors", ts), doctest::Contains("x.safetensors"), mq::error);
+    CHECK(std::filesystem::is_directory(dir / "x.safetensors"));
+    std::filesystem::remove_all(dir);
+}

@@ -177,11 +177,14 @@ TEST_CASE("W4A8 per group: fast == ref, exact integer pipeline, within the error
 namespace {
 
 // All activations 255 and all weights at the extreme code: the largest partial sums, for the
-// GEMM tiles (M = 5) and the GEMV kernels (M = 1), whose int16 / int32 bounds differ.
+// GEMM tiles (M = 5) and the GEMV kernels (M = 1), whose int16 / int32 bounds differ. At
+// K = kMaxPackedK the W8 int32 sum reaches 65536·255·127 = 2,122,383,360, 98.8 % of 2^31 − 1:
+// the proof's bound itself, not a comfortable fraction of it.
 template <class Arch>
-void check_worst_case(Arch arch, std::size_t M) {
+void check_worst_case(Arch arch, std::size_t M, std::size_t K) {
     CAPTURE(M);
-    const std::size_t K = 2560, N = 16, last = M - 1;
+    CAPTURE(K);
+    const std::size_t N = 16, last = M - 1;
     std::vector<std::int8_t> c8(N * K, -127);
     std::vector<std::int8_t> c4(N * K, -7);
     std::vector<std::uint8_t> c4u(N * K, 15);
@@ -237,9 +240,26 @@ void check_worst_case(Arch arch, std::size_t M) {
 
 TEST_CASE("worst-case codes do not overflow the int16 / int32 partial sums") {
     mqtest::for_each_arch([](auto arch) {
-        check_worst_case(arch, 5);
-        check_worst_case(arch, 1);
+        check_worst_case(arch, 5, 2560);
+        check_worst_case(arch, 1, 2560);
+        check_worst_case(arch, 5, mq::kMaxPackedK);
+        check_worst_case(arch, 1, mq::kMaxPackedK);
     });
+}
+
+TEST_CASE("bad input: weights wider than the exact-int32 limit are refused when packed") {
+    const std::size_t K = mq::kMaxPackedK + 32; // a whole superchunk past the limit
+    std::vector<std::int8_t> c(K, 1);
+    std::vector<mq::QuantParams> p8(1), p4(1);
+    CHECK_THROWS_WITH_AS(mq::pack_w8(mq::ConstMatrixView<std::int8_t>(c.data(), 1, K), p8),
+                         doctest::Contains("in_features 65568 exceeds the exact-int32 limit 65536"), mq::error);
+    CHECK_THROWS_WITH_AS(mq::pack_w4<mq::W4PerChannel>(mq::ConstMatrixView<std::int8_t>(c.data(), 1, K), std::span(p4.data(), 1)),
+                         doctest::Contains("in_features 65568 exceeds the exact-int32 limit 65536"), mq::error);
+    const mq::MatrixXf w = mq::MatrixXf::Constant(1, static_cast<Eigen::Index>(K), 0.5f);
+    CHECK_THROWS_WITH_AS(mq::pack_w8(mq::view(w)), doctest::Contains("exceeds the exact-int32 limit 65536"), mq::error);
+    // At the limit itself packing succeeds (the worst case above runs there).
+    std::vector<std::int8_t> ok(mq::kMaxPackedK, 1);
+    CHECK_NOTHROW(mq::pack_w8(mq::ConstMatrixView<std::int8_t>(ok.data(), 1, mq::kMaxPackedK), p8));
 }
 
 TEST_CASE("ThreadPool runs every task once, serial fallback without a pool") {

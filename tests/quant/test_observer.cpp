@@ -180,3 +180,23 @@ TEST_CASE("observers on all-zero data give the exact zero range") {
     CHECK(ms.range() == mq::ValueRange{0.0f, 0.0f});
     CHECK(ms.params<mq::A8PerTensor>() == mq::QuantParams{1.0f, 1.0f, 0});
 }
+
+TEST_CASE("bad input: MseObserver options out of range") {
+    mq::MseOptions o;
+    o.grid = 0;
+    CHECK_THROWS_WITH_AS(mq::MseObserver{o}, "MseObserver: grid must be >= 1, got 0", mq::error);
+    o.grid = -3;
+    CHECK_THROWS_WITH_AS(mq::MseObserver{o}, "MseObserver: grid must be >= 1, got -3", mq::error);
+    o = {};
+    o.min_ratio = 0.0;
+    CHECK_THROWS_WITH_AS(mq::MseObserver{o}, "MseObserver: min_ratio must be in (0, 1], got 0", mq::error);
+    o.min_ratio = 1.5;
+    CHECK_THROWS_WITH_AS(mq::MseObserver{o}, "MseObserver: min_ratio must be in (0, 1], got 1.5", mq::error);
+    o.min_ratio = std::numeric_limits<double>::quiet_NaN();
+    CHECK_THROWS_WITH_AS(mq::MseObserver{o}, "MseObserver: min_ratio must be in (0, 1], got nan", mq::error);
+    // The edges are valid: one grid point, α = 1 only.
+    o = {};
+    o.grid = 1;
+    o.min_ratio = 1.0;
+    CHECK_NOTHROW(mq::MseObserver{o});
+}

@@ -359,3 +359,56 @@ TEST_CASE("strided views: a row block of a wider tensor quantizes like a copy of
     CHECK(a.params == b.params);
     CHECK(a.codes == b.codes);
 }
+
+// The every-policy test above takes its expected params from params_from_range; these pin that
+// function (and the codes it leads to) to values worked out by hand from the formulas
+//   symmetric:  scale = max(|lo|, |hi|)/qmax, zero = 0
+//   asymmetric: [mn, mx] = [min(lo, 0), max(hi, 0)], scale = (mx − mn)/(qmax − qmin),
+//               zero = clamp(round_half_even(−mn/scale) + qmin, qmin, qmax)
+// with ranges chosen so every quotient is exact in float.
+TEST_CASE("params and codes by hand: asymmetric zero points, symmetric scales, round half to even") {
+    using A4 = mq::Quantizer<4, mq::per_tensor, mq::asymmetric>; // codes [0, 15]
+    using A8 = mq::Quantizer<8, mq::per_tensor, mq::asymmetric>; // codes [0, 255]
+    using S8 = mq::Quantizer<8, mq::per_tensor, mq::symmetric>;  // codes [-127, 127]
+    // [-2.5, 12.5]: scale 15/15 = 1, −mn/scale = 2.5 rounds to the even 2 (not 3).
+    mq::QuantParams p = A4::params(-2.5f, 12.5f);
+    CHECK(p.scale == 1.0f);
+    CHECK(p.zero == 2);
+    // [-1, 3] in 8 bits: scale 4/255, −mn/scale = 63.75 → zero 64.
+    p = A8::params(-1.0f, 3.0f);
+    CHECK(p.scale == 4.0f / 255.0f);
+    CHECK(p.zero == 64);
+    // All positive [2, 6]: the range is widened to [0, 6], zero 0, scale 6/255.
+    p = A8::params(2.0f, 6.0f);
+    CHECK(p.scale == 6.0f / 255.0f);
+    CHECK(p.zero == 0);
+    // All negative [-5, -1]: widened to [-5, 0], zero = 5/(5/255) = 255 = qmax.
+    p = A8::params(-5.0f, -1.0f);
+    CHECK(p.zero == 255);
+    // [-8, 4] in 4 bits: scale 12/15 = 0.8, −mn/scale = 10 → zero 10.
+    p = A4::params(-8.0f, 4.0f);
+    CHECK(p.scale == 0.8f);
+    CHECK(p.zero == 10);
+    // Symmetric: scale = 3/127 from the larger magnitude, zero 0.
+    p = S8::params(-3.0f, 1.25f);
+    CHECK(p.scale == 3.0f / 127.0f);
+    CHECK(p.zero == 0);
+
+    // Codes through the public API (dynamic per-tensor) with the [-2.5, 12.5] range, scale 1,
+    // zero 2: q = round_half_even(x) + 2, so −2.5 → −2 + 2 = 0, 0.5 → 0 + 2, 1.5 → 2 + 2,
+    // 2.5 → 2 + 2, 3.5 → 4 + 2, 12.5 → 12 + 2.
+    mq::MatrixXf x(1, 6);
+    x << -2.5f, 0.5f, 1.5f, 2.5f, 3.5f, 12.5f;
+    const auto t = mq::quantize_tensor<A4>(mq::view(x));
+    REQUIRE(t.params.size() == 1);
+    CHECK(t.params[0].zero == 2);
+    const std::vector<int> want = {0, 2, 4, 4, 6, 14};
+    for (std::size_t i = 0; i < want.size(); ++i) {
+        CAPTURE(i);
+        CHECK(int(t.codes[i]) == want[i]);
+    }
+    // x̂ = (q − 2)·1.
+    mq::MatrixXf back_want(1, 6);
+    back_want << -2.0f, 0.0f, 2.0f, 2.0f, 4.0f, 12.0f;
+    CHECK(t.dequantize() == back_want);
+}

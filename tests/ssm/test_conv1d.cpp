@@ -74,3 +74,18 @@ TEST_CASE("causal_conv1d (ssm): decode steps and chunks equal one sequence, bit 
     mq::causal_conv1d(cw, mq::view(x), nullptr, mq::view(y_nocache));
     CHECK((y_nocache.array() == y_seq.array()).all());
 }
+
+TEST_CASE("bad input: empty or over-long conv weights") {
+    const mq::MatrixXf none(0, 4), no_taps(24, 0);
+    CHECK_THROWS_WITH_AS(mq::ConvWeights::from(mq::view(none)), "ConvWeights: weight must be non-empty, got [0 x 4]", mq::error);
+    CHECK_THROWS_WITH_AS(mq::ConvWeights::from(mq::view(no_taps)), "ConvWeights: weight must be non-empty, got [24 x 0]", mq::error);
+    // At most 64 taps (Mamba uses 4): 64 is accepted, 65 is not.
+    const mq::MatrixXf w64 = random(3, 64, 2), w65 = random(3, 65, 3);
+    CHECK(mq::ConvWeights::from(mq::view(w64)).taps() == 64);
+    CHECK_THROWS_WITH_AS(mq::ConvWeights::from(mq::view(w65)), "ConvWeights: at most 64 taps, got 65", mq::error);
+    // Running empty weights is refused as well.
+    const mq::ConvWeights empty;
+    const mq::MatrixXf x = random(5, 3, 4);
+    mq::MatrixXf y(5, 3);
+    CHECK_THROWS_WITH_AS(mq::causal_conv1d(empty, mq::view(x), nullptr, mq::view(y)), "causal_conv1d: ConvWeights are empty", mq::error);
+}

@@ -113,3 +113,28 @@ TEST_CASE("QuantizedScan through the ssm API: rotated and smoothed, close to the
     CHECK(rel < rel_plain);
     CHECK(rel > 0.0);
 }
+
+TEST_CASE("bad input: a scan policy sized for another state refuses the layer through the ssm API") {
+    const std::size_t L = 4, E = 32, N = 16;
+    mqtest::ScanData d(L, E, N, 41);
+    const auto w = mq::ScanWeights::from_A(mq::view(std::as_const(d.A)), d.D);
+    const mq::ScanInputs in{mq::view(d.x), mq::view(d.delta), mq::view(d.B), mq::view(d.C), mq::view(d.z), false};
+    mq::ScanCache<float> cache(E, N);
+    mq::MatrixXf y(static_cast<Eigen::Index>(L), static_cast<Eigen::Index>(E));
+    // An 8×8 rotation for N = 16.
+    std::vector<float> h8(64, 0.0f);
+    for (std::size_t i = 0; i < 8; ++i) h8[i * 8 + i] = 1.0f;
+    const mq::QuantizedScan<mq::A8PerToken> q8(mq::ConstMatrixView<float>(h8.data(), 8, 8));
+    CHECK_THROWS_WITH_AS(mq::selective_scan(q8, w, in, cache, mq::view(y)),
+                         "QuantizedScan: rotation is 8 x 8 but the state size is 16", mq::error);
+    // Smoothing scales for another state size, in the quantized and the smoothed policy.
+    const std::vector<float> s12(12, 1.0f);
+    const mq::QuantizedScan<mq::A8PerToken> qs(mq::ConstMatrixView<float>{}, s12);
+    CHECK_THROWS_WITH_AS(mq::selective_scan(qs, w, in, cache, mq::view(y)),
+                         "QuantizedScan: expected 16 smoothing scales (one per state index), got 12", mq::error);
+    CHECK_THROWS_WITH_AS(mq::selective_scan(mq::SmoothedScan(s12), w, in, cache, mq::view(y)),
+                         "SmoothedScan: expected 16 smoothing scales (one per state index), got 12", mq::error);
+    CHECK_THROWS_WITH_AS(mq::SmoothedScan(std::span<const float>{}),
+                         "SmoothedScan: needs one smoothing scale per state index, got none", mq::error);
+    CHECK(cache.state_is_zero()); // nothing ran
+}

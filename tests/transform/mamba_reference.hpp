@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -88,11 +89,14 @@ inline MatrixXf profile_activations(mq::Rng& rng, const std::vector<double>& p, 
 }
 
 // A residual-stream input [L, D] shaped like mamba-130m's (its layer-0 channel profile when
-// D = 768 and the shared data is there, a seeded random profile otherwise).
+// D = 768, a seeded random profile otherwise). The profile is a test input: when it is missing
+// the test fails (an exception) instead of quietly running on other data.
 inline MatrixXd residual_input(mq::Rng& rng, Eigen::Index d, Eigen::Index rows) {
     std::vector<double> p;
-    const auto profile = load_channel_profile();
-    if (d == 768 && !profile.empty()) {
+    if (d == 768) {
+        const auto profile = load_channel_profile();
+        if (profile.size() != 24 || profile[0].size() != 768)
+            throw std::runtime_error("shared/data/mamba130m_in_proj_input_channel_stats.csv not found or not 24 x 768 (set MQ_SHARED_DIR)");
         p = profile[0];
     } else {
         for (Eigen::Index j = 0; j < d; ++j) p.push_back(0.5 + 2.5 * rng.uniform() * rng.uniform());

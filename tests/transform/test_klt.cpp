@@ -69,29 +69,50 @@ TEST_CASE("klt: the sign rule makes the basis independent of the eigensolver's s
     CHECK(flipped == mq::MatrixXd::Identity(3, 3));
 }
 
-TEST_CASE("klt: every backend gives the same ordered, signed basis") {
-    // Eigenvalues 1, 2, …, d: the gaps (≥ 1) bound each eigenvector's perturbation by ~ε·‖C‖/gap,
-    // so after ordering and the sign rule two correct backends agree to ~d·1e-16·d.
+TEST_CASE("klt: every backend finds the known spectrum and eigenvectors of a built covariance") {
+    // C = Q·diag(1, 2, …, d)·Qᵀ with Q a seeded orthogonal matrix: the eigenvalues are known
+    // exactly (d, d − 1, …, 1 descending) and the eigenvector of λ = i + 1 is ±Q's column i.
+    // A backward-stable solver is exact for C + E with ‖E‖ ≲ d·ε·‖C‖ ≈ 64·2.2e-16·64 ≈ 1e-12, so
+    // |λ̂ − λ| ≤ ‖E‖ (Weyl) and each eigenvector moves by ≲ ‖E‖/gap with gap ≥ 1 (Davis–Kahan);
+    // building C in floating point adds an error of the same order. Bounds: 1e-12·d for λ, 1e-11
+    // per entry of the basis.
     const Eigen::Index d = 64;
     const mq::MatrixXd q = mq::random_orthogonal<double>(static_cast<std::size_t>(d), 5);
     Eigen::VectorXd spectrum(d);
     for (Eigen::Index i = 0; i < d; ++i) spectrum[i] = static_cast<double>(i + 1);
     const mq::MatrixXd cov = q * spectrum.asDiagonal() * q.transpose();
     const mq::MatrixXd symmetric = 0.5 * (cov + cov.transpose());
-    const mq::Klt reference = mq::klt_from_covariance(symmetric, mq::EigenBackend::eigen);
+    Eigen::VectorXd want_values(d);
+    mq::MatrixXd want_basis(d, d);
+    for (Eigen::Index j = 0; j < d; ++j) {
+        want_values[j] = static_cast<double>(d - j);
+        want_basis.col(j) = q.col(d - 1 - j);
+        // The sign rule, written out: the largest-|entry| of each column positive.
+        Eigen::Index at = 0;
+        want_basis.col(j).cwiseAbs().maxCoeff(&at);
+        if (want_basis(at, j) < 0.0) want_basis.col(j) *= -1.0;
+    }
     for (const mq::EigenBackend backend : available_backends()) {
         CAPTURE(mq::to_string(backend));
         const mq::Klt k = mq::klt_from_covariance(symmetric, backend);
-        CHECK((k.eigenvalues - reference.eigenvalues).cwiseAbs().maxCoeff() < 1e-12 * d);
-        CHECK((k.basis - reference.basis).cwiseAbs().maxCoeff() < 1e-11);
+        CHECK((k.eigenvalues - want_values).cwiseAbs().maxCoeff() < 1e-12 * d);
+        CHECK((k.basis - want_basis).cwiseAbs().maxCoeff() < 1e-11);
     }
     INFO("LAPACK backends compiled in: ", mq::lapack_available);
 }
 
-TEST_CASE("klt: asking for LAPACK in a build without it is a clear error") {
-    if (mq::lapack_available) return; // covered by the agreement test above
-    CHECK_THROWS_WITH_AS(mq::klt_from_covariance(mq::MatrixXd::Identity(2, 2), mq::EigenBackend::lapack_mrrr),
-                         doctest::Contains("needs LAPACKE"), mq::error);
+TEST_CASE("klt: LAPACK by name works where it is linked and is a clear error where it is not") {
+    const mq::MatrixXd c = mq::MatrixXd(Eigen::Vector2d(1.0, 3.0).asDiagonal());
+    for (const mq::EigenBackend backend : {mq::EigenBackend::lapack_mrrr, mq::EigenBackend::lapack_divide_and_conquer}) {
+        CAPTURE(mq::to_string(backend));
+        if (mq::lapack_available) {
+            const mq::Klt k = mq::klt_from_covariance(c, backend);
+            CHECK(k.eigenvalues[0] == doctest::Approx(3.0).epsilon(1e-15));
+            CHECK(k.eigenvalues[1] == doctest::Approx(1.0).epsilon(1e-15));
+        } else {
+            CHECK_THROWS_WITH_AS(mq::klt_from_covariance(c, backend), doctest::Contains("needs LAPACKE"), mq::error);
+        }
+    }
 }
 
 TEST_CASE("klt: bad covariances are clear errors") {

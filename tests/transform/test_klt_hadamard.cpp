@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 namespace {
@@ -65,8 +66,16 @@ TEST_CASE("KltHadamard: K·H equalizes channel variances of mamba-130m-shaped ac
         const mq::MatrixXd xh = xd * h, xkh = xd * q.matrix;
         const double s_none = spread(column_variances(xd)), s_h = spread(column_variances(xh)),
                      s_kh = spread(column_variances(xkh));
-        MESSAGE("layer " << layer << ": channel variance max/min: none " << s_none << ", H " << s_h << ", K·H " << s_kh);
-        CHECK(s_kh <= 1.01);
+        // In exact arithmetic channel j of x·K·H has variance Σ_i λ_i·H_ij² = (Σλ)/n (H² = 1/n),
+        // so the spread is 1. Two rounding sources move it: the eigensolver's residual (KᵀCK is
+        // diagonal up to ‖E‖ ≲ n·ε·λ_max, which reaches a channel variance as ≤ ‖E‖) and the
+        // double products x·Q (relative n·ε of each entry, ≤ 2·n·ε·λ_max of a variance); the
+        // ratio of two variances doubles it: spread − 1 ≤ 2·(1 + 2)·n·ε·λ_max/λ̄.
+        const double n_eps = 768.0 * std::numeric_limits<double>::epsilon();
+        const double kh_bound = 6.0 * n_eps * q.eigenvalues.maxCoeff() / q.eigenvalues.mean();
+        MESSAGE("layer " << layer << ": channel variance max/min: none " << s_none << ", H " << s_h << ", K·H 1 + "
+                         << (s_kh - 1.0) << " (bound 1 + " << kh_bound << ")");
+        CHECK(s_kh - 1.0 <= kh_bound);
         CHECK(s_h > 1.5); // H alone leaves the correlated variance unequal
         // Every channel's variance is the mean eigenvalue (Σλ)/n.
         CHECK(column_variances(xkh).mean() == doctest::Approx(q.eigenvalues.mean()).epsilon(1e-9));
