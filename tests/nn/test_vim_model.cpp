@@ -123,7 +123,8 @@ TEST_CASE("VimModel: hidden states and logits match the PyTorch golden data") {
         }
         MESSAGE("C++ test top-1 ", double(correct) / double(n), " (reference ", double(ref_correct) / double(n), ", ",
                 decided, " of ", n, " images decided beyond rounding)");
-        CHECK(double(ref_correct) / double(n) == doctest::Approx(g.number("f64_top1")).epsilon(1e-9));
+        // (the file holds the top-1 to 6 decimals; one image is 1/360)
+        CHECK(double(ref_correct) / double(n) == doctest::Approx(g.number("f64_top1")).epsilon(1e-5));
     }
 }
 
