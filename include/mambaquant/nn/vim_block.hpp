@@ -53,7 +53,8 @@ enum class VimDirection : std::uint8_t { forward = 0, backward = 1 };
 // The backward branch is the forward one run over reversed rows — the same conv and scan
 // kernels, with a causal conv and a zero initial state per sequence, as the reference's
 // flip → mamba_inner_fn_no_out_proj → flip. Policies as MambaBlock: WeightQ/ActQ for the four
-// projections of both directions, OutRotation online at out_proj's input, Scan for both scans.
+// projections of both directions, OutRotation online at out_proj's input, Scan the scan policy of
+// each direction (one instance per direction: a smoothed scan's S4 scales are per direction).
 template <NumericPolicy WeightQ = FloatPolicy, NumericPolicy ActQ = FloatPolicy, Rotation OutRotation = NoRotation,
           ScanPolicy Scan = PlainScan>
 class VimBlock {
@@ -81,12 +82,12 @@ public:
 
     // Checks every shape against (D, E, N, R, K), naming the tensor as "<prefix><name>".
     VimBlock(const VimLayerWeights& w, std::size_t d_model, std::size_t d_inner, std::size_t d_state,
-             std::size_t dt_rank, std::size_t d_conv, float eps, bool divide_out = true, Scan scan = {},
-             OutRotation out_rotation = {}, const std::string& prefix = "")
+             std::size_t dt_rank, std::size_t d_conv, float eps, bool divide_out = true,
+             std::array<Scan, 2> scans = {}, OutRotation out_rotation = {}, const std::string& prefix = "")
         : D_(d_model), E_(d_inner), N_(d_state), R_(dt_rank), K_(d_conv), eps_(eps), divide_out_(divide_out),
           norm_(check_layer(w, prefix).norm.transpose()), in_proj_(view(w.in_proj)),
           branches_{make_branch(w.dir[0]), make_branch(w.dir[1])},
-          out_proj_(view(w.out_proj), {}, std::move(out_rotation)), scan_(std::move(scan)) {
+          out_proj_(view(w.out_proj), {}, std::move(out_rotation)), scans_(std::move(scans)) {
         // The model parallelises over images; a layer runs on the calling thread (a pool run
         // from inside a pool task would deadlock).
         in_proj_.set_thread_pool(nullptr);
@@ -122,9 +123,9 @@ public:
         if (ws.scan.channels() != E_ || ws.scan.state_size() != N_) ws.scan.resize(E_, N_);
         rms_norm(view(std::as_const(h)), norm_, eps_, view(ws.hn));
         in_proj_.forward(view(std::as_const(ws.hn)), view(ws.xz), ws.lin); // [S·L, 2E] = [x | z]
-        run_branch(branches_[0], ws.xz, seq_len, ws, ws.y);
+        run_branch(0, ws.xz, seq_len, ws, ws.y);
         reverse_rows(ws.xz, seq_len, ws.xz_rev);
-        run_branch(branches_[1], ws.xz_rev, seq_len, ws, ws.y_rev);
+        run_branch(1, ws.xz_rev, seq_len, ws, ws.y_rev);
         const float c = divide_out_ ? 0.5f : 1.0f;
         const std::size_t S = static_cast<std::size_t>(rows) / seq_len;
         for (std::size_t s = 0; s < S; ++s)
@@ -146,7 +147,8 @@ private:
     }
 
     // y = branch(x, z) over xz = [x | z] (rows in the direction's own order).
-    void run_branch(const Branch& b, const MatrixXf& xz_m, std::size_t seq_len, Workspace& ws, MatrixXf& y_m) const {
+    void run_branch(std::size_t dir, const MatrixXf& xz_m, std::size_t seq_len, Workspace& ws, MatrixXf& y_m) const {
+        const Branch& b = branches_[dir];
         const auto rows = xz_m.rows();
         const auto E = static_cast<Eigen::Index>(E_), R = static_cast<Eigen::Index>(R_), N = static_cast<Eigen::Index>(N_);
         ws.xc.resize(rows, E);
@@ -173,7 +175,7 @@ private:
             in.z = ConstMatrixView<float>(xz.row_ptr(r0) + E_, seq_len, E_, xz.stride);
             in.delta_softplus = true;
             ws.scan.reset();
-            selective_scan(scan_, b.scan_w, in, ws.scan, MatrixView<float>(y_m.data() + r0 * E_, seq_len, E_));
+            selective_scan(scans_[dir], b.scan_w, in, ws.scan, MatrixView<float>(y_m.data() + r0 * E_, seq_len, E_));
         }
     }
 
@@ -216,7 +218,7 @@ private:
     linear_type in_proj_;
     std::array<Branch, 2> branches_;
     out_linear_type out_proj_;
-    Scan scan_;
+    std::array<Scan, 2> scans_;
 };
 
 // The float reference block.

@@ -13,6 +13,7 @@
 #include <Eigen/Core>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstddef>
 #include <filesystem>
@@ -94,8 +95,8 @@ public:
                 dw.A_log = load_matrix(ck, mx + (d == 0 ? "A_log" : "A_b_log"), {E, N}, E, N);
                 dw.D = row(ck.load_float(mx + "D" + b, {E})).transpose();
             }
-            m.layers_.emplace_back(w, D, E, N, R, K, cfg.norm_eps, cfg.divide_out, typename Block::scan_type{},
-                                   typename Block::out_rotation_type{}, p_layer);
+            m.layers_.emplace_back(w, D, E, N, R, K, cfg.norm_eps, cfg.divide_out,
+                                   std::array<typename Block::scan_type, 2>{}, typename Block::out_rotation_type{}, p_layer);
         }
         return m;
     }
