@@ -23,6 +23,13 @@ namespace {
 const std::filesystem::path kRoot(MQ_SOURCE_DIR);
 const std::filesystem::path kModel = kRoot / "models" / "vim-digits-192";
 const std::filesystem::path kGolden = kRoot / "tests" / "golden" / "vim-digits-192.safetensors";
+#if defined(__SANITIZE_ADDRESS__)
+// The ASan+UBSan build (-O1) runs a Vim image in ~0.15 s of CPU: there the logits are checked on
+// the first 72 of the 360 test images (every class present), everywhere else on all of them.
+constexpr std::size_t kTestImages = 72;
+#else
+constexpr std::size_t kTestImages = 360;
+#endif
 
 const mq::VimModel& model() {
     static const mq::VimModel m = mq::VimModel::load(kModel);
@@ -96,11 +103,11 @@ TEST_CASE("VimModel: hidden states and logits match the PyTorch golden data") {
             CHECK(err <= tol);
         }
     }
-    SUBCASE("logits of the whole test split, on both cores") {
-        const auto n = g.labels.size();
+    SUBCASE("logits of the test split, on both cores") {
+        const auto n = std::min(kTestImages, g.labels.size());
         const mq::MatrixXf logits = model().logits(g.batch(n));
         const double tol = tolerance(g.number("f32_err_logits"), g.number("logits_absmax"));
-        const double err = (logits - g.logits).cwiseAbs().maxCoeff();
+        const double err = (logits - g.logits.topRows(static_cast<Eigen::Index>(n))).cwiseAbs().maxCoeff();
         CAPTURE(err);
         CAPTURE(tol);
         CHECK(err <= tol);
@@ -124,13 +131,14 @@ TEST_CASE("VimModel: hidden states and logits match the PyTorch golden data") {
         MESSAGE("C++ test top-1 ", double(correct) / double(n), " (reference ", double(ref_correct) / double(n), ", ",
                 decided, " of ", n, " images decided beyond rounding)");
         // (the file holds the top-1 to 6 decimals; one image is 1/360)
-        CHECK(double(ref_correct) / double(n) == doctest::Approx(g.number("f64_top1")).epsilon(1e-5));
+        if (n == g.labels.size())
+            CHECK(double(ref_correct) / double(n) == doctest::Approx(g.number("f64_top1")).epsilon(1e-5));
     }
 }
 
 TEST_CASE("VimModel: batch inference gives the same logits on 1 and on 2 threads") {
     const Golden& g = golden();
-    const auto batch = g.batch(40); // 3 groups of 16, the last one short
+    const auto batch = g.batch(20); // 2 groups of 16, the last one short
     mq::ThreadPool two(2);
     const mq::MatrixXf serial = model().logits(batch, nullptr);
     const mq::MatrixXf parallel = model().logits(batch, &two);
