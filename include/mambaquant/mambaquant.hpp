@@ -49,6 +49,8 @@
 #include <mambaquant/nn/mamba_block.hpp>
 #include <mambaquant/nn/mamba_model.hpp>
 #include <mambaquant/nn/rms_norm.hpp>
+#include <mambaquant/nn/vim_block.hpp>
+#include <mambaquant/nn/vim_model.hpp> // + io/vim_config.hpp
 
 #include <mambaquant/calib/channel_stats.hpp>
 #include <mambaquant/calib/covariance.hpp>
