@@ -5,6 +5,7 @@
 #include <mambaquant/core/config.hpp>
 #include <mambaquant/core/error.hpp>
 #include <mambaquant/core/tensor.hpp>
+#include <mambaquant/nn/activation_tap.hpp>
 #include <mambaquant/nn/linear.hpp>
 #include <mambaquant/nn/rms_norm.hpp>
 #include <mambaquant/quant/quantizer.hpp>
@@ -101,7 +102,9 @@ public:
 
     // h ← h + Mixer(RMSNorm(h)) over the L rows of h (tokens in order), continuing from `cache`
     // and leaving it at the state after the last row. Prefill is L > 1, decode L = 1: same math.
-    void forward(MatrixXf& h, MambaCache& cache, Workspace& ws) const {
+    // `tap` (optional) sees every site's input and the layer output, as `layer`.
+    void forward(MatrixXf& h, MambaCache& cache, Workspace& ws, ActivationTap* tap = nullptr,
+                 std::size_t layer = 0) const {
         const auto L = h.rows();
         const auto E = static_cast<Eigen::Index>(E_), R = static_cast<Eigen::Index>(R_),
                    N = static_cast<Eigen::Index>(N_);
@@ -113,13 +116,18 @@ public:
         ws.y.resize(L, E);
         ws.out.resize(L, h.cols());
         rms_norm(view(std::as_const(h)), norm_, eps_, view(ws.hn));
+        detail::tap(tap, layer, TapPoint::in_proj_input, view(std::as_const(ws.hn)));
         in_proj_.forward(view(std::as_const(ws.hn)), view(ws.xz), ws.lin);                 // [L, 2E] = [x | z]
         const ConstMatrixView<float> xz = view(std::as_const(ws.xz));
         const ConstMatrixView<float> x(xz.data, xz.rows, E_, xz.stride), z(xz.data + E_, xz.rows, E_, xz.stride);
+        detail::tap(tap, layer, TapPoint::conv_input, x);
         causal_conv1d(conv_, x, &cache.conv, view(ws.xc), /*apply_silu=*/true);          // x = SiLU(conv(x) + b)
+        detail::tap(tap, layer, TapPoint::x_proj_input, view(std::as_const(ws.xc)));
         x_proj_.forward(view(std::as_const(ws.xc)), view(ws.dbc), ws.lin);                // [L, R+2N] = [dt | B | C]
         const ConstMatrixView<float> dbc = view(std::as_const(ws.dbc));
-        dt_proj_.forward(ConstMatrixView<float>(dbc.data, dbc.rows, R_, dbc.stride), view(ws.delta), ws.lin);
+        const ConstMatrixView<float> dt(dbc.data, dbc.rows, R_, dbc.stride);
+        detail::tap(tap, layer, TapPoint::dt_proj_input, dt);
+        dt_proj_.forward(dt, view(ws.delta), ws.lin);
         ScanInputs in;                                                                    // Δ = softplus(· + b_dt) in the scan
         in.x = view(std::as_const(ws.xc));
         in.delta = view(std::as_const(ws.delta));
@@ -127,9 +135,17 @@ public:
         in.C = ConstMatrixView<float>(dbc.data + R_ + N_, dbc.rows, N_, dbc.stride);
         in.z = z;                                                                         // y ⊙ SiLU(z) fused
         in.delta_softplus = true;
+        if (tap) {
+            tap->on_activation(layer, TapPoint::scan_delta, in.delta);
+            tap->on_activation(layer, TapPoint::scan_B, in.B);
+            tap->on_activation(layer, TapPoint::scan_C, in.C);
+            tap->on_activation(layer, TapPoint::scan_z, in.z);
+        }
         selective_scan(scan_, scan_w_, in, cache.scan, view(ws.y));
+        detail::tap(tap, layer, TapPoint::out_proj_input, view(std::as_const(ws.y)));
         out_proj_.forward(view(std::as_const(ws.y)), view(ws.out), ws.out_lin);
         h += ws.out;
+        detail::tap(tap, layer, TapPoint::layer_output, view(std::as_const(h)));
     }
 
 private:
