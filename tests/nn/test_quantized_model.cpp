@@ -264,6 +264,14 @@ TEST_CASE("quantized model: save and load give bit-identical logits, and the twi
     auto s2 = twin.make_state();
     auto s3 = twin_back.make_state();
     CHECK((twin.prefill(tokens, s2).array() == twin_back.prefill(tokens, s3).array()).all());
+    // The float model (tied: one table) round-trips too.
+    const auto fdir = temp_dir("float_roundtrip");
+    const auto fm = mq::build_quantized_model(mq::mamba_weights(mq::MambaModel::random(e.cfg, 2)), e.cfg, {});
+    fm.save(fdir);
+    const auto fback = mq::QuantizedMambaModel::load(fdir);
+    auto s4 = fm.make_state();
+    auto s5 = fback.make_state();
+    CHECK((fm.prefill(tokens, s4).array() == fback.prefill(tokens, s5).array()).all());
     // Everything quantized: the model is far smaller than float.
     const auto fl = mq::build_quantized_model(mq::mamba_weights(mq::MambaModel::random(e.cfg, 9)), e.cfg, {});
     MESSAGE("tiny model bytes: float ", fl.bytes(), ", W4A8 ", m.bytes());

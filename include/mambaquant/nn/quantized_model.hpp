@@ -160,8 +160,13 @@ private:
             float* row = h.data() + static_cast<Eigen::Index>(t) * D;
             std::visit([&](const auto& e) {
                 using T = std::decay_t<decltype(e)>;
-                if constexpr (std::is_same_v<T, std::monostate>)
-                    head_.visit_packed([&](const auto* p) { detail::dequantize_packed_row(*p, tokens[t], row); });
+                if constexpr (std::is_same_v<T, std::monostate>) {
+                    if (head_.is_packed())
+                        head_.visit_packed([&](const auto* p) { detail::dequantize_packed_row(*p, tokens[t], row); });
+                    else // a tied float table: the head's own float rows
+                        Eigen::Map<Eigen::RowVectorXf>(row, D) =
+                            std::get<FloatLinear<NoRotation>>(head_.variant()).weights().row(tokens[t]);
+                }
                 else if constexpr (std::is_same_v<T, MatrixXf>)
                     Eigen::Map<Eigen::RowVectorXf>(row, D) = e.row(tokens[t]);
                 else detail::dequantize_packed_row(e, tokens[t], row);
@@ -337,6 +342,8 @@ inline QuantizedMambaModel build_quantized_model(const MambaWeights& w, const Ma
             if (is_fake) m.embedding_ = detail::dequantize_packed(packed);
             else m.embedding_ = std::move(packed);
         });
+    } else if (w.tied && !hq.weight) {
+        m.embedding_ = std::monostate{}; // float and tied: the head's float rows, held once
     } else {
         m.embedding_ = w.embedding;
     }
@@ -493,9 +500,14 @@ inline void QuantizedMambaModel::save(const std::filesystem::path& dir) const {
                       V = config_.padded_vocab;
     std::visit([&](const auto& e) {
         using T = std::decay_t<decltype(e)>;
-        if constexpr (std::is_same_v<T, MatrixXf>)
+        if constexpr (std::is_same_v<T, MatrixXf>) {
             add_span("backbone.embeddings.weight", std::span<const float>(e.data(), static_cast<std::size_t>(e.size())), {V, D});
-        else if constexpr (!std::is_same_v<T, std::monostate>) {
+        } else if constexpr (std::is_same_v<T, std::monostate>) {
+            if (!head_.is_packed()) { // tied float: the table is the head's weight
+                const auto& f = std::get<FloatLinear<NoRotation>>(head_.variant()).weights();
+                add_span("backbone.embeddings.weight", std::span<const float>(f.data(), static_cast<std::size_t>(f.size())), {V, D});
+            }
+        } else {
             stored.push_back(detail::stored_weight(e));
             append_quant_weight(ts, "backbone.embeddings", stored.back());
         }
@@ -605,16 +617,17 @@ inline QuantizedMambaModel QuantizedMambaModel::load(const std::filesystem::path
             else m.embedding_ = std::move(packed);
             return 0;
         });
-    } else {
+    } else if (!(m.tied_ && !qc[Site::lm_head].weight)) {
         m.embedding_ = float_matrix("backbone.embeddings.weight", {V, D}, V, D);
     }
     if (qc[Site::lm_head].weight || !m.tied_) {
         m.head_ = linear("lm_head", Site::lm_head, V, D, {}, act_params("lm_head", Site::lm_head), std::nullopt);
         qc.head_act = act_params("lm_head", Site::lm_head);
-    } else {
-        require(std::holds_alternative<MatrixXf>(m.embedding_), cfg_path.string(),
-                ": a tied float head needs a float embedding table");
-        m.head_ = AnyLinear::build(view(std::get<MatrixXf>(m.embedding_)), {}, qc[Site::lm_head], std::nullopt, std::nullopt, is_fake);
+    } else { // tied float: one float table, the head's rows serve as the embedding
+        require(!eq.weight, cfg_path.string(), ": the embedding is tied to a float head but quantized");
+        m.head_ = AnyLinear::build(view(float_matrix("backbone.embeddings.weight", {V, D}, V, D)), {}, qc[Site::lm_head],
+                                   std::nullopt, std::nullopt, is_fake);
+        m.embedding_ = std::monostate{};
     }
     if (share && is_fake) m.embedding_ = std::get<FakeQuantLinear>(m.head_.variant()).weights();
     bool any_static = false;
