@@ -41,6 +41,29 @@ struct MambaSequenceState {
     }
 };
 
+namespace detail {
+// Greedy continuation of `prompt` by `count` tokens for any model with make_state / prefill /
+// decode (argmax over the first vocab_size logits, so padding rows are never produced).
+template <class Model>
+std::vector<std::uint32_t> greedy_continuation(const Model& m, std::span<const std::uint32_t> prompt, std::size_t count,
+                                               std::size_t vocab_rows) {
+    auto s = m.make_state();
+    std::vector<std::uint32_t> out;
+    if (count == 0) return out;
+    MatrixXf logits = m.prefill(prompt, s, Logits::last);
+    std::vector<float> row(vocab_rows);
+    Eigen::Map<Eigen::RowVectorXf>(row.data(), logits.cols()) = logits.row(0);
+    for (;;) {
+        std::uint32_t best = 0;
+        for (std::uint32_t v = 1; v < m.config().vocab_size; ++v)
+            if (row[v] > row[best]) best = v;
+        out.push_back(best);
+        if (out.size() == count) return out;
+        m.decode(best, s, row);
+    }
+}
+} // namespace detail
+
 template <class Block = MambaBlock<>>
 class BasicMambaModel {
 public:
@@ -243,22 +266,8 @@ public:
     // Greedy continuation of `prompt` by `count` tokens (argmax over the first vocab_size logits,
     // so padding rows are never produced).
     std::vector<std::uint32_t> generate_greedy(std::span<const std::uint32_t> prompt, std::size_t count) const {
-        State s = make_state();
-        std::vector<std::uint32_t> out;
-        if (count == 0) return out;
-        MatrixXf logits = prefill(prompt, s, Logits::last);
-        std::vector<float> row(static_cast<std::size_t>(lm_head().rows()));
-        Eigen::Map<Eigen::RowVectorXf>(row.data(), logits.cols()) = logits.row(0);
-        for (;;) {
-            std::uint32_t best = 0;
-            for (std::uint32_t v = 1; v < config_.vocab_size; ++v)
-                if (row[v] > row[best]) best = v;
-            out.push_back(best);
-            if (out.size() == count) return out;
-            decode(best, s, row);
-        }
+        return detail::greedy_continuation(*this, prompt, count, static_cast<std::size_t>(lm_head().rows()));
     }
-
 private:
     // A quantized checkpoint (nn/quantized_model.hpp) says so in config.json; refuse it by name.
     static void require_float_checkpoint(const std::filesystem::path& dir) {

@@ -120,22 +120,8 @@ public:
     }
 
     std::vector<std::uint32_t> generate_greedy(std::span<const std::uint32_t> prompt, std::size_t count) const {
-        State s = make_state();
-        std::vector<std::uint32_t> out;
-        if (count == 0) return out;
-        MatrixXf logits = prefill(prompt, s, Logits::last);
-        std::vector<float> row(config_.padded_vocab);
-        Eigen::Map<Eigen::RowVectorXf>(row.data(), logits.cols()) = logits.row(0);
-        for (;;) {
-            std::uint32_t best = 0;
-            for (std::uint32_t v = 1; v < config_.vocab_size; ++v)
-                if (row[v] > row[best]) best = v;
-            out.push_back(best);
-            if (out.size() == count) return out;
-            decode(best, s, row);
-        }
+        return detail::greedy_continuation(*this, prompt, count, config_.padded_vocab);
     }
-
     void set_thread_pool(ThreadPool* pool) {
         head_.set_thread_pool(pool);
         for (auto& l : layers_) l.set_thread_pool(pool);
@@ -339,7 +325,7 @@ inline QuantizedMambaModel build_quantized_model(const MambaWeights& w, const Ma
     } else if (eq.weight) {
         detail::visit_site_weight(*eq.weight, [&]<class W>(std::type_identity<W>) {
             auto packed = pack_weights<W>(view(w.embedding));
-            if (is_fake) m.embedding_ = detail::dequantize_packed(packed);
+            if (is_fake) m.embedding_ = dequantize(packed);
             else m.embedding_ = std::move(packed);
         });
     } else if (w.tied && !hq.weight) {
@@ -613,7 +599,7 @@ inline QuantizedMambaModel QuantizedMambaModel::load(const std::filesystem::path
                 ": an embedding table is stored but the tied, quantized head holds its rows");
     } else if (eq.weight) {
         detail::load_packed(ck, "backbone.embeddings", *eq.weight, V, D, [&](auto packed) {
-            if (is_fake) m.embedding_ = detail::dequantize_packed(packed);
+            if (is_fake) m.embedding_ = dequantize(packed);
             else m.embedding_ = std::move(packed);
             return 0;
         });

@@ -43,7 +43,7 @@ using ATenA = Quantizer<8, per_tensor, asymmetric>;
 } // namespace site_quantizers
 
 // The fake-quant twin of a quantized linear: the same dequantized weights ŵ = (q − z)·s (read
-// back from the packed codes, so they are exactly the integer path's), the same rotation, and the
+// back from the packed codes by kernels/packed_weights.hpp's dequantize, so they are exactly the integer path's), the same rotation, and the
 // activations quantized then dequantized in float with the same params (per token from each row's
 // range, or the static per-tensor params), then a float GEMM. Its codes equal the integer path's;
 // only the accumulation differs (float sum of â·ŵ instead of the exact int32 sum then one scale).
@@ -144,24 +144,6 @@ decltype(auto) visit_site_act(const ActQuant& a, F&& f) {
     return a.symmetric ? f(std::type_identity<sq::ATen>{}) : f(std::type_identity<sq::ATenA>{});
 }
 
-// ŵ = (q − z)·s of a packed weight, [n × k], exactly as the integer kernels read it.
-inline MatrixXf dequantize_packed(const PackedW8& p) {
-    MatrixXf w(static_cast<Eigen::Index>(p.n), static_cast<Eigen::Index>(p.k));
-    for (std::size_t r = 0; r < p.n; ++r)
-        for (std::size_t c = 0; c < p.k; ++c)
-            w(static_cast<Eigen::Index>(r), static_cast<Eigen::Index>(c)) = static_cast<float>(p.code(r, c)) * p.scale[r];
-    return w;
-}
-inline MatrixXf dequantize_packed(const PackedW4& p) {
-    MatrixXf w(static_cast<Eigen::Index>(p.n), static_cast<Eigen::Index>(p.k));
-    for (std::size_t r = 0; r < p.n; ++r)
-        for (std::size_t c = 0; c < p.k; ++c) {
-            const std::size_t i = p.param_index(r, c / p.group);
-            w(static_cast<Eigen::Index>(r), static_cast<Eigen::Index>(c)) =
-                static_cast<float>(p.nibble(r, c) - p.zero[i]) * p.scale[i];
-        }
-    return w;
-}
 // One row of a packed weight, dequantized (the embedding lookup of a quantized table).
 inline void dequantize_packed_row(const PackedW8& p, std::size_t r, float* out) noexcept {
     for (std::size_t c = 0; c < p.k; ++c) out[c] = static_cast<float>(p.code(r, c)) * p.scale[r];
@@ -223,7 +205,7 @@ public:
         require(q.act.mode != ActMode::static_per_tensor || static_params.has_value(),
                 "AnyLinear: static per-tensor activations need calibrated params");
         if (fake)
-            return AnyLinear(FakeQuantLinear(detail::dequantize_packed(packed), bias, q.act, static_params, std::move(rot)));
+            return AnyLinear(FakeQuantLinear(dequantize(packed), bias, q.act, static_params, std::move(rot)));
         return detail::visit_site_weight(*q.weight, [&]<class W>(std::type_identity<W>) {
             return detail::visit_site_act(q.act, [&]<class A>(std::type_identity<A>) -> AnyLinear {
                 if constexpr (!std::is_same_v<packed_weights_t<W>, Packed>) {
