@@ -129,19 +129,29 @@ public:
     // `tap` (optional) sees every site's input and the layer output, as `layer`.
     void forward(MatrixXf& h, MambaCache& cache, Workspace& ws, ActivationTap* tap = nullptr,
                  std::size_t layer = 0) const {
-        const auto L = h.rows();
+        ws.hn.resize(h.rows(), h.cols());
+        rms_norm(view(std::as_const(h)), norm_, eps_, view(ws.hn));
+        mixer_forward(view(std::as_const(ws.hn)), cache, ws, tap, layer);
+        h += ws.out;
+        detail::tap(tap, layer, TapPoint::layer_output, view(std::as_const(h)));
+    }
+
+    // The mixer alone: ws.out [L, D] = Mixer(hn) for the normed rows hn [L, D] (which may be
+    // ws.hn), continuing from `cache`. A bidirectional layer (Vision Mamba) runs it per direction.
+    void mixer_forward(ConstMatrixView<float> hn, MambaCache& cache, Workspace& ws, ActivationTap* tap = nullptr,
+                       std::size_t layer = 0) const {
+        require(hn.cols == D_, "MambaBlock::mixer_forward: input has ", hn.cols, " columns, d_model is ", D_);
+        const auto L = static_cast<Eigen::Index>(hn.rows);
         const auto E = static_cast<Eigen::Index>(E_), R = static_cast<Eigen::Index>(R_),
                    N = static_cast<Eigen::Index>(N_);
-        ws.hn.resize(L, h.cols());
         ws.xz.resize(L, 2 * E);
         ws.xc.resize(L, E);
         ws.dbc.resize(L, R + 2 * N);
         ws.delta.resize(L, E);
         ws.y.resize(L, E);
-        ws.out.resize(L, h.cols());
-        rms_norm(view(std::as_const(h)), norm_, eps_, view(ws.hn));
-        detail::tap(tap, layer, TapPoint::in_proj_input, view(std::as_const(ws.hn)));
-        in_proj_.forward(view(std::as_const(ws.hn)), view(ws.xz), ws.lin);                 // [L, 2E] = [x | z]
+        ws.out.resize(L, static_cast<Eigen::Index>(D_));
+        detail::tap(tap, layer, TapPoint::in_proj_input, hn);
+        in_proj_.forward(hn, view(ws.xz), ws.lin);                                         // [L, 2E] = [x | z]
         const ConstMatrixView<float> xz = view(std::as_const(ws.xz));
         const ConstMatrixView<float> x(xz.data, xz.rows, E_, xz.stride), z(xz.data + E_, xz.rows, E_, xz.stride);
         detail::tap(tap, layer, TapPoint::conv_input, x);
@@ -168,8 +178,6 @@ public:
         selective_scan(scan_, scan_w_, in, cache.scan, view(ws.y));
         detail::tap(tap, layer, TapPoint::out_proj_input, view(std::as_const(ws.y)));
         out_proj_.forward(view(std::as_const(ws.y)), view(ws.out), ws.out_lin);
-        h += ws.out;
-        detail::tap(tap, layer, TapPoint::layer_output, view(std::as_const(h)));
     }
 
 protected:
