@@ -41,6 +41,29 @@ struct MambaSequenceState {
     }
 };
 
+namespace detail {
+// Greedy continuation of `prompt` by `count` tokens for any model with make_state / prefill /
+// decode (argmax over the first vocab_size logits, so padding rows are never produced).
+template <class Model>
+std::vector<std::uint32_t> greedy_continuation(const Model& m, std::span<const std::uint32_t> prompt, std::size_t count,
+                                               std::size_t vocab_rows) {
+    auto s = m.make_state();
+    std::vector<std::uint32_t> out;
+    if (count == 0) return out;
+    MatrixXf logits = m.prefill(prompt, s, Logits::last);
+    std::vector<float> row(vocab_rows);
+    Eigen::Map<Eigen::RowVectorXf>(row.data(), logits.cols()) = logits.row(0);
+    for (;;) {
+        std::uint32_t best = 0;
+        for (std::uint32_t v = 1; v < m.config().vocab_size; ++v)
+            if (row[v] > row[best]) best = v;
+        out.push_back(best);
+        if (out.size() == count) return out;
+        m.decode(best, s, row);
+    }
+}
+} // namespace detail
+
 template <class Block = MambaBlock<>>
 class BasicMambaModel {
 public:
@@ -51,6 +74,7 @@ public:
 
     // From a checkpoint directory (config.json + model.safetensors or a sharded index).
     static BasicMambaModel load(const std::filesystem::path& dir) {
+        require_float_checkpoint(dir);
         return from_checkpoint(load_mamba_config(dir), Checkpoint::open(dir));
     }
 
@@ -197,9 +221,10 @@ public:
 
     // Runs tokens through the model from `state` (empty at start), advancing it. Returns logits
     // [L, V] (Logits::all), [1, V] (last) or an empty matrix (none). `hidden`, when given,
-    // receives the residual stream after each layer ([L, D] each).
+    // receives the residual stream after each layer ([L, D] each); `tap`, when given, sees every
+    // quantization site's input (nn/activation_tap.hpp).
     MatrixXf prefill(std::span<const std::uint32_t> tokens, State& state, Logits which = Logits::all,
-                     std::vector<MatrixXf>* hidden = nullptr) const {
+                     std::vector<MatrixXf>* hidden = nullptr, ActivationTap* tap = nullptr) const {
         require(!tokens.empty(), "MambaModel::prefill: no tokens");
         require(state.caches.size() == layers_.size(), "MambaModel::prefill: state made for ", state.caches.size(),
                 " layers, model has ", layers_.size());
@@ -212,7 +237,7 @@ public:
         }
         if (hidden) hidden->clear();
         for (std::size_t i = 0; i < layers_.size(); ++i) {
-            layers_[i].forward(state.h, state.caches[i], state.workspace);
+            layers_[i].forward(state.h, state.caches[i], state.workspace, tap, i);
             if (hidden) hidden->push_back(state.h);
         }
         state.position += tokens.size();
@@ -223,6 +248,7 @@ public:
         rms_norm(ConstMatrixView<float>(state.h.data() + first * state.h.cols(), static_cast<std::size_t>(L - first),
                                         static_cast<std::size_t>(state.h.cols())),
                  norm_f_, config_.norm_eps, view(state.normed));
+        detail::tap(tap, layers_.size(), TapPoint::lm_head_input, view(std::as_const(state.normed)));
         logits.resize(L - first, lm_head().rows());
         logits.noalias() = state.normed * lm_head().transpose();
         return logits;
@@ -240,23 +266,17 @@ public:
     // Greedy continuation of `prompt` by `count` tokens (argmax over the first vocab_size logits,
     // so padding rows are never produced).
     std::vector<std::uint32_t> generate_greedy(std::span<const std::uint32_t> prompt, std::size_t count) const {
-        State s = make_state();
-        std::vector<std::uint32_t> out;
-        if (count == 0) return out;
-        MatrixXf logits = prefill(prompt, s, Logits::last);
-        std::vector<float> row(static_cast<std::size_t>(lm_head().rows()));
-        Eigen::Map<Eigen::RowVectorXf>(row.data(), logits.cols()) = logits.row(0);
-        for (;;) {
-            std::uint32_t best = 0;
-            for (std::uint32_t v = 1; v < config_.vocab_size; ++v)
-                if (row[v] > row[best]) best = v;
-            out.push_back(best);
-            if (out.size() == count) return out;
-            decode(best, s, row);
-        }
+        return detail::greedy_continuation(*this, prompt, count, static_cast<std::size_t>(lm_head().rows()));
     }
-
 private:
+    // A quantized checkpoint (nn/quantized_model.hpp) says so in config.json; refuse it by name.
+    static void require_float_checkpoint(const std::filesystem::path& dir) {
+        const auto file = std::filesystem::is_directory(dir) ? dir / "config.json" : dir;
+        if (!std::filesystem::exists(file)) return; // load_mamba_config reports it
+        const nlohmann::json j = detail::parse_untrusted_json(detail::read_text_file(file), file.string(), 1);
+        require(!(j.is_object() && j.contains("quantization_config")), file.string(),
+                ": a quantized checkpoint (\"quantization_config\" present); load it with QuantizedMambaModel::load");
+    }
     static MatrixXf load_matrix(const Checkpoint& ck, const std::string& name, const std::vector<std::size_t>& shape,
                                 std::size_t rows, std::size_t cols) {
         MatrixXf m(static_cast<Eigen::Index>(rows), static_cast<Eigen::Index>(cols));
