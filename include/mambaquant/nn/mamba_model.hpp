@@ -197,9 +197,10 @@ public:
 
     // Runs tokens through the model from `state` (empty at start), advancing it. Returns logits
     // [L, V] (Logits::all), [1, V] (last) or an empty matrix (none). `hidden`, when given,
-    // receives the residual stream after each layer ([L, D] each).
+    // receives the residual stream after each layer ([L, D] each); `tap`, when given, sees every
+    // quantization site's input (nn/activation_tap.hpp).
     MatrixXf prefill(std::span<const std::uint32_t> tokens, State& state, Logits which = Logits::all,
-                     std::vector<MatrixXf>* hidden = nullptr) const {
+                     std::vector<MatrixXf>* hidden = nullptr, ActivationTap* tap = nullptr) const {
         require(!tokens.empty(), "MambaModel::prefill: no tokens");
         require(state.caches.size() == layers_.size(), "MambaModel::prefill: state made for ", state.caches.size(),
                 " layers, model has ", layers_.size());
@@ -212,7 +213,7 @@ public:
         }
         if (hidden) hidden->clear();
         for (std::size_t i = 0; i < layers_.size(); ++i) {
-            layers_[i].forward(state.h, state.caches[i], state.workspace);
+            layers_[i].forward(state.h, state.caches[i], state.workspace, tap, i);
             if (hidden) hidden->push_back(state.h);
         }
         state.position += tokens.size();
@@ -223,6 +224,7 @@ public:
         rms_norm(ConstMatrixView<float>(state.h.data() + first * state.h.cols(), static_cast<std::size_t>(L - first),
                                         static_cast<std::size_t>(state.h.cols())),
                  norm_f_, config_.norm_eps, view(state.normed));
+        detail::tap(tap, layers_.size(), TapPoint::lm_head_input, view(std::as_const(state.normed)));
         logits.resize(L - first, lm_head().rows());
         logits.noalias() = state.normed * lm_head().transpose();
         return logits;
