@@ -114,6 +114,13 @@ public:
     const ScanWeights& scan_weights() const noexcept { return scan_w_; }
     const Scan& scan() const noexcept { return scan_; }
     const Eigen::RowVectorXf& norm() const noexcept { return norm_; }
+    // The pool the four projections split their output channels over (nullptr: calling thread).
+    void set_thread_pool(ThreadPool* pool) {
+        in_proj_.set_thread_pool(pool);
+        x_proj_.set_thread_pool(pool);
+        dt_proj_.set_thread_pool(pool);
+        out_proj_.set_thread_pool(pool);
+    }
 
     MambaCache make_cache() const { return MambaCache(E_, N_, K_); }
 

@@ -154,9 +154,11 @@ struct QuantizationConfig {
             require((*this)[Site::scan_output].act.quantized(),
                     "quantization_config.state_rotation: the R4 rotation needs a quantized scan_output");
         if (n_layer == 0) return;
-        require(layers.size() == n_layer, "quantization_config: static params for ", layers.size(),
-                " layers, the model has ", n_layer);
-        for (std::size_t i = 0; i < n_layer; ++i)
+        bool any_static = false;
+        for (Site s : kAllSites) any_static = any_static || (*this)[s].act.mode == ActMode::static_per_tensor;
+        require((layers.empty() && !any_static) || layers.size() == n_layer, "quantization_config: static params for ",
+                layers.size(), " layers, the model has ", n_layer);
+        for (std::size_t i = 0; i < layers.size(); ++i)
             for (Site s : kAllSites) {
                 const bool want = (*this)[s].act.mode == ActMode::static_per_tensor && s != Site::lm_head &&
                                   s != Site::embedding;
@@ -195,14 +197,12 @@ private:
         }
         if (s == Site::embedding) {
             require(!q.act.quantized(), where, ": the embedding input is a token id; it has no activation quantizer");
-            if (q.weight) require((q.weight->bits == 8 || q.weight->bits == 4) &&
-                                      q.weight->granularity == GranularityKind::per_channel,
-                                  where, ".weight: embedding rows are W8 or W4 per channel (per row)");
+            if (q.weight) require_runtime_weight(*q.weight, where);
             return;
         }
         if (s == Site::conv1d) {
-            require(!q.act.quantized() || q.act.mode == ActMode::static_per_tensor || q.act.mode == ActMode::dynamic_per_token,
-                    where, ".act: bad mode");
+            require(!q.act.quantized(), where,
+                    ".act: conv1d activations stay float (the conv runs on its dequantized int8 taps, K MACs per element)");
             if (q.weight)
                 require(q.weight->bits == 8 && q.weight->granularity == GranularityKind::per_channel && q.weight->symmetric,
                         where, ".weight: conv1d weights are int8 per channel symmetric (METHOD.md §2) or float");
@@ -212,8 +212,9 @@ private:
         require(q.weight.has_value() == q.act.quantized(), where,
                 ": weights and activations are quantized together or both float (weight ",
                 q.weight ? "quantized" : "float", ", act ", act_mode_name(q.act.mode), ")");
-        if (!q.weight) return;
-        const QuantSpec& w = *q.weight;
+        if (q.weight) require_runtime_weight(*q.weight, where);
+    }
+    static void require_runtime_weight(const QuantSpec& w, const std::string& where) {
         const bool w8 = w.bits == 8 && w.granularity == GranularityKind::per_channel && w.symmetric;
         const bool w4 = w.bits == 4 && (w.granularity == GranularityKind::per_channel ||
                                         (w.granularity == GranularityKind::per_group && w.group == 128));
@@ -236,7 +237,8 @@ public:
 
 // Common layouts, for tests and recipes: every linear (incl. the LM head) W8 or W4 (per channel,
 // or per group `group`) with A8 activations of `act` mode; conv1d int8 weights; scan output A8
-// per token; embedding rows at the weight bits (per row). Static params are left to the caller.
+// per token; embedding rows quantized as the head (a tied table is then stored once). Static
+// params are left to the caller.
 inline QuantizationConfig uniform_quantization_config(int weight_bits, std::size_t group, ActMode act,
                                                       bool act_symmetric = false, std::string method = "rtn") {
     QuantizationConfig c;
@@ -252,10 +254,7 @@ inline QuantizationConfig uniform_quantization_config(int weight_bits, std::size
     QuantSpec w8c{8, GranularityKind::per_channel, true, 0};
     c[Site::conv1d] = {w8c, ActQuant{}};
     c[Site::scan_output] = {std::nullopt, ActQuant{ActMode::dynamic_per_token, 8, false}};
-    QuantSpec we = w;
-    we.granularity = GranularityKind::per_channel;
-    we.group = 0;
-    c[Site::embedding] = {we, ActQuant{}};
+    c[Site::embedding] = {w, ActQuant{}}; // as the head: a tied table is stored once
     return c;
 }
 
