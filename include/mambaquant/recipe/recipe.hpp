@@ -20,6 +20,7 @@
 
 #include <Eigen/Core>
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -280,6 +281,25 @@ struct QuantizedRecipe {
 };
 
 namespace detail {
+// A NaN or ∞ in a weight would turn every statistic downstream into garbage: refuse it by name.
+inline void require_finite_weights(const MambaWeights& w) {
+    auto check = [](const auto& m, const std::string& name) {
+        if (m.size() == 0 || m.allFinite()) return;
+        for (Eigen::Index i = 0; i < m.size(); ++i)
+            require(std::isfinite(m.data()[i]), "recipe: weight '", name, "' has a non-finite value (", m.data()[i],
+                    ") at flat index ", i);
+    };
+    check(w.embedding, "embedding");
+    check(w.norm_f, "norm_f");
+    if (!w.tied) check(w.lm_head, "lm_head");
+    for (std::size_t i = 0; i < w.layers.size(); ++i) {
+        const auto& l = w.layers[i];
+        const std::string p = "layers." + std::to_string(i) + ".";
+        check(l.in_proj, p + "in_proj"), check(l.conv_w, p + "conv1d.weight"), check(l.conv_b, p + "conv1d.bias");
+        check(l.x_proj, p + "x_proj"), check(l.dt_proj, p + "dt_proj"), check(l.dt_bias, p + "dt_proj.bias");
+        check(l.A_log, p + "A_log"), check(l.D, p + "D"), check(l.out_proj, p + "out_proj"), check(l.norm, p + "norm");
+    }
+}
 inline QuantizationConfig recipe_base_config(const Recipe& r, const BitsChoice& b) {
     QuantizationConfig c = uniform_quantization_config(b.weight_bits, b.group, ActMode::static_per_tensor, r.act_symmetric,
                                                        "custom");
@@ -310,6 +330,7 @@ inline MatrixXf gptq_weight(const MatrixXf& w, const CalibrationStats& st, const
 inline QuantizedRecipe run_recipe(const Recipe& recipe, const MambaWeights& float_weights, const MambaConfig& model,
                                   std::span<const std::span<const std::uint32_t>> windows, const QuantizeOptions& opt) {
     validate(float_weights);
+    detail::require_finite_weights(float_weights);
     RecipeContext c{float_weights, model, detail::recipe_base_config(recipe, opt.bits), nullptr, opt.seed, opt.fallback};
     const QuantizationConfig float_config{};
     auto progress = [&](std::string_view what) {
