@@ -51,6 +51,7 @@ public:
 
     // From a checkpoint directory (config.json + model.safetensors or a sharded index).
     static BasicMambaModel load(const std::filesystem::path& dir) {
+        require_float_checkpoint(dir);
         return from_checkpoint(load_mamba_config(dir), Checkpoint::open(dir));
     }
 
@@ -259,6 +260,14 @@ public:
     }
 
 private:
+    // A quantized checkpoint (nn/quantized_model.hpp) says so in config.json; refuse it by name.
+    static void require_float_checkpoint(const std::filesystem::path& dir) {
+        const auto file = std::filesystem::is_directory(dir) ? dir / "config.json" : dir;
+        if (!std::filesystem::exists(file)) return; // load_mamba_config reports it
+        const nlohmann::json j = detail::parse_untrusted_json(detail::read_text_file(file), file.string(), 1);
+        require(!(j.is_object() && j.contains("quantization_config")), file.string(),
+                ": a quantized checkpoint (\"quantization_config\" present); load it with QuantizedMambaModel::load");
+    }
     static MatrixXf load_matrix(const Checkpoint& ck, const std::string& name, const std::vector<std::size_t>& shape,
                                 std::size_t rows, std::size_t cols) {
         MatrixXf m(static_cast<Eigen::Index>(rows), static_cast<Eigen::Index>(cols));

@@ -155,7 +155,8 @@ struct QuantizationConfig {
                     "quantization_config.state_rotation: the R4 rotation needs a quantized scan_output");
         if (n_layer == 0) return;
         bool any_static = false;
-        for (Site s : kAllSites) any_static = any_static || (*this)[s].act.mode == ActMode::static_per_tensor;
+        for (Site s : kAllSites)
+            any_static = any_static || (s != Site::lm_head && (*this)[s].act.mode == ActMode::static_per_tensor);
         require((layers.empty() && !any_static) || layers.size() == n_layer, "quantization_config: static params for ",
                 layers.size(), " layers, the model has ", n_layer);
         for (std::size_t i = 0; i < layers.size(); ++i)
