@@ -152,23 +152,9 @@ int main(int argc, char** argv) try {
                         if (seed == use_seeds.front()) {
                             const fs::path d = fs::path(opt.out) / name / (label + "-" + bits);
                             fs::create_directories(d);
-                            mq::MambaWeights offline = q.weights;
                             const mq::QuantizedMambaModel twin = mq::build_quantized_model(q.weights, cfg, q.config, mq::FakeQuant::yes);
                             const mq::QuantizationConfig float_cfg;
-                            // The float reference runs the transformed weights without the online
-                            // rotations (R2 is folded into W_out and undone exactly by a·H·Hᵀ; R4 is
-                            // undone by rotating C back), which the float path cannot carry.
-                            for (auto& l : offline.layers) {
-                                if (l.out_rotation.size()) {
-                                    l.out_proj = (l.out_proj * l.out_rotation.transpose()).eval();
-                                    l.out_rotation.resize(0, 0);
-                                }
-                                if (l.state_rotation.size()) {
-                                    const auto r = static_cast<Eigen::Index>(l.dt_rank()), n = static_cast<Eigen::Index>(l.d_state());
-                                    l.x_proj.middleRows(r + n, n) = (l.state_rotation * l.x_proj.middleRows(r + n, n)).eval();
-                                    l.state_rotation.resize(0, 0);
-                                }
-                            }
+                            const mq::MambaWeights offline = mq::without_online_rotations(q.weights);
                             const mq::QuantizedMambaModel ref = mq::build_quantized_model(offline, cfg, float_cfg);
                             const auto rep = mq::layer_report(ref, twin, q.config, std::span(windows).first(1));
                             mq::write_layer_report(d / "layers.csv", rep);

@@ -77,15 +77,7 @@ TEST_CASE("recipes: offline transforms keep the float function; every method qua
         // model: it must compute the original function. Smoothing and rotation are exact in real
         // arithmetic; float rounding of the folded weights (~1e-7 relative, through 2 layers)
         // keeps the logits above 80 dB SQNR (a wrong fold is far below 20 dB).
-        auto off = q.weights;
-        for (auto& l : off.layers) {
-            if (l.out_rotation.size()) l.out_proj = (l.out_proj * l.out_rotation.transpose()).eval(), l.out_rotation.resize(0, 0);
-            if (l.state_rotation.size()) {
-                const auto r = static_cast<Eigen::Index>(l.dt_rank()), n = static_cast<Eigen::Index>(l.d_state());
-                l.x_proj.middleRows(r + n, n) = (l.state_rotation * l.x_proj.middleRows(r + n, n)).eval();
-                l.state_rotation.resize(0, 0);
-            }
-        }
+        const auto off = mq::without_online_rotations(q.weights);
         const auto fl = mq::build_quantized_model(off, cfg, mq::QuantizationConfig{});
         CHECK(sqnr_db(ref, logits_of(fl, test)) > 80.0);
         // W8A8 on a random model: the logits stay close (8-bit quantization noise is ~-48 dB per

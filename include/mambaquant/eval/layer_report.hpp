@@ -7,9 +7,11 @@
 #include <mambaquant/core/tensor.hpp>
 #include <mambaquant/nn/activation_tap.hpp>
 #include <mambaquant/nn/quantization_config.hpp>
+#include <mambaquant/transform/rotation.hpp>
 
 #include <Eigen/Core>
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <filesystem>
@@ -78,6 +80,7 @@ std::vector<LayerReportRow> layer_report(const Reference& reference, const Quant
                                          std::span<const std::span<const std::uint32_t>> windows) {
     std::map<std::pair<std::size_t, TapPoint>, LayerReportRow> rows;
     const std::size_t n_layer = reference.config().n_layer;
+    const MatrixXf rot_out = qc.out_rotation ? rotation_matrix<float>(*qc.out_rotation) : MatrixXf();
     for (auto w : windows) {
         detail::TapRecorder ref_tap, q_tap;
         auto s1 = reference.make_state();
@@ -98,14 +101,16 @@ std::vector<LayerReportRow> layer_report(const Reference& reference, const Quant
             if (is_head) p = qc.head_act;
             else if (key.first < qc.layers.size()) p = qc.layers[key.first][*site];
             if (!p) continue;
-            MatrixXf xq = x;
+            // out_proj's quantizer sees a·H when R2 is on: rotate first (the SQNR is invariant to H).
+            const MatrixXf xs = key.second == TapPoint::out_proj_input && rot_out.size() ? MatrixXf(x * rot_out) : x;
+            MatrixXf xq = xs;
             const int lo = qc[*site].act.symmetric ? -127 : 0, hi = qc[*site].act.symmetric ? 127 : 255;
             for (Eigen::Index i = 0; i < xq.size(); ++i) {
-                const float q = std::clamp(std::nearbyint(x.data()[i] * p->inv_scale) + static_cast<float>(p->zero),
+                const float q = std::clamp(std::nearbyint(xs.data()[i] * p->inv_scale) + static_cast<float>(p->zero),
                                            static_cast<float>(lo), static_cast<float>(hi));
                 xq.data()[i] = (q - static_cast<float>(p->zero)) * p->scale;
             }
-            row.quant.add(x.data(), xq.data(), static_cast<std::size_t>(x.size()));
+            row.quant.add(xs.data(), xq.data(), static_cast<std::size_t>(xs.size()));
         }
     }
     std::vector<LayerReportRow> out;

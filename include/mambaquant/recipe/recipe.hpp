@@ -24,6 +24,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
+#include <type_traits>
 #include <optional>
 #include <span>
 #include <string>
@@ -324,6 +326,25 @@ inline MatrixXf gptq_weight(const MatrixXf& w, const CalibrationStats& st, const
     });
 }
 } // namespace detail
+
+// The offline-transformed float weights of a recipe's result: the online rotations undone (R2:
+// W_out·H·Hᵀ; R4: C rows H·Hᵀ·W_C), so the plain float path computes the original function in the
+// same transformed basis — the reference of the per-layer report.
+inline MambaWeights without_online_rotations(MambaWeights w) {
+    for (auto& l : w.layers) {
+        if (l.out_rotation.size()) {
+            l.out_proj = (l.out_proj.cast<double>() * l.out_rotation.cast<double>().transpose()).cast<float>();
+            l.out_rotation.resize(0, 0);
+        }
+        if (l.state_rotation.size()) {
+            const auto r = static_cast<Eigen::Index>(l.dt_rank()), n = static_cast<Eigen::Index>(l.d_state());
+            l.x_proj.middleRows(r + n, n) =
+                (l.state_rotation.cast<double>() * l.x_proj.middleRows(r + n, n).cast<double>()).cast<float>();
+            l.state_rotation.resize(0, 0);
+        }
+    }
+    return w;
+}
 
 // calibrate (per stage) → transforms → online rotations → final calibration on the transformed
 // model (static ranges; Hessians for GPTQ) → optional GPTQ → the config with its static params.
