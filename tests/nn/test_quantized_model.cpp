@@ -9,6 +9,9 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
+#include <cstdlib>
+#include <new>
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -16,6 +19,32 @@
 #include <cstdint>
 #include <filesystem>
 #include <vector>
+
+// GCC 12 flags the replaced operator delete's free() as "mismatched" wherever it inlines a library
+// allocation of this TU; the pair below is malloc/free (and aligned_alloc/free) throughout.
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+
+// A counting allocator: every operator new of the binary counts while `g_counting` is set (the
+// steady-state decode step must allocate nothing).
+namespace {
+std::atomic<bool> g_counting{false};
+std::atomic<long> g_allocations{0};
+} // namespace
+void* operator new(std::size_t n) {
+    if (g_counting.load(std::memory_order_relaxed)) g_allocations.fetch_add(1, std::memory_order_relaxed);
+    if (void* p = std::malloc(n ? n : 1)) return p;
+    throw std::bad_alloc();
+}
+void* operator new(std::size_t n, std::align_val_t a) {
+    if (g_counting.load(std::memory_order_relaxed)) g_allocations.fetch_add(1, std::memory_order_relaxed);
+    const std::size_t al = static_cast<std::size_t>(a);
+    if (void* p = std::aligned_alloc(al, (n + al - 1) / al * al)) return p;
+    throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
 
 namespace {
 
@@ -320,4 +349,25 @@ TEST_CASE("quantized model: bad checkpoints are refused by name") {
             if (t.name == L0 + "in_proj.qweight") t.name = L0 + "in_proj.weight";
     });
     CHECK_THROWS_WITH_AS(mq::QuantizedMambaModel::load(dir), Contains((L0 + "in_proj.weight\" is float").c_str()), mq::error);
+}
+
+TEST_CASE("quantized model: the steady-state decode step allocates nothing") {
+    const auto cfg = tiny_config();
+    const auto w = mq::mamba_weights(mq::MambaModel::random(cfg, 6));
+    for (int bits : {8, 4}) {
+        CAPTURE(bits);
+        auto m = mq::build_quantized_model(w, cfg, mq::uniform_quantization_config(bits, 0, mq::ActMode::dynamic_per_token));
+        for (mq::ThreadPool* pool : {static_cast<mq::ThreadPool*>(nullptr), &mq::default_thread_pool()}) {
+            m.set_thread_pool(pool);
+            auto s = m.make_state();
+            std::vector<float> logits(cfg.padded_vocab);
+            m.prefill(some_tokens(8, 1), s, mq::Logits::none);
+            m.decode(1, s, logits); // warm: the decode-sized buffers
+            g_allocations = 0;
+            g_counting = true;
+            for (std::uint32_t t = 0; t < 5; ++t) m.decode(t + 2, s, logits);
+            g_counting = false;
+            CHECK(g_allocations.load() == 0);
+        }
+    }
 }

@@ -237,7 +237,7 @@ public:
 };
 
 // Common layouts, for tests and recipes: every linear (incl. the LM head) W8 or W4 (per channel,
-// or per group `group`) with A8 activations of `act` mode; conv1d int8 weights; scan output A8
+// or per group `group`; dt_proj per channel) with A8 activations of `act` mode; conv1d int8 weights; scan output A8
 // per token; embedding rows quantized as the head (a tied table is then stored once). Static
 // params are left to the caller.
 inline QuantizationConfig uniform_quantization_config(int weight_bits, std::size_t group, ActMode act,
@@ -252,6 +252,10 @@ inline QuantizationConfig uniform_quantization_config(int weight_bits, std::size
     w.group = group;
     const ActQuant a{act, 8, act_symmetric};
     for (Site s : {Site::in_proj, Site::x_proj, Site::dt_proj, Site::out_proj, Site::lm_head}) c[s] = {w, a};
+    // dt_proj's input is dt_rank = ceil(D/16) wide (48 in mamba-130m), rarely a multiple of a group:
+    // per channel there, said in the config (not a silent fallback).
+    c[Site::dt_proj].weight->granularity = GranularityKind::per_channel;
+    c[Site::dt_proj].weight->group = 0;
     QuantSpec w8c{8, GranularityKind::per_channel, true, 0};
     c[Site::conv1d] = {w8c, ActQuant{}};
     c[Site::scan_output] = {std::nullopt, ActQuant{ActMode::dynamic_per_token, 8, false}};
@@ -268,10 +272,14 @@ inline nlohmann::json rotation_json(const RotationSpec& r) {
     if (r.kind == RotationKind::block_hadamard) j["block"] = r.block;
     return j;
 }
+// A non-negative JSON integer (parsed text gives unsigned; a json built in code may hold signed).
+inline bool json_unsigned(const nlohmann::json& j) {
+    return j.is_number_unsigned() || (j.is_number_integer() && j.get<std::int64_t>() >= 0);
+}
 inline RotationSpec rotation_from_json(const nlohmann::json& j, const std::string& where) {
     require(j.is_object(), where, ": expected an object");
     require(j.contains("kind") && j["kind"].is_string(), where, ".kind: missing or not a string");
-    require(j.contains("size") && j["size"].is_number_unsigned(), where, ".size: missing or not an unsigned integer");
+    require(j.contains("size") && json_unsigned(j["size"]), where, ".size: missing or not an unsigned integer");
     RotationSpec r;
     const std::string kind = j["kind"].get<std::string>();
     bool ok = false;
@@ -285,11 +293,11 @@ inline RotationSpec rotation_from_json(const nlohmann::json& j, const std::strin
     r.n = j["size"].get<std::size_t>();
     require(r.n > 0, where, ".size must be > 0");
     if (j.contains("seed")) {
-        require(j["seed"].is_number_unsigned(), where, ".seed: not an unsigned integer");
+        require(json_unsigned(j["seed"]), where, ".seed: not an unsigned integer");
         r.seed = j["seed"].get<std::uint64_t>();
     }
     if (j.contains("block")) {
-        require(j["block"].is_number_unsigned(), where, ".block: not an unsigned integer");
+        require(json_unsigned(j["block"]), where, ".block: not an unsigned integer");
         r.block = j["block"].get<std::size_t>();
     }
     return r;
