@@ -8,6 +8,8 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
@@ -129,9 +131,11 @@ int main(int argc, char** argv) {
         const mq::EvalResult fr = mq::evaluate(fmodel, eval, {a.chunk, 2}, [](std::size_t d, std::size_t t) {
             mq::progress_bar("evaluate float", d, t);
         });
+        const auto t0 = std::chrono::steady_clock::now();
         const mq::EvalResult r = mq::evaluate(model, eval, {a.chunk, 2}, [](std::size_t d, std::size_t t) {
             mq::progress_bar("evaluate quantized", d, t);
         });
+        const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         mq::AccuracyRow row;
         row.model = fs::path(a.model).filename().string();
         row.method = a.method + (a.gptq ? "+gptq" : "");
@@ -139,6 +143,8 @@ int main(int argc, char** argv) {
         row.bpb = r.bits_per_token();
         row.delta_pct = (r.bits_per_token() - fr.bits_per_token()) / fr.bits_per_token() * 100.0;
         row.size_mib = static_cast<double>(model.bytes()) / (1024.0 * 1024.0);
+        row.prefill_tok_s = static_cast<double>(eval.size()) / secs;
+        if (eval.size() > 1) row.decode_tok_s = mq::decode_tokens_per_second(model, eval, std::min<std::size_t>(256, eval.size() - 1));
         mq::print_accuracy_header(std::cout);
         mq::print_accuracy_row(std::cout, row);
         std::cout << "(float: " << fr.bits_per_token() << " bits per token over " << fr.predicted << " predicted tokens)\n";

@@ -56,7 +56,7 @@ inline void print_accuracy_row(std::ostream& out, const AccuracyRow& r) {
         << std::fixed << std::setprecision(4) << std::setw(9) << r.bpb << std::setprecision(2) << std::setw(9)
         << r.delta_pct << std::setprecision(3) << std::setw(9) << r.size_mib << std::setprecision(0) << std::setw(11)
         << r.prefill_tok_s << std::setw(10) << r.decode_tok_s << '\n'
-        << std::defaultfloat;
+        << std::defaultfloat << std::setprecision(6);
 }
 
 // A one-line progress bar on stderr: "  what [#######.............]  7/20".

@@ -81,6 +81,9 @@ std::vector<LayerReportRow> layer_report(const Reference& reference, const Quant
     std::map<std::pair<std::size_t, TapPoint>, LayerReportRow> rows;
     const std::size_t n_layer = reference.config().n_layer;
     const MatrixXf rot_out = qc.out_rotation ? rotation_matrix<float>(*qc.out_rotation) : MatrixXf();
+    // With R4 the quantized model's C arrives rotated (C·H): rotate it back to compare in one basis.
+    const MatrixXf rot_state_t =
+        qc.state_rotation ? MatrixXf(rotation_matrix<float>(*qc.state_rotation).transpose()) : MatrixXf();
     for (auto w : windows) {
         detail::TapRecorder ref_tap, q_tap;
         auto s1 = reference.make_state();
@@ -93,7 +96,12 @@ std::vector<LayerReportRow> layer_report(const Reference& reference, const Quant
             auto& row = rows[key];
             row.layer = key.first;
             row.site = tap_point_name(key.second);
-            row.drift.add(x.data(), it->second.data(), static_cast<std::size_t>(x.size()));
+            if (key.second == TapPoint::scan_C && rot_state_t.size()) {
+                const MatrixXf back = it->second * rot_state_t;
+                row.drift.add(x.data(), back.data(), static_cast<std::size_t>(x.size()));
+            } else {
+                row.drift.add(x.data(), it->second.data(), static_cast<std::size_t>(x.size()));
+            }
             const auto site = detail::site_of(key.second);
             if (!site) continue;
             const bool is_head = key.first >= n_layer;

@@ -250,7 +250,7 @@ inline Recipe recipe_by_name(std::string_view name) {
     if (name == "quarot") return quarot_recipe();
     if (name == "quamba") return quamba_recipe();
     if (name == "mambaquant") return mambaquant_recipe();
-    fail("unknown method \"", name, "\" (expected fp, rtn, smoothquant, quarot, quamba or mambaquant)");
+    fail("unknown method \"", name, "\" (expected rtn, smoothquant, quarot, quamba or mambaquant)");
 }
 
 // ---- bits ------------------------------------------------------------------------------------
