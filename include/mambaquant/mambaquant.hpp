@@ -59,3 +59,12 @@
 #include <mambaquant/io/config.hpp>
 #include <mambaquant/io/dtype.hpp>
 #include <mambaquant/io/safetensors.hpp>
+
+#include <mambaquant/calib/calibrate.hpp>
+#include <mambaquant/calib/statistics.hpp>
+#include <mambaquant/quant/gptq.hpp>
+#include <mambaquant/recipe/recipe.hpp>
+#include <mambaquant/eval/accuracy_table.hpp>
+#include <mambaquant/eval/bits_per_byte.hpp>
+#include <mambaquant/eval/layer_report.hpp>
+#include <mambaquant/eval/token_file.hpp>
