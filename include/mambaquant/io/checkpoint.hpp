@@ -9,7 +9,6 @@
 
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <string>
 #include <string_view>
@@ -211,9 +210,8 @@ inline void save_sharded_safetensors(const std::filesystem::path& dir, std::span
         save_safetensors(dir / name, shards[s], metadata);
         for (const auto& t : shards[s]) index["weight_map"][t.name] = name;
     }
-    std::ofstream out(dir / kSafetensorsIndexName, std::ios::trunc);
-    out << index.dump(2) << '\n';
-    require(out.good(), (dir / kSafetensorsIndexName).string(), ": write failed");
+    const std::string text = index.dump(2) + '\n';
+    detail::write_file_atomically(dir / kSafetensorsIndexName, std::as_bytes(std::span(text.data(), text.size())));
 }
 
 MQ_NAMESPACE_END
