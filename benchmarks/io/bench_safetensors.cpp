@@ -3,7 +3,9 @@
 // (load_float_into: convert and check in 16 KB chunks while in L1) and without (convert_to_float,
 // a memcpy for F32: the loader before the check), and the check alone over the loaded weights.
 #include <mambaquant/core/simd.hpp>
+#include <mambaquant/io/config.hpp>
 #include <mambaquant/io/dtype.hpp>
+#include <mambaquant/io/mamba_tensors.hpp>
 #include <mambaquant/io/safetensors.hpp>
 #include <mambaquant/kernels/finite.hpp>
 
@@ -17,22 +19,14 @@
 
 namespace {
 
-struct Shaped {
-    std::string name;
-    std::vector<std::size_t> shape;
-};
+using Shaped = mq::MambaTensorShape;
 
 std::vector<Shaped> mamba_130m_tensors() {
-    const std::size_t D = 768, E = 1536, N = 16, R = 48, K = 4, V = 50280;
-    std::vector<Shaped> t = {{"backbone.embeddings.weight", {V, D}}, {"backbone.norm_f.weight", {D}}};
-    for (int i = 0; i < 24; ++i) {
-        const std::string p = "backbone.layers." + std::to_string(i) + ".";
-        for (const Shaped& s : std::vector<Shaped>{{"norm.weight", {D}}, {"mixer.in_proj.weight", {2 * E, D}},
-                                                   {"mixer.conv1d.weight", {E, 1, K}}, {"mixer.conv1d.bias", {E}},
-                                                   {"mixer.x_proj.weight", {R + 2 * N, E}}, {"mixer.dt_proj.weight", {E, R}},
-                                                   {"mixer.dt_proj.bias", {E}}, {"mixer.A_log", {E, N}}, {"mixer.D", {E}},
-                                                   {"mixer.out_proj.weight", {D, E}}})
-            t.push_back({p + s.name, s.shape});
+    const auto c = mq::parse_mamba_config(R"({"d_model": 768, "n_layer": 24, "vocab_size": 50277, "pad_vocab_size_multiple": 8})");
+    std::vector<Shaped> t = {{"backbone.embeddings.weight", {c.padded_vocab, c.d_model}}, {"backbone.norm_f.weight", {c.d_model}}};
+    for (std::size_t i = 0; i < c.n_layer; ++i) {
+        auto layer = mq::mamba_layer_tensors(c, i);
+        t.insert(t.end(), layer.begin(), layer.end());
     }
     return t;
 }

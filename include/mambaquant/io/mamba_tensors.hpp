@@ -21,6 +21,23 @@ struct MambaTensorNames {
     bool lm_head = false;  // an untied "lm_head.weight" is present
 };
 
+// One tensor a float Mamba-1 checkpoint holds: its Hugging Face name and shape.
+struct MambaTensorShape {
+    std::string name;
+    std::vector<std::size_t> shape;
+};
+
+// The tensors of layer i (the conv bias only when the config has one), in load order.
+inline std::vector<MambaTensorShape> mamba_layer_tensors(const MambaConfig& c, std::size_t i) {
+    const std::size_t D = c.d_model, E = c.d_inner, N = c.d_state, R = c.dt_rank, K = c.d_conv;
+    const std::string p = detail::concat("backbone.layers.", i, "."), mx = p + "mixer.";
+    std::vector<MambaTensorShape> t = {{p + "norm.weight", {D}}, {mx + "in_proj.weight", {2 * E, D}}, {mx + "conv1d.weight", {E, 1, K}}};
+    if (c.conv_bias) t.push_back({mx + "conv1d.bias", {E}});
+    t.insert(t.end(), {{mx + "x_proj.weight", {R + 2 * N, E}}, {mx + "dt_proj.weight", {E, R}}, {mx + "dt_proj.bias", {E}},
+                       {mx + "A_log", {E, N}}, {mx + "D", {E}}, {mx + "out_proj.weight", {D, E}}});
+    return t;
+}
+
 // The config's sizes in one line, for messages.
 inline std::string mamba_config_summary(const MambaConfig& c) {
     return detail::concat("the config (d_model ", c.d_model, ", n_layer ", c.n_layer, ", vocab ", c.padded_vocab,
@@ -34,7 +51,7 @@ inline std::string mamba_config_summary(const MambaConfig& c) {
 // dimension, so a config with 10⁹ layers or a 2⁴⁰ vocabulary fails here on the file's real sizes.
 // Layers are claimed in order and a missing layer is named as such (n_layer larger than the file).
 inline MambaTensorNames claim_mamba_tensors(const MambaConfig& c, TensorClaims& claims) {
-    const std::size_t D = c.d_model, E = c.d_inner, N = c.d_state, R = c.dt_rank, K = c.d_conv, V = c.padded_vocab;
+    const std::size_t D = c.d_model, V = c.padded_vocab;
     const std::string& src = claims.source();
     MambaTensorNames names;
     const bool new_name = claims.contains("backbone.embeddings.weight");
@@ -48,20 +65,10 @@ inline MambaTensorNames claim_mamba_tensors(const MambaConfig& c, TensorClaims& 
     else require(c.tie_embeddings, src, ": tensor \"lm_head.weight\" not found and the config does not tie embeddings");
     claims.claim("backbone.norm_f.weight", {D});
     for (std::size_t i = 0; i < c.n_layer; ++i) {
-        const std::string p = detail::concat("backbone.layers.", i, ".");
-        const std::string mx = p + "mixer.";
-        require(claims.contains(p + "norm.weight") || claims.contains(mx + "in_proj.weight"), src, ": the config says n_layer = ",
-                c.n_layer, " but the checkpoint has no tensors of layer ", i, " (\"", p, "norm.weight\" not found)");
-        claims.claim(p + "norm.weight", {D});
-        claims.claim(mx + "in_proj.weight", {2 * E, D});
-        claims.claim(mx + "conv1d.weight", {E, 1, K});
-        if (c.conv_bias) claims.claim(mx + "conv1d.bias", {E});
-        claims.claim(mx + "x_proj.weight", {R + 2 * N, E});
-        claims.claim(mx + "dt_proj.weight", {E, R});
-        claims.claim(mx + "dt_proj.bias", {E});
-        claims.claim(mx + "A_log", {E, N});
-        claims.claim(mx + "D", {E});
-        claims.claim(mx + "out_proj.weight", {D, E});
+        const std::vector<MambaTensorShape> layer = mamba_layer_tensors(c, i);
+        require(claims.contains(layer[0].name) || claims.contains(layer[1].name), src, ": the config says n_layer = ", c.n_layer,
+                " but the checkpoint has no tensors of layer ", i, " (\"", layer[0].name, "\" not found)");
+        for (const auto& t : layer) claims.claim(t.name, t.shape);
     }
     claims.require_all_claimed(mamba_config_summary(c));
     return names;
