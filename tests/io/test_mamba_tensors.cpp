@@ -14,8 +14,12 @@ namespace {
 
 // D 16, E 32, N 4, R 1, K 4, V 8; three layers; untied head.
 mq::MambaConfig tiny(std::size_t n_layer = 3) {
-    return mq::parse_mamba_config(R"({"d_model": 16, "n_layer": )" + std::to_string(n_layer) +
-                                  R"(, "vocab_size": 8, "tie_embeddings": false, "ssm_cfg": {"d_state": 4}})");
+    // Built by appending: `"literal" + std::to_string(i)` trips g++ 12's false -Wrestrict at -O3
+    // (GCC bug 105651), and the Release build treats warnings as errors.
+    std::string json = R"({"d_model": 16, "n_layer": )";
+    json += std::to_string(n_layer);
+    json += R"(, "vocab_size": 8, "tie_embeddings": false, "ssm_cfg": {"d_state": 4}})";
+    return mq::parse_mamba_config(json);
 }
 
 // A safetensors file (zeros) with every tensor of `c`; `edit` may rename, reshape, drop or add.
@@ -28,7 +32,9 @@ std::vector<Entry> entries(const mq::MambaConfig& c) {
     const std::size_t D = c.d_model, E = c.d_inner, N = c.d_state, R = c.dt_rank, K = c.d_conv, V = c.padded_vocab;
     std::vector<Entry> e = {{"backbone.embeddings.weight", {V, D}}, {"lm_head.weight", {V, D}}, {"backbone.norm_f.weight", {D}}};
     for (std::size_t i = 0; i < c.n_layer; ++i) {
-        const std::string p = "backbone.layers." + std::to_string(i) + ".";
+        std::string p = "backbone.layers.";
+        p += std::to_string(i);
+        p += ".";
         for (const Entry& t : std::vector<Entry>{{"norm.weight", {D}}, {"mixer.in_proj.weight", {2 * E, D}},
                                                  {"mixer.conv1d.weight", {E, 1, K}}, {"mixer.conv1d.bias", {E}},
                                                  {"mixer.x_proj.weight", {R + 2 * N, E}}, {"mixer.dt_proj.weight", {E, R}},

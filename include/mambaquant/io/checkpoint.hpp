@@ -80,11 +80,6 @@ public:
         return shards_[it->second];
     }
     const TensorInfo& info(std::string_view name) const { return file_of(name).info(name); }
-    // The tensor's entry, or nullptr (no throw, no allocation).
-    const TensorInfo* find(std::string_view name) const noexcept {
-        auto it = where_.find(name);
-        return it == where_.end() ? nullptr : shards_[it->second].header().find(name);
-    }
     // Every tensor's entry, in name order.
     std::vector<const TensorInfo*> infos() const {
         std::vector<const TensorInfo*> v;
@@ -135,8 +130,8 @@ private:
 // otherwise load, run and compute the wrong function without a word).
 class TensorClaims {
 public:
-    // `tensors`: every tensor of the checkpoint; they must outlive the claims. `source` and
-    // `source_of` name the file in messages.
+    // `tensors`: every tensor of the checkpoint; they must outlive the claims. `source` names the
+    // checkpoint in messages; built from a Checkpoint, each tensor's own shard file is named.
     TensorClaims(std::vector<const TensorInfo*> tensors, std::string source) : source_(std::move(source)) {
         for (const TensorInfo* t : tensors) entries_.emplace(std::string_view(t->name), Entry{t, false, {}});
     }

@@ -245,8 +245,8 @@ inline SafetensorsHeader parse_safetensors_header(std::span<const std::byte> fil
     return h;
 }
 
-// The largest JSON text file (config.json, a sharded index) read whole: far above any real one
-// (mamba-2.8b's index is ~40 KB), far below what would exhaust memory.
+// The largest JSON text file (config.json, a sharded index) read whole: as the safetensors header
+// limit, far above real ones (kilobytes), far below what would exhaust memory.
 inline constexpr std::uintmax_t kJsonMaxFile = 100u << 20;
 
 // Runs f(); a std::bad_alloc it throws becomes an mq::error naming `source` and `what` was being
