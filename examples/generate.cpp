@@ -3,18 +3,43 @@
 //   ./generate models/kjv-mamba-192 "In the beginning" 200
 #include <mambaquant/nn/mamba_model.hpp>
 
+#include <charconv>
 #include <chrono>
 #include <cstdio>
-#include <cstdlib>
+#include <exception>
 #include <string>
+#include <string_view>
+#include <system_error>
 #include <vector>
 
+namespace {
+
+constexpr std::size_t kMaxTokens = 1'000'000;
+
+// TOKENS as a whole decimal number in [0, kMaxTokens]: strtoul alone would read "-1" as 2⁶⁴ − 1
+// (generating forever) and "12abc" as 12.
+bool parse_count(const char* text, std::size_t& count) {
+    const std::string_view s(text);
+    const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), count);
+    return !s.empty() && ec == std::errc() && end == s.data() + s.size() && count <= kMaxTokens;
+}
+
+} // namespace
+
 int main(int argc, char** argv) {
-    if (argc < 3) {
+    if (argc < 3 || argc > 4) {
         std::fprintf(stderr, "usage: %s MODEL_DIR PROMPT [TOKENS=200]\n", argv[0]);
         return 2;
     }
-    const std::size_t count = argc > 3 ? std::strtoul(argv[3], nullptr, 10) : 200;
+    std::size_t count = 200;
+    if (argc > 3 && !parse_count(argv[3], count)) {
+        std::fprintf(stderr, "error: TOKENS must be a whole number from 0 to %zu, got \"%s\"\n", kMaxTokens, argv[3]);
+        return 2;
+    }
+    if (argv[2][0] == '\0') {
+        std::fprintf(stderr, "error: PROMPT must not be empty (the model continues it)\n");
+        return 2;
+    }
     try {
         const auto t0 = std::chrono::steady_clock::now();
         const mq::MambaModel model = mq::MambaModel::load(argv[1]);
@@ -45,7 +70,7 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "%zu prompt + %zu generated tokens in %.1f ms (%.0f tokens/s)\n", tokens.size(), count,
                      std::chrono::duration<double, std::milli>(t3 - t2).count(),
                      static_cast<double>(tokens.size() + count) / std::chrono::duration<double>(t3 - t2).count());
-    } catch (const mq::error& e) {
+    } catch (const std::exception& e) { // mq::error, or the file system's own errors
         std::fprintf(stderr, "error: %s\n", e.what());
         return 1;
     }

@@ -12,6 +12,7 @@
 #include <mambaquant/quant/quantize.hpp>
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -19,6 +20,8 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <string_view>
+#include <system_error>
 #include <vector>
 
 #ifndef MQ_SHARED_DIR
@@ -115,11 +118,22 @@ Errors static_errors(const mq::MatrixXf& eval, const Obs& obs) {
     return errors(eval, mq::quantize_tensor<Q>(mq::view(eval), std::span<const mq::QuantParams>(&p, 1)).dequantize());
 }
 
+bool parse_layer(const char* text, int& layer) {
+    const std::string_view s(text);
+    const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), layer);
+    return !s.empty() && ec == std::errc() && end == s.data() + s.size() && layer >= 0 && layer < 24;
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
     const auto start = std::chrono::steady_clock::now();
-    const int layer = argc > 1 ? std::atoi(argv[1]) : 12;
+    // LAYER: a whole number 0..23 (mamba-130m's layers); atoi would read "-1" or "x" silently.
+    int layer = 12;
+    if (argc > 2 || (argc == 2 && !parse_layer(argv[1], layer))) {
+        std::fprintf(stderr, "usage: %s [LAYER=12]   (LAYER: 0 to 23, got \"%s\")\n", argv[0], argc > 1 ? argv[1] : "");
+        return 2;
+    }
     mq::Rng rng(2025);
     // $MAMBAQUANT_SHARED_DIR, else the build's ../shared, else ../../shared (a git worktree).
     std::vector<std::string> dirs;

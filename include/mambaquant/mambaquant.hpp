@@ -58,6 +58,7 @@
 #include <mambaquant/io/checkpoint.hpp>
 #include <mambaquant/io/config.hpp>
 #include <mambaquant/io/dtype.hpp>
+#include <mambaquant/io/mamba_tensors.hpp>
 #include <mambaquant/io/safetensors.hpp>
 
 #include <mambaquant/calib/calibrate.hpp>

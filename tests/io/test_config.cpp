@@ -2,7 +2,13 @@
 
 #include <doctest/doctest.h>
 
+#include <filesystem>
+#include <fstream>
 #include <string>
+
+#if defined(__unix__)
+#include <sys/stat.h>
+#endif
 
 using doctest::Contains;
 
@@ -88,4 +94,58 @@ TEST_CASE("bad configs: missing, mistyped, contradictory or unsupported fields n
     CHECK_THROWS_WITH_AS(bad("{\"d_model\": 6"), Contains("m/config.json: invalid JSON"), mq::error);
     CHECK_THROWS_WITH_AS(bad(std::string(5000, '{')), Contains("nested deeper"), mq::error);
     CHECK_THROWS_WITH_AS(mq::load_mamba_config("/nonexistent/dir"), Contains("cannot open"), mq::error);
+}
+
+TEST_CASE("sizes whose products overflow are refused by name, before anything is allocated") {
+    // expand × d_model overflows size_t (2⁴⁰ · 2⁴⁰ = 2⁸⁰).
+    CHECK_THROWS_WITH_AS(mq::parse_mamba_config(R"({"d_model": 1099511627776, "n_layer": 1, "vocab_size": 8,
+        "ssm_cfg": {"expand": 1099511627776}})"), Contains("d_inner (expand × d_model) = 1099511627776 × 1099511627776 overflows"), mq::error);
+    CHECK_THROWS_WITH_AS(mq::parse_mamba_config(R"({"hidden_size": 1099511627776, "num_hidden_layers": 1, "vocab_size": 8,
+        "expand": 1099511627776})"), Contains("intermediate_size (expand × hidden_size) = 1099511627776 × 1099511627776 overflows"), mq::error);
+    // Each size is fine alone, the embedding (vocab × d_model = 2⁴⁰ · 2⁴⁰) is not.
+    CHECK_THROWS_WITH_AS(mq::parse_mamba_config(R"({"d_model": 1099511627776, "n_layer": 1, "vocab_size": 1099511627776})"),
+                         Contains("a tensor of vocab (padded) 1099511627776 × d_model 1099511627776 elements exceeds the limit"), mq::error);
+    // Huge but representable sizes parse: only the checkpoint's real tensor sizes can refute them
+    // (io/mamba_tensors.hpp), so parsing must not allocate anything proportional to them.
+    const auto c = mq::parse_mamba_config(R"({"d_model": 64, "n_layer": 1000000000, "vocab_size": 1099511627776})");
+    CHECK(c.n_layer == 1000000000);
+    CHECK(c.padded_vocab == 1099511627776);
+    // intermediate_size alone decides d_inner; a huge unused expand default never multiplies.
+    CHECK(mq::parse_mamba_config(R"({"hidden_size": 64, "num_hidden_layers": 1, "vocab_size": 8, "intermediate_size": 96})").d_inner == 96);
+}
+
+TEST_CASE("config.json must be a regular file of bounded size") {
+    namespace fs = std::filesystem;
+    const auto dir = fs::temp_directory_path() / "mq_test_config_files";
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    // A directory named config.json.
+    fs::create_directories(dir / "d" / "config.json");
+    CHECK_THROWS_WITH_AS(mq::load_mamba_config(dir / "d"), Contains("config.json: not a regular file"), mq::error);
+    // /dev/zero never ends; reading it would grow memory without bound.
+    if (fs::exists("/dev/zero"))
+        CHECK_THROWS_WITH_AS(mq::load_mamba_config("/dev/zero"), Contains("/dev/zero: not a regular file"), mq::error);
+#if defined(__unix__)
+    // A FIFO with no writer: opening it must not block.
+    REQUIRE(::mkfifo((dir / "fifo.json").c_str(), 0600) == 0);
+    CHECK_THROWS_WITH_AS(mq::load_mamba_config(dir / "fifo.json"), Contains("fifo.json: not a regular file"), mq::error);
+#endif
+    // A symlink to a regular file is followed; one to a device is not read.
+    {
+        std::ofstream(dir / "real.json") << R"({"d_model": 64, "n_layer": 2, "vocab_size": 10})";
+    }
+    fs::create_symlink(dir / "real.json", dir / "link.json");
+    CHECK(mq::load_mamba_config(dir / "link.json").n_layer == 2);
+    fs::create_symlink("/dev/zero", dir / "zero.json");
+    CHECK_THROWS_WITH_AS(mq::load_mamba_config(dir / "zero.json"), Contains("zero.json: not a regular file"), mq::error);
+    // Larger than the limit: refused before reading (a sparse file: no disk used).
+    {
+        std::ofstream big(dir / "big.json");
+        big.seekp(static_cast<std::streamoff>(mq::kJsonMaxFile));
+        big.put('}');
+    }
+    CHECK_THROWS_WITH_AS(mq::load_mamba_config(dir / "big.json"),
+                         Contains("big.json: file of 104857601 bytes exceeds the limit of 104857600 bytes"), mq::error);
+    CHECK_THROWS_WITH_AS(mq::load_mamba_config(dir / "missing.json"), Contains("missing.json: cannot open file"), mq::error);
+    fs::remove_all(dir);
 }

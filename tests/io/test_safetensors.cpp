@@ -5,8 +5,14 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <limits>
+#include <new>
 #include <string>
 #include <vector>
+
+#if defined(__unix__)
+#include <sys/stat.h>
+#endif
 
 namespace {
 
@@ -158,4 +164,50 @@ TEST_CASE("bad input: a write that cannot happen is an error naming the file") {
     CHECK_THROWS_WITH_AS(mq::save_safetensors(dir / "x.safetensors", ts), doctest::Contains("x.safetensors"), mq::error);
     CHECK(std::filesystem::is_directory(dir / "x.safetensors"));
     std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("every float loaded must be finite: NaN or inf fails naming the tensor and the element") {
+    const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+    std::vector<float> ok(10000, 0.5f), has_nan = ok, has_inf = ok, late = ok;
+    has_nan[0] = nan;
+    has_inf[17] = -inf;
+    late[9999] = nan; // in the last chunk of the check
+    const std::vector<std::uint16_t> half_inf = {mq::float_to_half(1.0f), 0x7c00};
+    const std::vector<double> too_big = {1.0, 1e300}; // finite as F64, inf as float
+    const std::vector<mq::TensorData> ts = {
+        mq::tensor_data<float>("ok", ok, {100, 100}),
+        mq::tensor_data<float>("layers.0.nan", has_nan, {100, 100}),
+        mq::tensor_data<float>("layers.0.inf", has_inf, {10000}),
+        mq::tensor_data<float>("late", late, {10000}),
+        {"half", mq::DType::F16, {2}, std::as_bytes(std::span(half_inf))},
+        mq::tensor_data<double>("wide", too_big, {2}),
+    };
+    const auto f = mq::SafetensorsFile::from_bytes(mq::serialize_safetensors(ts), "w.safetensors");
+    CHECK(f.load_float("ok").data[9999] == 0.5f);
+    CHECK_THROWS_WITH_AS(f.load_float("layers.0.nan"),
+                         doctest::Contains("w.safetensors: tensor \"layers.0.nan\": element 0 of 10000 is nan; every weight must be finite"), mq::error);
+    std::vector<float> dst(10000);
+    CHECK_THROWS_WITH_AS(f.load_float_into("layers.0.inf", {10000}, dst), doctest::Contains("tensor \"layers.0.inf\": element 17 of 10000 is -inf"), mq::error);
+    CHECK_THROWS_WITH_AS(f.load_float("late"), doctest::Contains("tensor \"late\": element 9999 of 10000 is nan"), mq::error);
+    CHECK_THROWS_WITH_AS(f.load_float("half"), doctest::Contains("tensor \"half\": element 1 of 2 is inf"), mq::error);
+    CHECK_THROWS_WITH_AS(f.load_float("wide"), doctest::Contains("tensor \"wide\": element 1 of 2 is inf (after conversion to float)"), mq::error);
+}
+
+TEST_CASE("a FIFO or a device is never read as a safetensors file") {
+    namespace fs = std::filesystem;
+    if (fs::exists("/dev/zero"))
+        CHECK_THROWS_WITH_AS(mq::SafetensorsFile::open("/dev/zero"), doctest::Contains("/dev/zero: cannot open file (not a regular file)"), mq::error);
+#if defined(__unix__)
+    const auto fifo = fs::temp_directory_path() / "mq_test_fifo.safetensors";
+    fs::remove(fifo);
+    REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+    CHECK_THROWS_WITH_AS(mq::SafetensorsFile::open(fifo), doctest::Contains("not a regular file"), mq::error);
+    fs::remove(fifo);
+#endif
+}
+
+TEST_CASE("allocating: std::bad_alloc becomes an mq::error naming what was being allocated") {
+    CHECK(mq::allocating("m.safetensors", "tensor \"t\"", [] { return 7; }) == 7);
+    CHECK_THROWS_WITH_AS(mq::allocating("m.safetensors", "tensor \"t\" (4398046511104 bytes)", []() -> int { throw std::bad_alloc(); }),
+                         "m.safetensors: out of memory allocating tensor \"t\" (4398046511104 bytes)", mq::error);
 }

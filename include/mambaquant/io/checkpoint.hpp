@@ -9,9 +9,7 @@
 
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <map>
-#include <sstream>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -20,16 +18,6 @@ MQ_NAMESPACE_BEGIN
 
 inline constexpr const char* kSafetensorsIndexName = "model.safetensors.index.json";
 inline constexpr const char* kSafetensorsSingleName = "model.safetensors";
-
-namespace detail {
-inline std::string read_text_file(const std::filesystem::path& path) {
-    std::ifstream in(path, std::ios::binary);
-    require(in.good(), path.string(), ": cannot open file");
-    std::ostringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-}
-} // namespace detail
 
 // Tensors by name across one or several files. The index ({"metadata": {...}, "weight_map":
 // {tensor: shard file}}) is authoritative: every tensor it lists must be in the shard it names.
@@ -92,6 +80,18 @@ public:
         return shards_[it->second];
     }
     const TensorInfo& info(std::string_view name) const { return file_of(name).info(name); }
+    // Every tensor's entry, in name order.
+    std::vector<const TensorInfo*> infos() const {
+        std::vector<const TensorInfo*> v;
+        v.reserve(where_.size());
+        for (const auto& [name, shard] : where_) v.push_back(shards_[shard].header().find(name));
+        return v;
+    }
+    // The file that holds `name` (messages name it), or the checkpoint's path.
+    std::string source_of(std::string_view name) const {
+        auto it = where_.find(name);
+        return it == where_.end() ? path_.string() : shards_[it->second].source();
+    }
     std::span<const std::byte> bytes(std::string_view name) const { return file_of(name).bytes(name); }
     FloatTensor load_float(std::string_view name) const { return file_of(name).load_float(name); }
     FloatTensor load_float(std::string_view name, const std::vector<std::size_t>& shape) const {
@@ -123,6 +123,61 @@ private:
     Metadata metadata_;
 };
 
+// A loader's ledger over a checkpoint's tensors, checked before anything is allocated: each
+// claim checks that the tensor is present with the shape the loader will allocate (so a config
+// that inflates a dimension fails on the file's real size, not on an allocation), and at the end
+// every tensor must have been claimed (a config with fewer layers than its checkpoint would
+// otherwise load, run and compute the wrong function without a word).
+class TensorClaims {
+public:
+    // `tensors`: every tensor of the checkpoint; they must outlive the claims. `source` names the
+    // checkpoint in messages; built from a Checkpoint, each tensor's own shard file is named.
+    TensorClaims(std::vector<const TensorInfo*> tensors, std::string source) : source_(std::move(source)) {
+        for (const TensorInfo* t : tensors) entries_.emplace(std::string_view(t->name), Entry{t, false, {}});
+    }
+    explicit TensorClaims(const Checkpoint& ck) : TensorClaims(ck.infos(), ck.path().string()) {
+        for (auto& [name, e] : entries_) e.file = ck.source_of(name);
+    }
+    TensorClaims(const SafetensorsHeader& h, std::string source) : source_(std::move(source)) {
+        for (const auto& t : h.tensors) entries_.emplace(std::string_view(t.name), Entry{&t, false, {}});
+    }
+
+    const std::string& source() const noexcept { return source_; }
+    bool contains(std::string_view name) const { return entries_.find(name) != entries_.end(); }
+
+    // Marks `name` used after checking it exists, has `shape` and (with `float_values`) a float
+    // dtype. Messages: "<file>: tensor "<name>": expected shape [..], got [..]".
+    const TensorInfo& claim(std::string_view name, const std::vector<std::size_t>& shape, bool float_values = true) {
+        auto it = entries_.find(name);
+        require(it != entries_.end(), source_, ": tensor \"", name, "\" not found in the checkpoint");
+        Entry& e = it->second;
+        const std::string& where = e.file.empty() ? source_ : e.file;
+        require(e.info->shape == shape, where, ": tensor \"", name, "\": expected shape ", detail::shape_string(shape),
+                ", got ", detail::shape_string(e.info->shape));
+        require(!float_values || dtype_is_float(e.info->dtype), where, ": tensor \"", name, "\": dtype ",
+                dtype_name(e.info->dtype), " is not a float type");
+        e.used = true;
+        return *e.info;
+    }
+
+    // Fails naming the first (in name order) tensor nobody claimed; `context` says what the
+    // claims were made for (e.g. the config's sizes).
+    void require_all_claimed(std::string_view context) const {
+        for (const auto& [name, e] : entries_)
+            require(e.used, e.file.empty() ? source_ : e.file, ": tensor \"", name, "\" is not used by ", context,
+                    "; a checkpoint with tensors its config does not read is refused rather than half-loaded");
+    }
+
+private:
+    struct Entry {
+        const TensorInfo* info;
+        bool used;
+        std::string file;
+    };
+    std::string source_;
+    std::map<std::string_view, Entry, std::less<>> entries_;
+};
+
 // Writes `tensors` as model-0000k-of-0000n.safetensors shards of at most `max_shard_bytes` of data
 // each (a tensor never splits) plus the index; one shard is written as model.safetensors alone.
 inline void save_sharded_safetensors(const std::filesystem::path& dir, std::span<const TensorData> tensors,
@@ -150,9 +205,8 @@ inline void save_sharded_safetensors(const std::filesystem::path& dir, std::span
         save_safetensors(dir / name, shards[s], metadata);
         for (const auto& t : shards[s]) index["weight_map"][t.name] = name;
     }
-    std::ofstream out(dir / kSafetensorsIndexName, std::ios::trunc);
-    out << index.dump(2) << '\n';
-    require(out.good(), (dir / kSafetensorsIndexName).string(), ": write failed");
+    const std::string text = index.dump(2) + '\n';
+    detail::write_file_atomically(dir / kSafetensorsIndexName, std::as_bytes(std::span(text.data(), text.size())));
 }
 
 MQ_NAMESPACE_END

@@ -10,6 +10,8 @@
 
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
+#include <utility>
 #include <filesystem>
 #include <string>
 #include <string_view>
@@ -83,6 +85,33 @@ inline std::size_t config_rank(const nlohmann::json& obj, const char* key, std::
     }
     return config_size(obj, key, where, true, 0);
 }
+// a·b for sizes read from a file: an overflow (expand × hidden_size = 2⁴⁰ · 2⁴⁰) is an error.
+inline std::size_t config_product(std::size_t a, std::size_t b, const char* what, std::string_view where) {
+    std::size_t p = 0;
+    require(!__builtin_mul_overflow(a, b, &p), where, ": ", what, " = ", a, " × ", b, " overflows");
+    return p;
+}
+// Every tensor the config implies must have an element count (and byte count) that a size_t and
+// an Eigen index hold; the checkpoint's real sizes bound them further at load (io/mamba_tensors.hpp).
+inline void config_check_sizes(const MambaConfig& c, std::string_view where) {
+    constexpr std::size_t kMaxElements = static_cast<std::size_t>(PTRDIFF_MAX) / sizeof(double);
+    const std::size_t dbc = c.dt_rank + 2 * c.d_state; // each ≤ 2⁴⁰: no overflow
+    const std::pair<const char*, std::size_t> dims[][2] = {
+        {{"vocab (padded)", c.padded_vocab}, {"d_model", c.d_model}},
+        {{"2·d_inner", 2 * c.d_inner}, {"d_model", c.d_model}},
+        {{"dt_rank + 2·d_state", dbc}, {"d_inner", c.d_inner}},
+        {{"d_inner", c.d_inner}, {"dt_rank", c.dt_rank}},
+        {{"d_inner", c.d_inner}, {"d_state", c.d_state}},
+        {{"d_inner", c.d_inner}, {"d_conv", c.d_conv}},
+    };
+    for (const auto& d : dims) {
+        std::size_t n = 0;
+        require(!__builtin_mul_overflow(d[0].second, d[1].second, &n) && n <= kMaxElements, where, ": a tensor of ",
+                d[0].first, " ", d[0].second, " × ", d[1].first, " ", d[1].second, " elements exceeds the limit of ",
+                kMaxElements, " elements");
+    }
+    require(c.d_inner <= kMaxElements / 2, where, ": d_inner ", c.d_inner, " is too large");
+}
 inline void config_agree(bool has_both, std::size_t a, std::size_t b, const char* key_a, const char* key_b,
                          std::string_view where) {
     require(!has_both || a == b, where, ": contradictory fields \"", key_a, "\" = ", a, " and \"", key_b, "\" = ", b);
@@ -129,7 +158,7 @@ inline MambaConfig parse_mamba_config(std::string_view text, std::string_view so
         c.d_state = config_size(ssm, "d_state", where, false, 16);
         c.d_conv = config_size(ssm, "d_conv", where, false, 4);
         expand = config_size(ssm, "expand", where, false, 2);
-        c.d_inner = expand * c.d_model;
+        c.d_inner = detail::config_product(expand, c.d_model, "d_inner (expand × d_model)", where);
         c.dt_rank = detail::config_rank(ssm, "dt_rank", where, c.d_model);
         c.conv_bias = config_bool(ssm, "conv_bias", where, true);
         require(!config_bool(ssm, "bias", where, false), where, ": field \"bias\" = true (biased in/out projections) is not supported");
@@ -149,9 +178,14 @@ inline MambaConfig parse_mamba_config(std::string_view text, std::string_view so
         c.d_state = config_size(j, "state_size", source, false, 16);
         c.d_conv = config_size(j, "conv_kernel", source, false, 4);
         expand = config_size(j, "expand", source, false, 2);
-        c.d_inner = config_size(j, "intermediate_size", source, false, expand * c.d_model);
-        detail::config_agree(j.contains("intermediate_size") && j.contains("expand"), c.d_inner, expand * c.d_model,
-                             "intermediate_size", "expand·hidden_size", source);
+        const bool has_inner = j.contains("intermediate_size") && !j["intermediate_size"].is_null();
+        const std::size_t expanded =
+            has_inner && !j.contains("expand")
+                ? 0 // intermediate_size alone decides; expand's default never enters
+                : detail::config_product(expand, c.d_model, "intermediate_size (expand × hidden_size)", source);
+        c.d_inner = config_size(j, "intermediate_size", source, false, expanded);
+        detail::config_agree(has_inner && j.contains("expand"), c.d_inner, expanded, "intermediate_size",
+                             "expand·hidden_size", source);
         c.dt_rank = detail::config_rank(j, "time_step_rank", source, c.d_model);
         c.norm_eps = detail::config_float(j, "layer_norm_epsilon", source, 1e-5f);
         c.tie_embeddings = config_bool(j, "tie_word_embeddings", source, true);
@@ -160,8 +194,9 @@ inline MambaConfig parse_mamba_config(std::string_view text, std::string_view so
         if (j.contains("hidden_act"))
             require(j["hidden_act"] == "silu", source, ": field \"hidden_act\" = ", j["hidden_act"].dump(), " is not supported (silu only)");
     }
-    const std::size_t m = c.pad_vocab_size_multiple;
+    const std::size_t m = c.pad_vocab_size_multiple; // both ≤ 2⁴⁰: the rounding cannot overflow
     c.padded_vocab = (c.vocab_size + m - 1) / m * m;
+    detail::config_check_sizes(c, source);
     return c;
 }
 

@@ -6,10 +6,12 @@
 #include <mambaquant/core/error.hpp>
 #include <mambaquant/core/tensor.hpp>
 #include <mambaquant/io/dtype.hpp>
+#include <mambaquant/kernels/finite.hpp>
 
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -17,6 +19,7 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <new>
 #include <set>
 #include <span>
 #include <string>
@@ -26,6 +29,7 @@
 #include <vector>
 
 #if defined(__unix__) || defined(__APPLE__)
+#include <cerrno>
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -241,7 +245,68 @@ inline SafetensorsHeader parse_safetensors_header(std::span<const std::byte> fil
     return h;
 }
 
+// The largest JSON text file (config.json, a sharded index) read whole: as the safetensors header
+// limit, far above real ones (kilobytes), far below what would exhaust memory.
+inline constexpr std::uintmax_t kJsonMaxFile = 100u << 20;
+
+// Runs f(); a std::bad_alloc it throws becomes an mq::error naming `source` and `what` was being
+// allocated (setup code promises mq::error for every bad input, an impossibly large one included).
+template <class F>
+decltype(auto) allocating(std::string_view source, std::string_view what, F&& f) {
+#if MQ_EXCEPTIONS
+    try {
+        return f();
+    } catch (const std::bad_alloc&) {
+        fail(source, ": out of memory allocating ", what);
+    }
+#else
+    (void)source, (void)what;
+    return f();
+#endif
+}
+
 namespace detail {
+
+// The whole text of a small file (config.json, an index). Only a regular file of at most
+// `max_bytes` is read: a FIFO or a device (/dev/zero) would block or never end, growing memory.
+inline std::string read_text_file(const std::filesystem::path& path, std::uintmax_t max_bytes = kJsonMaxFile) {
+#if MQ_HAS_MMAP
+    // One descriptor for the check and the read, so the file cannot be swapped in between.
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    require(fd >= 0, path.string(), ": cannot open file");
+    struct Closer {
+        int fd;
+        ~Closer() { ::close(fd); }
+    } closer{fd};
+    struct stat st {};
+    require(::fstat(fd, &st) == 0, path.string(), ": cannot open file");
+    require(S_ISREG(st.st_mode), path.string(), ": not a regular file (a directory, FIFO or device is never read as JSON)");
+    const auto size = static_cast<std::uintmax_t>(st.st_size);
+    require(size <= max_bytes, path.string(), ": file of ", size, " bytes exceeds the limit of ", max_bytes, " bytes");
+    std::string text(static_cast<std::size_t>(size), '\0');
+    std::size_t got = 0;
+    while (got < text.size()) {
+        const auto n = ::read(fd, text.data() + got, text.size() - got);
+        if (n < 0 && errno == EINTR) continue;
+        require(n > 0, path.string(), ": read failed after ", got, " of ", size, " bytes");
+        got += static_cast<std::size_t>(n);
+    }
+    return text;
+#else
+    std::error_code ec;
+    require(std::filesystem::is_regular_file(path, ec), path.string(),
+            ": not a regular file (a directory, FIFO or device is never read as JSON)");
+    const auto size = std::filesystem::file_size(path, ec);
+    require(!ec && size <= max_bytes, path.string(), ": file of ", size, " bytes exceeds the limit of ", max_bytes, " bytes");
+    std::ifstream in(path, std::ios::binary);
+    require(in.good(), path.string(), ": cannot open file");
+    std::string text(static_cast<std::size_t>(size), '\0');
+    in.read(text.data(), static_cast<std::streamsize>(size));
+    require(in.gcount() == static_cast<std::streamsize>(size), path.string(), ": read failed");
+    return text;
+#endif
+}
+
 // The bytes of one file: an mmap'ed region or a heap buffer, released on destruction.
 class FileBytes {
 public:
@@ -261,7 +326,9 @@ public:
     static std::shared_ptr<FileBytes> open(const std::filesystem::path& path) {
         auto fb = std::make_shared<FileBytes>();
 #if MQ_HAS_MMAP
-        const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+        // O_NONBLOCK: opening a FIFO without a writer would otherwise block forever; a regular
+        // file ignores the flag.
+        const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
         if (fd >= 0) {
             struct stat st {};
             if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0) {
@@ -282,9 +349,12 @@ public:
         require(std::filesystem::is_regular_file(path, ec), path.string(), ": cannot open file (not a regular file)");
         std::ifstream in(path, std::ios::binary);
         require(in.good(), path.string(), ": cannot open file");
-        std::vector<char> chars((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-        std::vector<std::byte> bytes(chars.size());
-        if (!chars.empty()) std::memcpy(bytes.data(), chars.data(), chars.size());
+        std::vector<std::byte> bytes;
+        allocating(path.string(), "the file's bytes", [&] {
+            std::vector<char> chars((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+            bytes.resize(chars.size());
+            if (!chars.empty()) std::memcpy(bytes.data(), chars.data(), chars.size());
+        });
         return std::make_shared<FileBytes>(std::move(bytes));
     }
 
@@ -329,17 +399,22 @@ public:
     }
 
     // F32/F16/BF16/F64 converted to float; integer dtypes are refused (they are codes, not values).
+    // Every value must be finite after conversion (see load_float_into).
     FloatTensor load_float(std::string_view name) const {
         const TensorInfo& t = info(name);
         require(dtype_is_float(t.dtype), source_, ": tensor \"", name, "\": dtype ", dtype_name(t.dtype),
                 " is not a float type");
         FloatTensor out;
         out.shape = t.shape;
-        out.data.resize(t.numel());
-        convert_to_float(t.dtype, bytes(t).data(), out.data.data(), out.data.size());
+        allocating(source_, detail::concat("tensor \"", name, "\" (", t.numel() * sizeof(float), " bytes)"),
+                   [&] { out.data.resize(t.numel()); });
+        convert_checked(t, out.data.data());
         return out;
     }
-    // Converts straight into caller memory of exactly numel floats (no intermediate copy).
+    // Converts straight into caller memory of exactly numel floats (no intermediate copy). A NaN or
+    // ±inf (also one made by narrowing F64) fails naming the tensor and the element: a non-finite
+    // weight would otherwise surface as garbage output, or as an error at the first forward that
+    // names neither layer nor tensor.
     void load_float_into(std::string_view name, const std::vector<std::size_t>& expected_shape, std::span<float> dst) const {
         const TensorInfo& t = info(name);
         require(t.shape == expected_shape, source_, ": tensor \"", name, "\": expected shape ",
@@ -348,7 +423,7 @@ public:
                 " is not a float type");
         require(dst.size() == t.numel(), source_, ": tensor \"", name, "\": destination holds ", dst.size(),
                 " floats, tensor has ", t.numel());
-        convert_to_float(t.dtype, bytes(t).data(), dst.data(), dst.size());
+        convert_checked(t, dst.data());
     }
     FloatTensor load_float(std::string_view name, const std::vector<std::size_t>& expected_shape) const {
         const TensorInfo& t = info(name);
@@ -358,6 +433,24 @@ public:
     }
 
 private:
+    // Converts in L1-sized chunks and checks each while it is still in cache: one pass over the
+    // tensor's memory instead of two.
+    void convert_checked(const TensorInfo& t, float* dst) const {
+        constexpr std::size_t kChunk = 4096; // floats: 16 KB of the destination
+        const std::byte* src = bytes(t).data();
+        const std::size_t n = t.numel(), width = dtype_size(t.dtype);
+        for (std::size_t i = 0; i < n; i += kChunk) {
+            const std::size_t m = std::min(kChunk, n - i);
+            convert_to_float(t.dtype, src + i * width, dst + i, m);
+            if (!all_finite(default_arch{}, ConstMatrixView<float>(dst + i, 1, m))) {
+                std::size_t j = i;
+                while (std::isfinite(dst[j])) ++j;
+                fail(source_, ": tensor \"", t.name, "\": element ", j, " of ", n, " is ", dst[j],
+                     t.dtype == DType::F64 ? " (after conversion to float)" : "", "; every weight must be finite");
+            }
+        }
+    }
+
     SafetensorsFile(std::shared_ptr<detail::FileBytes> file, std::string source)
         : file_(std::move(file)), source_(std::move(source)) {
         header_ = parse_safetensors_header(file_->bytes(), source_);
@@ -427,13 +520,32 @@ inline std::vector<std::byte> serialize_safetensors(std::span<const TensorData> 
     return out;
 }
 
+namespace detail {
+// Writes `bytes` to `path` through a temporary file beside it and a rename, so a reader never
+// sees a half-written file and a failed write leaves the old one in place.
+inline void write_file_atomically(const std::filesystem::path& path, std::span<const std::byte> bytes) {
+    std::filesystem::path tmp = path;
+    tmp += ".tmp";
+    {
+        std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+        require(out.good(), tmp.string(), ": cannot open for writing");
+        out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+        out.flush();
+        if (!out.good()) {
+            std::error_code ec;
+            std::filesystem::remove(tmp, ec);
+            fail(tmp.string(), ": write failed");
+        }
+    }
+    std::error_code ec;
+    std::filesystem::rename(tmp, path, ec);
+    require(!ec, path.string(), ": cannot rename ", tmp.string(), " into place: ", ec.message());
+}
+} // namespace detail
+
 inline void save_safetensors(const std::filesystem::path& path, std::span<const TensorData> tensors,
                              const Metadata& metadata = {}) {
-    const std::vector<std::byte> bytes = serialize_safetensors(tensors, metadata);
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    require(out.good(), path.string(), ": cannot open for writing");
-    out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-    require(out.good(), path.string(), ": write failed");
+    detail::write_file_atomically(path, serialize_safetensors(tensors, metadata));
 }
 
 MQ_NAMESPACE_END

@@ -7,6 +7,7 @@
 #include <mambaquant/core/tensor.hpp>
 #include <mambaquant/io/checkpoint.hpp>
 #include <mambaquant/io/config.hpp>
+#include <mambaquant/io/mamba_tensors.hpp>
 #include <mambaquant/nn/mamba_block.hpp>
 #include <mambaquant/nn/rms_norm.hpp>
 
@@ -35,6 +36,14 @@ struct MambaSequenceState {
     MatrixXf h;       // residual stream of the current call [L, D]
     MatrixXf normed;  // final-norm output
     std::size_t position = 0;
+    // A prefill runs in chunks of at most this many tokens (plus one, so that no chunk is a
+    // single row), so its workspaces stay [chunk, ·] however long the prompt: a 100 KB byte prompt
+    // needs megabytes, not a gigabyte. The conv window and the scan state carry across chunks, and
+    // a multiple of 4 keeps every token in the same GEMM column block (Eigen's nr) as in one pass,
+    // so the float model's result is bit-identical to one pass (tests/nn). A per-tensor *dynamic*
+    // activation quantizer takes its scale per call, so its result depends on the chunking, as it
+    // already depends on how a sequence is split into calls.
+    std::size_t chunk_tokens = 256;
     void reset() {
         for (auto& c : caches) c.reset();
         position = 0;
@@ -81,18 +90,15 @@ public:
     // Tensor names are Hugging Face's (METHOD §1); both embedding spellings are accepted, the LM
     // head is `lm_head.weight` when present and the embedding when absent and tied.
     static BasicMambaModel from_checkpoint(const MambaConfig& cfg, const Checkpoint& ck) {
+        // Every tensor present with the config's shape, float, and none left unread: checked on the
+        // file's real sizes before anything below allocates (io/mamba_tensors.hpp).
+        const MambaTensorNames names = check_mamba_checkpoint(cfg, ck);
         BasicMambaModel m;
         m.config_ = cfg;
         const std::size_t D = cfg.d_model, E = cfg.d_inner, N = cfg.d_state, R = cfg.dt_rank, K = cfg.d_conv,
                           V = cfg.padded_vocab;
-        const bool new_name = ck.contains("backbone.embeddings.weight");
-        const bool old_name = ck.contains("backbone.embedding.weight");
-        require(new_name || old_name, ck.path().string(),
-                ": tensor \"backbone.embeddings.weight\" (or \"backbone.embedding.weight\") not found");
-        require(!(new_name && old_name), ck.path().string(),
-                ": both \"backbone.embeddings.weight\" and \"backbone.embedding.weight\" present");
-        m.embedding_ = load_matrix(ck, new_name ? "backbone.embeddings.weight" : "backbone.embedding.weight", {V, D}, V, D);
-        if (ck.contains("lm_head.weight")) {
+        m.embedding_ = load_matrix(ck, names.embedding, {V, D}, V, D);
+        if (names.lm_head) {
             m.lm_head_ = load_matrix(ck, "lm_head.weight", {V, D}, V, D);
             m.tied_ = false;
         } else {
@@ -118,7 +124,7 @@ public:
             w.D = row_vector(ck.load_float(mx + "D", {E})).transpose();
             w.out_proj = load_matrix(ck, mx + "out_proj.weight", {D, E}, D, E);
             w.reset_extras();
-            m.layers_.emplace_back(w, D, E, N, R, K, cfg.norm_eps);
+            allocating(ck.path().string(), detail::concat("layer ", i), [&] { m.layers_.emplace_back(w, D, E, N, R, K, cfg.norm_eps); });
         }
         return m;
     }
@@ -228,29 +234,37 @@ public:
         require(!tokens.empty(), "MambaModel::prefill: no tokens");
         require(state.caches.size() == layers_.size(), "MambaModel::prefill: state made for ", state.caches.size(),
                 " layers, model has ", layers_.size());
-        const auto L = static_cast<Eigen::Index>(tokens.size());
-        state.h.resize(L, embedding_.cols());
-        for (Eigen::Index t = 0; t < L; ++t) {
+        require(state.chunk_tokens > 0 && state.chunk_tokens % 4 == 0, "MambaModel::prefill: chunk_tokens must be a positive multiple of 4, got ",
+                state.chunk_tokens);
+        // Every token checked before the state advances, so a bad one leaves the state as it was.
+        for (std::size_t t = 0; t < tokens.size(); ++t)
             require(tokens[t] < static_cast<std::uint32_t>(embedding_.rows()), "MambaModel: token ", tokens[t],
                     " at position ", t, " is outside the vocabulary of ", embedding_.rows());
-            state.h.row(t) = embedding_.row(tokens[t]);
-        }
-        if (hidden) hidden->clear();
-        for (std::size_t i = 0; i < layers_.size(); ++i) {
-            layers_[i].forward(state.h, state.caches[i], state.workspace, tap, i);
-            if (hidden) hidden->push_back(state.h);
+        const auto L = static_cast<Eigen::Index>(tokens.size()), D = embedding_.cols();
+        MatrixXf logits;
+        if (which == Logits::all) logits.resize(L, lm_head().rows());
+        if (hidden) hidden->assign(layers_.size(), MatrixXf(L, D));
+        for (Eigen::Index begin = 0; begin < L;) {
+            const auto chunk = static_cast<Eigen::Index>(state.chunk_tokens);
+            const Eigen::Index n = L - begin <= chunk + 1 ? L - begin : chunk; // never leave a 1-row tail
+            state.h.resize(n, D);
+            for (Eigen::Index t = 0; t < n; ++t) state.h.row(t) = embedding_.row(tokens[static_cast<std::size_t>(begin + t)]);
+            for (std::size_t i = 0; i < layers_.size(); ++i) {
+                layers_[i].forward(state.h, state.caches[i], state.workspace, tap, i);
+                if (hidden) (*hidden)[i].middleRows(begin, n) = state.h;
+            }
+            begin += n;
+            if (which == Logits::none || (which == Logits::last && begin < L)) continue;
+            const Eigen::Index first = which == Logits::all ? 0 : n - 1; // rows of this chunk that need logits
+            state.normed.resize(n - first, D);
+            rms_norm(ConstMatrixView<float>(state.h.data() + first * D, static_cast<std::size_t>(n - first),
+                                            static_cast<std::size_t>(D)),
+                     norm_f_, config_.norm_eps, view(state.normed));
+            detail::tap(tap, layers_.size(), TapPoint::lm_head_input, view(std::as_const(state.normed)));
+            if (which == Logits::all) logits.middleRows(begin - n, n).noalias() = state.normed * lm_head().transpose();
+            else logits.noalias() = state.normed * lm_head().transpose();
         }
         state.position += tokens.size();
-        MatrixXf logits;
-        if (which == Logits::none) return logits;
-        const Eigen::Index first = which == Logits::all ? 0 : L - 1;
-        state.normed.resize(L - first, state.h.cols());
-        rms_norm(ConstMatrixView<float>(state.h.data() + first * state.h.cols(), static_cast<std::size_t>(L - first),
-                                        static_cast<std::size_t>(state.h.cols())),
-                 norm_f_, config_.norm_eps, view(state.normed));
-        detail::tap(tap, layers_.size(), TapPoint::lm_head_input, view(std::as_const(state.normed)));
-        logits.resize(L - first, lm_head().rows());
-        logits.noalias() = state.normed * lm_head().transpose();
         return logits;
     }
 
@@ -279,7 +293,9 @@ private:
     }
     static MatrixXf load_matrix(const Checkpoint& ck, const std::string& name, const std::vector<std::size_t>& shape,
                                 std::size_t rows, std::size_t cols) {
-        MatrixXf m(static_cast<Eigen::Index>(rows), static_cast<Eigen::Index>(cols));
+        MatrixXf m;
+        allocating(ck.source_of(name), detail::concat("tensor \"", name, "\" (", rows * cols * sizeof(float), " bytes)"),
+                   [&] { m.resize(static_cast<Eigen::Index>(rows), static_cast<Eigen::Index>(cols)); });
         ck.load_float_into(name, shape, std::span<float>(m.data(), rows * cols));
         return m;
     }
