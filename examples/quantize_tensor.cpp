@@ -8,8 +8,8 @@
 // is used. Usage: quantize_tensor [layer 0..23] (default 12).
 #include <mambaquant/core/rng.hpp>
 #include <mambaquant/core/tensor.hpp>
-#include <mambaquant/quant/observer.hpp>
-#include <mambaquant/quant/quantize.hpp>
+#include <mambaquant/calib/observer.hpp>
+#include <mambaquant/kernels/quantized_tensor.hpp>
 
 #include <algorithm>
 #include <chrono>

@@ -1,8 +1,8 @@
-// quant/observer.hpp: exact min/max, percentile accuracy vs an exact sort, MSE clipping that
+// calib/observer.hpp: exact min/max, percentile accuracy vs an exact sort, MSE clipping that
 // beats min/max, merge across shards equals one observer, and the no-sample / NaN errors.
 #include <mambaquant/core/rng.hpp>
 #include <mambaquant/core/tensor.hpp>
-#include <mambaquant/quant/observer.hpp>
+#include <mambaquant/calib/observer.hpp>
 
 #include <doctest/doctest.h>
 

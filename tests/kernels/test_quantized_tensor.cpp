@@ -1,8 +1,8 @@
-// quant/quantize.hpp: every policy (bits 2..8 × 4 granularities × 2 symmetries), static and
+// kernels/quantized_tensor.hpp: every policy (bits 2..8 × 4 granularities × 2 symmetries), static and
 // dynamic, checked against the scalar formulas of params.hpp; zero/constant rows; bad input.
 #include <mambaquant/core/rng.hpp>
 #include <mambaquant/core/tensor.hpp>
-#include <mambaquant/quant/quantize.hpp>
+#include <mambaquant/kernels/quantized_tensor.hpp>
 
 #include <doctest/doctest.h>
 
