@@ -180,3 +180,25 @@ TEST_CASE("observers on all-zero data give the exact zero range") {
     CHECK(ms.range() == mq::ValueRange{0.0f, 0.0f});
     CHECK(ms.params<mq::A8PerTensor>() == mq::QuantParams{1.0f, 1.0f, 0});
 }
+
+namespace {
+// A user observer: the documented members alone make it an Observer (the fixed range [-1, 1]).
+struct FixedRangeObserver {
+    std::uint64_t n = 0;
+    void observe(mq::ConstMatrixView<float> x) { n += x.rows * x.cols; }
+    void merge(const FixedRangeObserver& o) { n += o.n; }
+    std::uint64_t count() const { return n; }
+    mq::ValueRange range() const { return {-1.0f, 1.0f}; }
+    template <class Q>
+    mq::QuantParams params() const { return Q::params(-1.0f, 1.0f); }
+};
+struct NotAnObserver {
+    void observe(mq::ConstMatrixView<float>) {}
+};
+} // namespace
+
+TEST_CASE("Observer is open: a user type with the documented members models it") {
+    static_assert(mq::Observer<FixedRangeObserver> && mq::check_observer<FixedRangeObserver>());
+    static_assert(!mq::Observer<NotAnObserver> && !mq::detail::observer_has_merge<NotAnObserver>);
+    CHECK(FixedRangeObserver{}.params<mq::A8PerTensor>().zero == 128);
+}

@@ -1,6 +1,6 @@
 // Test support: a plain double-precision forward of one Mamba-1 layer and model (METHOD.md §1),
 // honouring the MambaQuant run-time extras, plus random weights, orthogonal matrices and the
-// shared mamba-130m channel profile.
+// mamba-130m channel profile committed in data/.
 #pragma once
 
 #include <mambaquant/core/rng.hpp>
@@ -88,7 +88,7 @@ inline MatrixXf profile_activations(mq::Rng& rng, const std::vector<double>& p, 
 }
 
 // A residual-stream input [L, D] shaped like mamba-130m's (its layer-0 channel profile when
-// D = 768 and the shared data is there, a seeded random profile otherwise).
+// D = 768 and the data file is there, a seeded random profile otherwise).
 inline MatrixXd residual_input(mq::Rng& rng, Eigen::Index d, Eigen::Index rows) {
     std::vector<double> p;
     const auto profile = load_channel_profile();
@@ -197,29 +197,13 @@ inline MatrixXd model_forward(const mq::MambaWeights& m, const std::vector<int>&
 // ‖a − b‖_F / ‖b‖_F
 inline double rel_error(const MatrixXd& a, const MatrixXd& b) { return (a - b).norm() / b.norm(); }
 
-// Where the shared data lives: MQ_SHARED_DIR (env, then the build define), then the folder next
-// to the main checkout (worktrees sit one level deeper than /work/main).
-inline std::string shared_file(const std::string& relative) {
-    std::vector<std::string> roots;
-    if (const char* env = std::getenv("MQ_SHARED_DIR")) roots.emplace_back(env);
-#ifdef MQ_SHARED_DIR
-    roots.emplace_back(MQ_SHARED_DIR);
-#endif
-#ifdef MQ_SOURCE_DIR
-    roots.emplace_back(std::string(MQ_SOURCE_DIR) + "/../../shared");
-#endif
-    for (const auto& root : roots) {
-        const std::string path = root + "/" + relative;
-        if (std::ifstream(path).good()) return path;
-    }
-    return {};
-}
+// A data file committed with the repository (data/, provenance in data/README.md).
+inline std::string data_file(const std::string& relative) { return std::string(MQ_SOURCE_DIR) + "/data/" + relative; }
 
 // The real mamba-130m in_proj input channel magnitudes: 24 rows (layers) of 768 values.
 inline std::vector<std::vector<double>> load_channel_profile() {
-    const std::string path = shared_file("data/mamba130m_in_proj_input_channel_stats.csv");
+    const std::string path = data_file("mamba130m_in_proj_input_channel_stats.csv");
     std::vector<std::vector<double>> rows;
-    if (path.empty()) return rows;
     std::ifstream in(path);
     std::string line;
     while (std::getline(in, line)) {

@@ -168,11 +168,22 @@ void quantize(ConstMatrixView<float> x, MatrixView<typename Q::code_type> codes,
         for (std::size_t r = 0; r < x.rows; ++r) {
             if (r + ahead < x.rows) detail::prefetch_bytes(x.row_ptr(r + ahead), row_bytes);
             for (std::size_t k = 0; k < g; ++k) {
-                const DynamicQuantResult res =
-                    quantize_row_dynamic<Q::bits, S>(arch, x.row_ptr(r) + k * len, len, codes.row_ptr(r) + k * len);
-                if (!res.range.finite) detail::fail_non_finite(x, r, k * len, (k + 1) * len, what, name);
-                detail::require_finite_scale(res.params, res.range, r, what, name);
-                params[r * g + k] = res.params;
+                const float* xk = x.row_ptr(r) + k * len;
+                typename Q::code_type* qk = codes.row_ptr(r) + k * len;
+                if constexpr (detail::is_builtin_quantizer_v<Q>) {
+                    // The built-in params (params_from_range) are computed inside the fused kernel.
+                    const DynamicQuantResult res = quantize_row_dynamic<Q::bits, S>(arch, xk, len, qk);
+                    if (!res.range.finite) detail::fail_non_finite(x, r, k * len, (k + 1) * len, what, name);
+                    detail::require_finite_scale(res.params, res.range, r, what, name);
+                    params[r * g + k] = res.params;
+                } else {
+                    // A user policy: its own Q::params of the row's (group's) range, then the codes.
+                    const RowRange rr = row_range(arch, xk, len);
+                    if (!rr.finite) detail::fail_non_finite(x, r, k * len, (k + 1) * len, what, name);
+                    params[r * g + k] = Q::params(rr.lo, rr.hi);
+                    detail::require_finite_scale(params[r * g + k], rr, r, what, name);
+                    quantize_row<typename Q::range>(arch, xk, len, params[r * g + k], qk);
+                }
             }
         }
     }

@@ -47,16 +47,13 @@ struct LinearWorkspace<float> {
 //   L layer(weight /*[out x in]*/, bias);  layer.forward(x /*[M x in]*/, y /*[M x out]*/);
 // Threading: output channels are split over a ThreadPool (default: default_thread_pool());
 // set_thread_pool(nullptr) runs on the calling thread, for engines with their own pool.
-template <NumericPolicy WeightPolicy, NumericPolicy ActPolicy, Rotation InputRotation = NoRotation>
+template <class WeightPolicy, class ActPolicy, class InputRotation = NoRotation>
 class Linear {
+    // First: a policy that does not model its concept stops here, naming the concept and member.
+    static_assert(check_weight_policy<WeightPolicy>() && check_act_policy<ActPolicy>() && check_rotation<InputRotation>());
     static_assert(WeightPolicy::is_float == ActPolicy::is_float,
                   "Linear: weights and activations are both quantized or both float (FloatPolicy)");
     static constexpr bool kFloat = WeightPolicy::is_float;
-    static_assert(kFloat || W8Policy<WeightPolicy> || W4Policy<WeightPolicy>,
-                  "Linear: weight policy must be Quantizer<8, per_channel, symmetric> or Quantizer<4, per_channel | "
-                  "per_group<G> (G % 32 == 0), symmetric | asymmetric>");
-    static_assert(kFloat || A8Policy<ActPolicy>,
-                  "Linear: activation policy must be Quantizer<8, per_token | per_tensor, symmetric | asymmetric>");
 
     template <class W, bool F = kFloat>
     struct Types {
@@ -107,8 +104,11 @@ public:
     const weights_type& weights() const noexcept { return weights_; }
     const aligned_vector<float>& bias() const noexcept { return bias_; }
     const InputRotation& input_rotation() const noexcept { return rotation_; }
-    void set_thread_pool(ThreadPool* pool) noexcept { pool_ = pool; }
-    ThreadPool* thread_pool() const noexcept { return pool_; }
+    void set_thread_pool(ThreadPool* pool) noexcept {
+        pool_ = pool;
+        default_pool_ = false;
+    }
+    ThreadPool* thread_pool() const noexcept { return default_pool_ ? &default_thread_pool() : pool_; }
 
     // Whether forward() rotates and quantizes the activations in one pass (per-token activations
     // and a rotation with a fused kernel for its whole row, e.g. a full HadamardOnline).
@@ -171,7 +171,7 @@ private:
     // y = codes · Ŵᵀ with scales, zero points and bias in the GEMM's epilogue.
     void multiply(workspace_type& ws, MatrixView<float> y) const {
         const Epilogue<float> e{bias_.empty() ? nullptr : bias_.data(), {}};
-        qgemm(default_arch{}, ws.act, weights_, e, y, pool_);
+        qgemm(default_arch{}, ws.act, weights_, e, y, thread_pool());
     }
 
     void set_bias(std::span<const float> bias) {
@@ -183,7 +183,10 @@ private:
     InputRotation rotation_;
     weights_type weights_;
     aligned_vector<float> bias_;
-    ThreadPool* pool_ = &default_thread_pool();
+    // default_thread_pool() until set_thread_pool: resolved per call, so an engine that sets its own
+    // pool (or nullptr) before the first forward never starts the library's threads.
+    ThreadPool* pool_ = nullptr;
+    bool default_pool_ = true;
     workspace_type ws_;
 };
 

@@ -38,9 +38,12 @@ std::span<const float> span_of(const Vector& v) noexcept {
 //   y = scan(x, Δ = softplus(dt·W_dtᵀ + b_dt), A, B, C, D) ⊙ SiLU(z);  h ← h + y·W_outᵀ
 // WeightQ/ActQ quantize all four projections (FloatPolicy: float); OutRotation is the online
 // rotation at out_proj's input (folded into W_out by Linear); Scan the scan policy.
-template <NumericPolicy WeightQ = FloatPolicy, NumericPolicy ActQ = FloatPolicy, Rotation OutRotation = NoRotation,
-          ScanPolicy Scan = PlainScan>
+template <class WeightQ = FloatPolicy, class ActQ = FloatPolicy, class OutRotation = NoRotation, class Scan = PlainScan>
 class MambaBlock {
+    // First: a policy that does not model its concept stops here, naming the concept and member.
+    static_assert(check_weight_policy<WeightQ>() && check_act_policy<ActQ>() && check_rotation<OutRotation>() &&
+                  check_scan_policy<Scan>());
+
 public:
     using weight_policy = WeightQ;
     using activation_policy = ActQ;
@@ -98,6 +101,15 @@ public:
     }
 
     MambaCache make_cache() const { return MambaCache(E_, N_, K_); }
+
+    // The pool the four projections split their output channels over; nullptr runs everything on
+    // the calling thread (engines with their own threads).
+    void set_thread_pool(ThreadPool* pool) noexcept {
+        in_proj_.set_thread_pool(pool);
+        x_proj_.set_thread_pool(pool);
+        dt_proj_.set_thread_pool(pool);
+        out_proj_.set_thread_pool(pool);
+    }
 
     // h ← h + Mixer(RMSNorm(h)) over the L rows of h (tokens in order), continuing from `cache`
     // and leaving it at the state after the last row. Prefill is L > 1, decode L = 1: same math.
