@@ -60,6 +60,22 @@ public:
         count_ += other.count_;
     }
 
+    // From saved min / max vectors and a row count (calib/statistics.hpp loads shards this way).
+    static ChannelStats restore(const Eigen::VectorXd& min, const Eigen::VectorXd& max, std::uint64_t count) {
+        require(min.size() == max.size() && min.size() > 0, "ChannelStats::restore: min has ", min.size(),
+                " channels, max has ", max.size());
+        ChannelStats s(static_cast<std::size_t>(min.size()));
+        for (Eigen::Index j = 0; j < min.size() && count > 0; ++j)
+            require(std::isfinite(min[j]) && std::isfinite(max[j]) && min[j] <= max[j], "ChannelStats::restore: channel ",
+                    j, " has min ", min[j], ", max ", max[j]);
+        if (count > 0) s.min_ = min, s.max_ = max;
+        s.count_ = count;
+        return s;
+    }
+    // The raw accumulators (±∞ before any row), for saving.
+    const Eigen::VectorXd& raw_min() const noexcept { return min_; }
+    const Eigen::VectorXd& raw_max() const noexcept { return max_; }
+
     const Eigen::VectorXd& min() const { return checked(min_); }
     const Eigen::VectorXd& max() const { return checked(max_); }
     // max|X_j| = max(|min_j|, |max_j|)

@@ -19,6 +19,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 MQ_NAMESPACE_BEGIN
@@ -116,6 +117,8 @@ public:
     }
 
     void add(float x) noexcept { ++counts_[bin(x)]; }
+    // Adds n to bin b (restoring a saved histogram; b < kBins checked by the caller).
+    void add_count(std::size_t b, std::uint64_t n) noexcept { counts_[b] += n; }
     void merge(const LogHistogram& o) noexcept {
         for (std::size_t b = 0; b < kBins; ++b) counts_[b] += o.counts_[b];
     }
@@ -199,6 +202,37 @@ public:
     double percentile() const noexcept { return p_; }
     std::uint64_t count() const noexcept { return count_; }
 
+    // The whole state as data, for saving calibration shards (calib/statistics.hpp): the
+    // non-empty histogram bins (index, count), the observed [min, max] and the count. restore()
+    // of a saved state gives an observer equal in every answer and in merging.
+    struct SavedState {
+        double percentile = 0.999999;
+        std::vector<std::pair<std::uint32_t, std::uint64_t>> bins;
+        float lo = std::numeric_limits<float>::infinity(), hi = -std::numeric_limits<float>::infinity();
+        std::uint64_t count = 0;
+    };
+    SavedState saved_state() const {
+        SavedState s{p_, {}, range_.lo, range_.hi, count_};
+        for (std::size_t b = 0; b < hist_.kBins; ++b)
+            if (hist_[b] != 0) s.bins.emplace_back(static_cast<std::uint32_t>(b), hist_[b]);
+        return s;
+    }
+    static PercentileObserver restore(const SavedState& s) {
+        PercentileObserver o(s.percentile);
+        std::uint64_t total = 0;
+        for (const auto& [b, n] : s.bins) {
+            require(b < hist_type::kBins, "PercentileObserver::restore: bin ", b, " out of range [0, ", hist_type::kBins, ")");
+            o.hist_.add_count(b, n);
+            total += n;
+        }
+        require(total == s.count, "PercentileObserver::restore: histogram holds ", total, " values, count says ", s.count);
+        require(s.count == 0 || (std::isfinite(s.lo) && std::isfinite(s.hi) && s.lo <= s.hi),
+                "PercentileObserver::restore: bad range [", s.lo, ", ", s.hi, "]");
+        o.range_ = RowRange{s.lo, s.hi, true};
+        o.count_ = s.count;
+        return o;
+    }
+
     // The p-th percentile of |x| (nearest rank), within the documented error bound.
     float abs_percentile() const {
         detail::require_samples(count_, "PercentileObserver");
@@ -232,8 +266,9 @@ public:
     }
 
 private:
+    using hist_type = detail::LogHistogram<kMantissaBits>;
     double p_;
-    detail::LogHistogram<kMantissaBits> hist_;
+    hist_type hist_;
     RowRange range_;
     std::uint64_t count_ = 0;
 };

@@ -210,6 +210,29 @@ void quantize_activations(Arch, ConstMatrixView<float> x, ActBuffer<Code>& out) 
     }
 }
 
+// Static per-tensor activations: one calibrated (scale, zero) `p` for every row (MambaQuant's
+// deployable setting). Values outside the calibrated range clamp to the code range, exactly as
+// quantize_value. The fast row kernel is exact while |x·inv_scale| < 2^31 (vcvtps2dq saturates to
+// INT_MIN beyond, and the int16/uint8 packs saturate correctly below); a row with a larger
+// magnitude (a wildly out-of-calibration token) takes the scalar quantize_value path instead.
+template <A8Policy Q, class Arch, class Code>
+    requires std::same_as<typename Q::granularity, per_tensor>
+void quantize_activations_static(Arch, ConstMatrixView<float> x, const QuantParams& p, ActBuffer<Code>& out) noexcept {
+    MQ_ASSERT(x.rows <= out.capacity && x.cols == out.k, "quantize_activations_static: buffer does not fit the input");
+    out.rows = x.rows;
+    for (std::size_t m = 0; m < x.rows; ++m) {
+        const float* xr = x.row_ptr(m);
+        detail::set_act_params<Q>(out, m, p);
+        const RowRange r = row_range(Arch{}, xr, x.cols);
+        if (r.finite && std::max(std::fabs(r.lo), std::fabs(r.hi)) * p.inv_scale < 1073741824.0f) {
+            detail::quantize_act_row<Q>(Arch{}, xr, p, out, m);
+        } else {
+            for (std::size_t c = 0; c < x.cols; ++c)
+                detail::store_act_code<Q>(out, m, c, quantize_value<typename Q::range>(xr[c], p));
+        }
+    }
+}
+
 // The online Hadamard (kernels/fwht.hpp) and per-token quantization in one pass: each rotated row
 // is quantized while it is still in L1. Equals fwht(x) then quantize_activations bit for bit.
 // scratch: at least n floats, 2·n (fwht_quantize_scratch_size) to pipeline rows.

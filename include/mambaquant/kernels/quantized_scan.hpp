@@ -22,7 +22,7 @@ MQ_NAMESPACE_BEGIN
 // both operands are quantized dynamically with one (scale, zero) each (per token, Q = ActQ):
 //   S_t = state_t·H                 [E, N]  (H: an optional N×N orthogonal rotation, R4)
 //   (s_S, z_S) = Q.params(min S_t, max S_t),   (s_C, z_C) = Q.params(min C_t, max C_t)
-//   y_t[d] = s_S·s_C · Σ_n (q(S_t[d,n]) − z_S)·(q(C_t[n]) − z_C)  + D[d]·x_t[d],  then · SiLU(z_t[d])
+//   y_t[d] = s_S·s_C · Σ_n (q(S_t[d,n]) − z_S)·(q(C_t[n]) − z_C)  + D[d]·x_t[d],  then · SiLU(z_t[d]) (or the S-SiLU gate, see selective_scan.hpp)
 // With a rotation, C must arrive rotated (C·H, folded into W_C's rows: W_C ← Hᵀ W_C), so that
 // S_t·(C_t H)ᵀ = state_t·C_t in exact arithmetic. The integer sum is exact in float too: each
 // product is ≤ 255² and N ≤ 256 terms stay below 2^24, so the SIMD kernel accumulates the code
@@ -110,7 +110,7 @@ void quantized_selective_scan_ref(const SelectiveScanArgs<State>& a, const Quant
                        static_cast<std::int32_t>(ws_c[t * N + n]);
             float out = static_cast<float>(acc) * out_scale;
             if (a.D) out = std::fma(a.D[d], a.x(t, d), out);
-            if (a.z.data) out *= silu_ref(a.z(t, d));
+            if (a.z.data) out *= detail::gate_ref(a.z(t, d), a.gate_scale ? a.gate_scale[d] : 1.0f);
             a.y(t, d) = out;
         }
     }
@@ -185,7 +185,9 @@ void quantized_scan_block(const SelectiveScanArgs<float>& a, const QuantizedScan
             }
             Bt out = acc * Bt(ws_ss[t] * ws_cs[t]);
             out = xsimd::fma(dskip, xv, out);
-            if (a.z.data) out *= silu<Arch>(Bt::load_unaligned(a.z.data + t * a.z.stride + d0));
+            if (a.z.data)
+                out *= gate<Arch>(Bt::load_unaligned(a.z.data + t * a.z.stride + d0),
+                                  a.gate_scale ? a.gate_scale + d0 : nullptr);
             out.store_unaligned(a.y.data + t * a.y.stride + d0);
         }
     }

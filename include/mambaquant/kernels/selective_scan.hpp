@@ -22,6 +22,8 @@ MQ_NAMESPACE_BEGIN
 //   Δ_t[d]        = softplus(delta_t[d] + bias[d])   if delta_softplus, else delta_t[d]
 //   state_t[d,n]  = exp(Δ_t[d]·A[d,n] + λ_t[n]) · state_{t−1}[d,n] + Δ_t[d]·B_t[n]·x_t[d]
 //   y_t[d]        = (Σ_n state_t[d,n]·C_t[n] + D[d]·x_t[d]) · SiLU(z_t[d])
+// or, with gate_scale g [E] (S-SiLU, MambaQuant S2), · z_t[d]·σ(g[d]·z_t[d]) in the same epilogue
+// (g = 1 is SiLU bit for bit: g·z = z exactly);
 // with λ_0 = first_step_log_scale (S4 absorption, METHOD §4: log dA'_0 = Δ_0·A + log(1/s)) and
 // λ_t = 0 otherwise; D and z are optional. The state is updated in place and holds state_{L−1}
 // on return, so decoding continues from a prefill and a prefill may be split into chunks.
@@ -38,6 +40,7 @@ struct SelectiveScanArgs {
     ConstMatrixView<float> C;
     const float* D = nullptr;
     ConstMatrixView<float> z;                       // data == nullptr: no gate
+    const float* gate_scale = nullptr;              // [E] S-SiLU scale; null: SiLU
     const float* first_step_log_scale = nullptr;    // null: no absorption
     MatrixView<State> state;
     MatrixView<float> y;
@@ -136,6 +139,15 @@ MQ_ALWAYS_INLINE void store_columns(const xsimd::batch<float, Arch>* in, float* 
     }
 }
 
+// The gate z·σ(g·z) (g = 1: SiLU(z) bit for bit), scalar (std::exp) and SIMD (exp_approx) forms.
+inline float gate_ref(float z, float g) noexcept { return z / (1.0f + std::exp(-(g * z))); }
+template <class Arch>
+MQ_ALWAYS_INLINE xsimd::batch<float, Arch> gate(xsimd::batch<float, Arch> z, const float* g) noexcept {
+    using Bt = xsimd::batch<float, Arch>;
+    if (!g) return silu<Arch>(z);
+    return z / (Bt(1.0f) + exp_approx<Arch>(-(Bt::load_unaligned(g) * z)));
+}
+
 template <class State>
 bool scan_args_consistent(const SelectiveScanArgs<State>& a) noexcept {
     const std::size_t L = a.x.rows, E = a.x.cols, N = a.A.cols;
@@ -168,7 +180,7 @@ void selective_scan_ref_range(const SelectiveScanArgs<State>& a, std::size_t d_b
             }
             float out = static_cast<float>(acc);
             if (a.D) out += a.D[d] * xv;
-            if (a.z.data) out *= silu_ref(a.z(t, d));
+            if (a.z.data) out *= detail::gate_ref(a.z(t, d), a.gate_scale ? a.gate_scale[d] : 1.0f);
             a.y(t, d) = out;
         }
     }
@@ -239,7 +251,8 @@ void selective_scan_block(const SelectiveScanArgs<float>& a, std::size_t d0) noe
             }
         }
         Bt out = xsimd::fma(dskip, xv, acc + acc_odd);
-        if (a.z.data) out *= silu<Arch>(Bt::load_unaligned(a.z.data + t * a.z.stride + d0));
+        if (a.z.data)
+            out *= gate<Arch>(Bt::load_unaligned(a.z.data + t * a.z.stride + d0), a.gate_scale ? a.gate_scale + d0 : nullptr);
         out.store_unaligned(a.y.data + t * a.y.stride + d0);
     }
     store_columns<Arch, N>(s, a.state.data + d0 * a.state.stride, a.state.stride);

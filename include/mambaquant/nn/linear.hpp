@@ -9,6 +9,7 @@
 #include <mambaquant/kernels/parallel.hpp>
 #include <mambaquant/kernels/qgemm.hpp>
 #include <mambaquant/kernels/quantized_activations.hpp>
+#include <mambaquant/kernels/quantized_tensor.hpp>
 #include <mambaquant/quant/quantizer.hpp>
 #include <mambaquant/transform/rotation.hpp>
 
@@ -54,6 +55,10 @@ class Linear {
     static_assert(WeightPolicy::is_float == ActPolicy::is_float,
                   "Linear: weights and activations are both quantized or both float (FloatPolicy)");
     static constexpr bool kFloat = WeightPolicy::is_float;
+    static constexpr bool kPerTensor = [] {
+        if constexpr (kFloat) return false;
+        else return std::same_as<typename ActPolicy::granularity, per_tensor>;
+    }();
 
     template <class W, bool F = kFloat>
     struct Types {
@@ -117,6 +122,19 @@ public:
         else return false;
     }
 
+    // Static per-tensor activations (ActPolicy per_tensor only): every call quantizes with the
+    // calibrated (scale, zero) instead of the input's own range. Checked: finite scale > 0 and a
+    // zero point in the code range (0 when symmetric).
+    void set_static_input_params(const QuantParams& p)
+        requires(kPerTensor)
+    {
+        detail::require_valid_params<ActPolicy>(std::span<const QuantParams>(&p, 1), "Linear::set_static_input_params",
+                                                "input");
+        static_ = p;
+        has_static_ = true;
+    }
+    const QuantParams* static_input_params() const noexcept { return has_static_ ? &static_ : nullptr; }
+
     // Sizes a workspace for up to max_tokens rows (setup: allocates).
     void reserve(workspace_type& ws, std::size_t max_tokens) const {
         if constexpr (kFusable)
@@ -155,6 +173,12 @@ public:
             if (!bias_.empty())
                 out.rowwise() += Eigen::Map<const Eigen::RowVectorXf>(bias_.data(), static_cast<Eigen::Index>(bias_.size()));
         } else {
+            if constexpr (kPerTensor)
+                if (has_static_) {
+                    quantize_activations_static<ActPolicy>(default_arch{}, src, static_, ws.act);
+                    multiply(ws, y);
+                    return;
+                }
             quantize_activations<ActPolicy>(default_arch{}, src, ws.act);
             multiply(ws, y);
         }
@@ -187,6 +211,8 @@ private:
     // pool (or nullptr) before the first forward never starts the library's threads.
     ThreadPool* pool_ = nullptr;
     bool default_pool_ = true;
+    QuantParams static_{};
+    bool has_static_ = false;
     workspace_type ws_;
 };
 

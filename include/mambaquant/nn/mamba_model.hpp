@@ -51,6 +51,7 @@ public:
 
     // From a checkpoint directory (config.json + model.safetensors or a sharded index).
     static BasicMambaModel load(const std::filesystem::path& dir) {
+        require_float_checkpoint(dir);
         return from_checkpoint(load_mamba_config(dir), Checkpoint::open(dir));
     }
 
@@ -184,7 +185,7 @@ public:
     }
 
     // Every block's thread pool (nullptr: the calling thread only; see MambaBlock::set_thread_pool).
-    void set_thread_pool(ThreadPool* pool) noexcept {
+    void set_thread_pool(ThreadPool* pool) {
         for (auto& b : layers_) b.set_thread_pool(pool);
     }
 
@@ -203,9 +204,10 @@ public:
 
     // Runs tokens through the model from `state` (empty at start), advancing it. Returns logits
     // [L, V] (Logits::all), [1, V] (last) or an empty matrix (none). `hidden`, when given,
-    // receives the residual stream after each layer ([L, D] each).
+    // receives the residual stream after each layer ([L, D] each); `tap`, when given, sees every
+    // quantization site's input (nn/activation_tap.hpp).
     MatrixXf prefill(std::span<const std::uint32_t> tokens, State& state, Logits which = Logits::all,
-                     std::vector<MatrixXf>* hidden = nullptr) const {
+                     std::vector<MatrixXf>* hidden = nullptr, ActivationTap* tap = nullptr) const {
         require(!tokens.empty(), "MambaModel::prefill: no tokens");
         require(state.caches.size() == layers_.size(), "MambaModel::prefill: state made for ", state.caches.size(),
                 " layers, model has ", layers_.size());
@@ -218,7 +220,7 @@ public:
         }
         if (hidden) hidden->clear();
         for (std::size_t i = 0; i < layers_.size(); ++i) {
-            layers_[i].forward(state.h, state.caches[i], state.workspace);
+            layers_[i].forward(state.h, state.caches[i], state.workspace, tap, i);
             if (hidden) hidden->push_back(state.h);
         }
         state.position += tokens.size();
@@ -229,6 +231,7 @@ public:
         rms_norm(ConstMatrixView<float>(state.h.data() + first * state.h.cols(), static_cast<std::size_t>(L - first),
                                         static_cast<std::size_t>(state.h.cols())),
                  norm_f_, config_.norm_eps, view(state.normed));
+        detail::tap(tap, layers_.size(), TapPoint::lm_head_input, view(std::as_const(state.normed)));
         logits.resize(L - first, lm_head().rows());
         logits.noalias() = state.normed * lm_head().transpose();
         return logits;
@@ -263,6 +266,14 @@ public:
     }
 
 private:
+    // A quantized checkpoint (nn/quantized_model.hpp) says so in config.json; refuse it by name.
+    static void require_float_checkpoint(const std::filesystem::path& dir) {
+        const auto file = std::filesystem::is_directory(dir) ? dir / "config.json" : dir;
+        if (!std::filesystem::exists(file)) return; // load_mamba_config reports it
+        const nlohmann::json j = detail::parse_untrusted_json(detail::read_text_file(file), file.string(), 1);
+        require(!(j.is_object() && j.contains("quantization_config")), file.string(),
+                ": a quantized checkpoint (\"quantization_config\" present); load it with QuantizedMambaModel::load");
+    }
     static MatrixXf load_matrix(const Checkpoint& ck, const std::string& name, const std::vector<std::size_t>& shape,
                                 std::size_t rows, std::size_t cols) {
         MatrixXf m(static_cast<Eigen::Index>(rows), static_cast<Eigen::Index>(cols));

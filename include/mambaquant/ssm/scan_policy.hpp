@@ -180,6 +180,8 @@ struct QuantizedScan {
     }
 
     bool rotated() const noexcept { return rotation_size_ != 0; }
+    // H row-major [N·N] (empty: no rotation).
+    std::span<const float> rotation() const noexcept { return {rotation_.data(), rotation_.size()}; }
     std::span<const float> scale() const noexcept { return smoothing_.scale; }
     void check(std::size_t, std::size_t state_size) const {
         require(!rotated() || rotation_size_ == state_size, "QuantizedScan: rotation is ", rotation_size_, " x ",

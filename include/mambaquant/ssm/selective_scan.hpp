@@ -18,11 +18,22 @@
 MQ_NAMESPACE_BEGIN
 
 // The SSM constants of one layer: A = −exp(A_log) [E, N] (precomputed once), the skip D [E]
-// and the dt bias b_dt [E] (each may be empty: no skip, no bias).
+// and the dt bias b_dt [E] (each may be empty: no skip, no bias), and the S-SiLU gate scale g [E]
+// (empty: the plain SiLU gate; set_gate_scale checks it).
 struct ScanWeights {
     MatrixXf A;
     aligned_vector<float> D;
     aligned_vector<float> dt_bias;
+    aligned_vector<float> gate_scale;
+
+    // g [E], finite and > 0 (S-SiLU: gate z·σ(g⊙z), fused into the scan's epilogue); empty: SiLU.
+    void set_gate_scale(std::span<const float> g) {
+        require(g.empty() || g.size() == channels(), "ScanWeights: gate_scale: expected ", channels(), " values, got ",
+                g.size());
+        for (std::size_t d = 0; d < g.size(); ++d)
+            require(std::isfinite(g[d]) && g[d] > 0.0f, "ScanWeights: gate_scale[", d, "] must be finite and > 0, got ", g[d]);
+        gate_scale.assign(g.begin(), g.end());
+    }
 
     std::size_t channels() const noexcept { return static_cast<std::size_t>(A.rows()); }
     std::size_t state_size() const noexcept { return static_cast<std::size_t>(A.cols()); }
@@ -121,6 +132,7 @@ SelectiveScanArgs<State> checked_scan_args(Arch arch, const P& policy, const Sca
     a.C = in.C;
     a.D = w.D.empty() ? nullptr : w.D.data();
     a.z = in.z;
+    a.gate_scale = in.z.data != nullptr && !w.gate_scale.empty() ? w.gate_scale.data() : nullptr;
     a.state = view(cache.state);
     a.y = y;
     return a;

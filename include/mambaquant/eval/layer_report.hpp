@@ -1,0 +1,135 @@
+// Per-layer error report: SQNR and cosine of each site's input and each layer's output, quantized model vs float.
+#pragma once
+
+#include <mambaquant/calib/calibrate.hpp>
+#include <mambaquant/core/config.hpp>
+#include <mambaquant/core/error.hpp>
+#include <mambaquant/core/tensor.hpp>
+#include <mambaquant/nn/activation_tap.hpp>
+#include <mambaquant/nn/quantization_config.hpp>
+
+#include <Eigen/Core>
+
+#include <cmath>
+#include <cstddef>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <optional>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+MQ_NAMESPACE_BEGIN
+
+//   SQNR = 10·log10(Σ x² / Σ (x − x̂)²) dB,   cosine = Σ x·x̂ / (‖x‖·‖x̂‖)
+// x: the float model's tensor, x̂: the quantized model's (fake-quant twin: the same numbers as the
+// integer path, in float). Two errors per site: `quant_*` is the site's own static quantizer
+// applied to the float input (how much the activation quantizer alone loses there), `drift_*` is
+// the twin's input against the float input (everything upstream, accumulated).
+struct ErrorSums {
+    double xx = 0, yy = 0, xy = 0, ee = 0;
+    void add(const float* x, const float* y, std::size_t n) {
+        for (std::size_t i = 0; i < n; ++i) {
+            const double a = x[i], b = y[i];
+            xx += a * a, yy += b * b, xy += a * b, ee += (a - b) * (a - b);
+        }
+    }
+    double sqnr_db() const { return ee > 0 ? 10.0 * std::log10(xx / ee) : std::numeric_limits<double>::infinity(); }
+    double cosine() const { return (xx > 0 && yy > 0) ? xy / std::sqrt(xx * yy) : 1.0; }
+};
+
+struct LayerReportRow {
+    std::size_t layer = 0;
+    std::string site;
+    ErrorSums quant, drift;
+};
+
+namespace detail {
+// Keeps a copy of every tap point's value of the last call.
+class TapRecorder final : public ActivationTap {
+public:
+    void on_activation(std::size_t layer, TapPoint point, ConstMatrixView<float> v) override {
+        values[{layer, point}] = as_eigen(v);
+    }
+    std::map<std::pair<std::size_t, TapPoint>, MatrixXf> values;
+};
+inline std::optional<Site> site_of(TapPoint p) {
+    switch (p) {
+    case TapPoint::in_proj_input: return Site::in_proj;
+    case TapPoint::conv_input: return Site::conv1d;
+    case TapPoint::x_proj_input: return Site::x_proj;
+    case TapPoint::dt_proj_input: return Site::dt_proj;
+    case TapPoint::out_proj_input: return Site::out_proj;
+    case TapPoint::lm_head_input: return Site::lm_head;
+    default: return std::nullopt;
+    }
+}
+} // namespace detail
+
+// Runs both models window by window (one window's activations held at a time) and accumulates
+// the sums per (layer, tap point). `reference` is the float model the quantized one was built
+// from (same transformed basis, so the tensors compare element by element).
+template <class Reference, class Quantized>
+std::vector<LayerReportRow> layer_report(const Reference& reference, const Quantized& quantized,
+                                         const QuantizationConfig& qc,
+                                         std::span<const std::span<const std::uint32_t>> windows) {
+    std::map<std::pair<std::size_t, TapPoint>, LayerReportRow> rows;
+    const std::size_t n_layer = reference.config().n_layer;
+    for (auto w : windows) {
+        detail::TapRecorder ref_tap, q_tap;
+        auto s1 = reference.make_state();
+        detail::prefill_tapped(reference, w, s1, &ref_tap);
+        auto s2 = quantized.make_state();
+        detail::prefill_tapped(quantized, w, s2, &q_tap);
+        for (const auto& [key, x] : ref_tap.values) {
+            const auto it = q_tap.values.find(key);
+            if (it == q_tap.values.end() || it->second.size() != x.size()) continue;
+            auto& row = rows[key];
+            row.layer = key.first;
+            row.site = tap_point_name(key.second);
+            row.drift.add(x.data(), it->second.data(), static_cast<std::size_t>(x.size()));
+            const auto site = detail::site_of(key.second);
+            if (!site) continue;
+            const bool is_head = key.first >= n_layer;
+            std::optional<QuantParams> p;
+            if (is_head) p = qc.head_act;
+            else if (key.first < qc.layers.size()) p = qc.layers[key.first][*site];
+            if (!p) continue;
+            MatrixXf xq = x;
+            const int lo = qc[*site].act.symmetric ? -127 : 0, hi = qc[*site].act.symmetric ? 127 : 255;
+            for (Eigen::Index i = 0; i < xq.size(); ++i) {
+                const float q = std::clamp(std::nearbyint(x.data()[i] * p->inv_scale) + static_cast<float>(p->zero),
+                                           static_cast<float>(lo), static_cast<float>(hi));
+                xq.data()[i] = (q - static_cast<float>(p->zero)) * p->scale;
+            }
+            row.quant.add(x.data(), xq.data(), static_cast<std::size_t>(x.size()));
+        }
+    }
+    std::vector<LayerReportRow> out;
+    for (auto& [k, r] : rows) out.push_back(std::move(r));
+    return out;
+}
+
+// layers.csv: layer,site,quant_sqnr_db,quant_cosine,drift_sqnr_db,drift_cosine (written to a
+// temporary file, then renamed). Sites without a static quantizer leave the quant columns empty.
+inline void write_layer_report(const std::filesystem::path& path, const std::vector<LayerReportRow>& rows) {
+    const std::filesystem::path tmp = path.string() + ".tmp";
+    {
+        std::ofstream f(tmp);
+        require(static_cast<bool>(f), "layer report: cannot write '", tmp.string(), "'");
+        f << "layer,site,quant_sqnr_db,quant_cosine,drift_sqnr_db,drift_cosine\n";
+        for (const auto& r : rows) {
+            f << r.layer << ',' << r.site << ',';
+            if (r.quant.xx > 0) f << r.quant.sqnr_db() << ',' << r.quant.cosine();
+            else f << ',';
+            f << ',' << r.drift.sqnr_db() << ',' << r.drift.cosine() << '\n';
+        }
+        require(static_cast<bool>(f), "layer report: writing '", tmp.string(), "' failed");
+    }
+    std::filesystem::rename(tmp, path);
+}
+
+MQ_NAMESPACE_END

@@ -1,0 +1,411 @@
+// Recipes: RTN, SmoothQuant, QuaRot-style, Quamba-style and MambaQuant as short lists of transform steps, and the runner.
+#pragma once
+// Why this header is long-ish (~400 lines): the steps, the five recipes and the runner belong
+// together — a user reads one file to see every method as a list, and to write a sixth.
+
+#include <mambaquant/calib/calibrate.hpp>
+#include <mambaquant/calib/statistics.hpp>
+#include <mambaquant/core/config.hpp>
+#include <mambaquant/core/error.hpp>
+#include <mambaquant/core/tensor.hpp>
+#include <mambaquant/nn/activation_tap.hpp>
+#include <mambaquant/nn/quantization_config.hpp>
+#include <mambaquant/nn/quantized_model.hpp>
+#include <mambaquant/quant/gptq.hpp>
+#include <mambaquant/transform/fusion.hpp>
+#include <mambaquant/transform/klt.hpp>
+#include <mambaquant/transform/klt_hadamard.hpp>
+#include <mambaquant/transform/rotation.hpp>
+#include <mambaquant/transform/smoothing.hpp>
+
+#include <Eigen/Core>
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+MQ_NAMESPACE_BEGIN
+
+// What a step sees: the weights as transformed so far, the quantization config being built, the
+// statistics of the *current* weights (each stage is calibrated afresh), and the run's choices.
+struct RecipeContext {
+    MambaWeights weights;
+    MambaConfig model;
+    QuantizationConfig config;
+    const CalibrationStats* stats = nullptr;
+    std::uint64_t seed = 0;
+    UnsupportedSize fallback = UnsupportedSize::error; // sizes with no exact Hadamard
+};
+
+using RecipeStep = std::function<void(RecipeContext&)>;
+
+// Steps that read statistics of the same weights form a stage; the runner calibrates once per
+// stage. `plan` says which covariances the stage needs.
+struct RecipeStage {
+    std::vector<RecipeStep> steps;
+    CalibrationPlan plan;
+};
+
+// How static activation ranges are read from the final calibration (on the transformed model).
+enum class RangeRule : std::uint8_t { minmax, percentile };
+
+struct Recipe {
+    std::string name;
+    std::vector<RecipeStage> stages;  // offline transforms, each stage on fresh statistics
+    std::vector<RecipeStep> online;   // online rotations (R2, R4): set after the final calibration
+    bool act_symmetric = false;       // static per-tensor activations, symmetric or asymmetric
+    RangeRule range = RangeRule::minmax;
+    double percentile = 0.999999;
+    std::vector<TapPoint> percentile_sites; // empty: `range` everywhere; else percentile only here
+    bool random_signs = false;        // results depend on the seed (randomized Hadamard)
+};
+
+// ---- steps (each one line of METHOD.md §3–4) ---------------------------------------------------
+namespace steps {
+
+inline const SiteStats& stat(const RecipeContext& c, std::size_t layer, TapPoint p) {
+    require(c.stats != nullptr, "recipe: a step needs calibration statistics but its stage has none");
+    return c.stats->at(tap_key(layer, c.weights.layers.size(), p));
+}
+
+// dt shift: μ = mid-range of the dt input; b_dt absorbs μ·W_dtᵀ.
+inline RecipeStep shift_dt() {
+    return [](RecipeContext& c) {
+        for (std::size_t i = 0; i < c.weights.layers.size(); ++i) {
+            const auto& s = stat(c, i, TapPoint::dt_proj_input).channels();
+            c.weights.layers[i] = ::mq::shift_dt(c.weights.layers[i], s.min(), s.max()).weights;
+        }
+    };
+}
+// SmoothQuant on the norm → in_proj (the SmoothQuant baseline).
+inline RecipeStep smooth_norm(double alpha = 0.5) {
+    return [alpha](RecipeContext& c) {
+        for (std::size_t i = 0; i < c.weights.layers.size(); ++i)
+            c.weights.layers[i] = ::mq::smooth_norm(c.weights.layers[i], stat(c, i, TapPoint::in_proj_input).channels().absmax(),
+                                                    {alpha, 1e-2})
+                                      .weights;
+    };
+}
+// S2: S-SiLU at the out_proj input.
+inline RecipeStep smooth_gate(double alpha = 0.5) {
+    return [alpha](RecipeContext& c) {
+        for (std::size_t i = 0; i < c.weights.layers.size(); ++i)
+            c.weights.layers[i] =
+                ::mq::smooth_gate(c.weights.layers[i], stat(c, i, TapPoint::out_proj_input).channels().absmax(), {alpha, 1e-2})
+                    .weights;
+    };
+}
+// S4: B/C smoothing per state index from max|state| and max|C|.
+inline RecipeStep smooth_state() {
+    return [](RecipeContext& c) {
+        for (std::size_t i = 0; i < c.weights.layers.size(); ++i) {
+            require(c.stats->contains(site_key(i, "scan_state")),
+                    "recipe: smooth_state needs the state statistics (CalibrationPlan::state)");
+            const Eigen::VectorXd st = c.stats->at(site_key(i, "scan_state")).channels().absmax();
+            c.weights.layers[i] =
+                ::mq::smooth_state(c.weights.layers[i], st, stat(c, i, TapPoint::scan_C).channels().absmax()).weights;
+        }
+    };
+}
+// S5: x_proj dt rows → dt_proj. After the dt shift (same stage, same statistics) the dt input is
+// dt − μ with μ the mid-range, so max|dt_r − μ_r| = (max_r − min_r)/2 exactly.
+inline RecipeStep smooth_dt_after_shift(double alpha = 0.5) {
+    return [alpha](RecipeContext& c) {
+        for (std::size_t i = 0; i < c.weights.layers.size(); ++i) {
+            const auto& s = stat(c, i, TapPoint::dt_proj_input).channels();
+            c.weights.layers[i] = ::mq::smooth_dt(c.weights.layers[i], (s.max() - s.min()) * 0.5, {alpha, 1e-2}).weights;
+        }
+    };
+}
+// S7: in_proj x rows → conv1d.
+inline RecipeStep smooth_conv(double alpha = 0.5) {
+    return [alpha](RecipeContext& c) {
+        for (std::size_t i = 0; i < c.weights.layers.size(); ++i)
+            c.weights.layers[i] =
+                ::mq::smooth_conv(c.weights.layers[i], stat(c, i, TapPoint::conv_input).channels().absmax(), {alpha, 1e-2})
+                    .weights;
+    };
+}
+
+inline MatrixXd hadamard_for(const RecipeContext& c, std::size_t n, bool randomized, std::uint64_t seed) {
+    return rotation_matrix<double>(choose_rotation(n, c.fallback, seed, randomized));
+}
+
+// R1: residual rotation with a randomized Hadamard (QuaRot) or KLT·H (MambaQuant: K1 from the
+// in_proj input covariance with γ folded out, Cov(hn/γ) = diag(1/γ)·Cov(hn)·diag(1/γ), pooled
+// over layers as the mean of the per-layer covariances, or layer 0).
+enum class R1Basis : std::uint8_t { hadamard, klt_pooled, klt_layer0 };
+inline RecipeStep rotate_residual(R1Basis basis) {
+    return [basis](RecipeContext& c) {
+        const std::size_t d = static_cast<std::size_t>(c.weights.embedding.cols());
+        const MatrixXd h = hadamard_for(c, d, true, c.seed);
+        MatrixXd q = h;
+        if (basis != R1Basis::hadamard) {
+            const std::size_t layers = basis == R1Basis::klt_layer0 ? 1 : c.weights.layers.size();
+            MatrixXd cov = MatrixXd::Zero(static_cast<Eigen::Index>(d), static_cast<Eigen::Index>(d));
+            for (std::size_t i = 0; i < layers; ++i) {
+                const auto& site = stat(c, i, TapPoint::in_proj_input);
+                const Eigen::VectorXd g = c.weights.layers[i].norm.cast<double>();
+                require((g.array() != 0.0).all(), "rotate_residual (R1): layer ", i, " has a zero RMSNorm weight");
+                const Eigen::VectorXd inv = g.cwiseInverse();
+                cov += inv.asDiagonal() * site.covariance().covariance() * inv.asDiagonal();
+            }
+            cov /= static_cast<double>(layers);
+            q = klt_hadamard(klt_from_covariance(cov), h).matrix;
+        }
+        c.weights = ::mq::rotate_residual(c.weights, q);
+    };
+}
+// R5: dt path per layer, Q5 = K5·H_R with K5 from the dt input covariance.
+inline RecipeStep rotate_dt_path() {
+    return [](RecipeContext& c) {
+        for (std::size_t i = 0; i < c.weights.layers.size(); ++i) {
+            const MatrixXd cov = stat(c, i, TapPoint::dt_proj_input).covariance().covariance();
+            const MatrixXd h = hadamard_for(c, c.weights.layers[i].dt_rank(), false, 0);
+            c.weights.layers[i] = ::mq::rotate_dt_path(c.weights.layers[i], klt_hadamard(klt_from_covariance(cov), h).matrix);
+        }
+    };
+}
+// R2: plain Hadamard at the out_proj input, online (fused with its quantization).
+inline RecipeStep rotate_out_proj_input() {
+    return [](RecipeContext& c) {
+        const std::size_t e = static_cast<std::size_t>(c.model.d_inner);
+        const RotationSpec spec = choose_rotation(e, UnsupportedSize::error); // online needs an exact Hadamard
+        const MatrixXd h = rotation_matrix<double>(spec);
+        for (auto& l : c.weights.layers) l = ::mq::rotate_out_proj_input(l, h);
+        c.config.out_rotation = spec;
+    };
+}
+// R4: Hadamard over the state dimension before the quantized state·C.
+inline RecipeStep rotate_state() {
+    return [](RecipeContext& c) {
+        const RotationSpec spec = choose_rotation(c.model.d_state, UnsupportedSize::error);
+        const MatrixXd h = rotation_matrix<double>(spec);
+        for (auto& l : c.weights.layers) l = ::mq::rotate_state(l, h);
+        c.config.state_rotation = spec;
+    };
+}
+
+} // namespace steps
+
+// ---- the five methods (METHOD.md §5) -----------------------------------------------------------
+inline CalibrationPlan plan_with(std::initializer_list<TapPoint> covariance, bool state = false) {
+    CalibrationPlan p;
+    for (TapPoint t : covariance) p.covariance[static_cast<std::size_t>(t)] = true;
+    p.state = state;
+    return p;
+}
+
+inline Recipe rtn_recipe() { return {"rtn", {}, {}, false, RangeRule::minmax, 0.999999, {}, false}; }
+
+inline Recipe smoothquant_recipe(double alpha = 0.5) {
+    // The norm → in_proj smoothing; out_proj's input a = y ⊙ SiLU(z) has no linear producer to
+    // absorb a scale without S-SiLU (that is MambaQuant's S2), so SmoothQuant stops at in_proj.
+    return {"smoothquant", {{{steps::smooth_norm(alpha)}, {}}}, {}, true, RangeRule::minmax, 0.999999, {}, false};
+}
+
+inline Recipe quarot_recipe() {
+    return {"quarot",      {{{steps::rotate_residual(steps::R1Basis::hadamard)}, {}}}, {steps::rotate_out_proj_input()},
+            false,         RangeRule::minmax, 0.999999, {}, true};
+}
+
+inline Recipe quamba_recipe(double percentile = 0.99999) {
+    // Percentile clipping of the scan input (x_proj's input, Quamba's outlier site), min/max
+    // elsewhere, online Hadamard at out_proj's input, static symmetric per-tensor activations.
+    return {"quamba", {}, {steps::rotate_out_proj_input()}, true, RangeRule::minmax, percentile, {TapPoint::x_proj_input},
+            false};
+}
+
+inline Recipe mambaquant_recipe(steps::R1Basis r1 = steps::R1Basis::klt_pooled) {
+    Recipe r;
+    r.name = "mambaquant";
+    // Stage 1 (float statistics): dt shift → S2, S4, S5, S7.
+    r.stages.push_back({{steps::shift_dt(), steps::smooth_gate(), steps::smooth_state(), steps::smooth_dt_after_shift(),
+                         steps::smooth_conv()},
+                        plan_with({}, /*state=*/true)});
+    // Stage 2 (statistics of the smoothed model): R1 (KLT·H), R5 (KLT·H_R).
+    r.stages.push_back({{steps::rotate_residual(r1), steps::rotate_dt_path()},
+                        plan_with({TapPoint::in_proj_input, TapPoint::dt_proj_input})});
+    r.online = {steps::rotate_out_proj_input(), steps::rotate_state()};
+    r.act_symmetric = false;
+    r.range = RangeRule::percentile;
+    r.random_signs = true;
+    return r;
+}
+
+inline std::vector<std::string_view> recipe_names() { return {"rtn", "smoothquant", "quarot", "quamba", "mambaquant"}; }
+
+inline Recipe recipe_by_name(std::string_view name) {
+    if (name == "rtn") return rtn_recipe();
+    if (name == "smoothquant") return smoothquant_recipe();
+    if (name == "quarot") return quarot_recipe();
+    if (name == "quamba") return quamba_recipe();
+    if (name == "mambaquant") return mambaquant_recipe();
+    fail("unknown method \"", name, "\" (expected fp, rtn, smoothquant, quarot, quamba or mambaquant)");
+}
+
+// ---- bits ------------------------------------------------------------------------------------
+struct BitsChoice {
+    std::string label; // fp32, w8a8, w4a8
+    int weight_bits = 0; // 0: float
+    std::size_t group = 0; // W4 per group (0: per channel)
+};
+inline BitsChoice bits_by_name(std::string_view name) {
+    if (name == "fp32") return {"fp32", 0, 0};
+    if (name == "w8a8") return {"w8a8", 8, 0};
+    if (name == "w4a8") return {"w4a8", 4, 0};
+    fail("unknown bit width \"", name, "\" (expected fp32, w8a8 or w4a8)");
+}
+
+// ---- the runner ------------------------------------------------------------------------------
+struct QuantizeOptions {
+    BitsChoice bits = bits_by_name("w8a8");
+    std::uint64_t seed = 0;
+    bool gptq = false;
+    GptqOptions gptq_options{};
+    UnsupportedSize fallback = UnsupportedSize::error;
+    std::function<void(std::string_view, std::size_t, std::size_t)> progress; // (what, done, total)
+};
+
+struct QuantizedRecipe {
+    MambaWeights weights;         // transformed (and GPTQ-rounded) float weights
+    QuantizationConfig config;    // with static params
+    CalibrationStats final_stats; // of the transformed model (the static ranges' source)
+};
+
+namespace detail {
+// A NaN or ∞ in a weight would turn every statistic downstream into garbage: refuse it by name.
+inline void require_finite_weights(const MambaWeights& w) {
+    auto check = [](const auto& m, const std::string& name) {
+        if (m.size() == 0 || m.allFinite()) return;
+        for (Eigen::Index i = 0; i < m.size(); ++i)
+            require(std::isfinite(m.data()[i]), "recipe: weight '", name, "' has a non-finite value (", m.data()[i],
+                    ") at flat index ", i);
+    };
+    check(w.embedding, "embedding");
+    check(w.norm_f, "norm_f");
+    if (!w.tied) check(w.lm_head, "lm_head");
+    for (std::size_t i = 0; i < w.layers.size(); ++i) {
+        const auto& l = w.layers[i];
+        const std::string p = "layers." + std::to_string(i) + ".";
+        check(l.in_proj, p + "in_proj"), check(l.conv_w, p + "conv1d.weight"), check(l.conv_b, p + "conv1d.bias");
+        check(l.x_proj, p + "x_proj"), check(l.dt_proj, p + "dt_proj"), check(l.dt_bias, p + "dt_proj.bias");
+        check(l.A_log, p + "A_log"), check(l.D, p + "D"), check(l.out_proj, p + "out_proj"), check(l.norm, p + "norm");
+    }
+}
+inline QuantizationConfig recipe_base_config(const Recipe& r, const BitsChoice& b) {
+    QuantizationConfig c = uniform_quantization_config(b.weight_bits, b.group, ActMode::static_per_tensor, r.act_symmetric,
+                                                       "custom");
+    for (auto m : kQuantMethods)
+        if (m == r.name) c.method = r.name;
+    c.bits = b.label;
+    return c;
+}
+inline QuantParams act_params(const SiteStats& s, bool percentile, bool sym) {
+    const ValueRange v = percentile ? s.percentile_range() : s.minmax_range();
+    return sym ? params_from_range<8, symmetric>(v.lo, v.hi) : params_from_range<8, asymmetric>(v.lo, v.hi);
+}
+// GPTQ of one weight with the (already rotated) input second moment XᵀX.
+inline MatrixXf gptq_weight(const MatrixXf& w, const CalibrationStats& st, const std::string& key, const QuantSpec& spec,
+                            const GptqOptions& o) {
+    const MatrixXd h = st.at(key).covariance().second_moment();
+    return visit_quantizer(spec, [&]<class Q>(std::type_identity<Q>) -> MatrixXf {
+        if constexpr (std::same_as<typename Q::granularity, per_channel> || is_per_group_v<typename Q::granularity>)
+            return gptq_quantize<Q>(w, h, o).dequantized;
+        else
+            fail("GPTQ: weights must be per channel or per group, got ", QuantizationConfig::granularity_kind_label(spec));
+    });
+}
+} // namespace detail
+
+// calibrate (per stage) → transforms → online rotations → final calibration on the transformed
+// model (static ranges; Hessians for GPTQ) → optional GPTQ → the config with its static params.
+inline QuantizedRecipe run_recipe(const Recipe& recipe, const MambaWeights& float_weights, const MambaConfig& model,
+                                  std::span<const std::span<const std::uint32_t>> windows, const QuantizeOptions& opt) {
+    validate(float_weights);
+    detail::require_finite_weights(float_weights);
+    RecipeContext c{float_weights, model, detail::recipe_base_config(recipe, opt.bits), nullptr, opt.seed, opt.fallback};
+    const QuantizationConfig float_config{};
+    auto progress = [&](std::string_view what) {
+        return [&opt, what](std::size_t d, std::size_t t) {
+            if (opt.progress) opt.progress(what, d, t);
+        };
+    };
+    for (std::size_t s = 0; s < recipe.stages.size(); ++s) {
+        const RecipeStage& stage = recipe.stages[s];
+        CalibrationStats stats;
+        {
+            const QuantizedMambaModel m = build_quantized_model(c.weights, model, float_config);
+            stats = calibrate(m, windows, stage.plan, &c.weights, progress("calibrate"));
+        }
+        c.stats = &stats;
+        for (const auto& step : stage.steps) step(c);
+        c.stats = nullptr;
+    }
+    // The final calibration runs the offline-transformed float model; the online rotations are
+    // set afterwards, and the collector applies R2 to the out_proj input it observes, so the static
+    // range and GPTQ's Hessian are those of what the quantizer sees.
+    const MambaWeights offline = c.weights;
+    for (const auto& step : recipe.online) step(c);
+    CalibrationPlan plan;
+    plan.percentile = recipe.percentile;
+    if (opt.gptq)
+        for (TapPoint t : {TapPoint::in_proj_input, TapPoint::x_proj_input, TapPoint::dt_proj_input, TapPoint::out_proj_input,
+                           TapPoint::lm_head_input})
+            plan.covariance[static_cast<std::size_t>(t)] = true;
+    for (const auto& l : c.weights.layers) plan.out_rotation.push_back(l.out_rotation);
+    QuantizedRecipe out;
+    {
+        const QuantizedMambaModel m = build_quantized_model(offline, model, float_config);
+        out.final_stats = calibrate(m, windows, plan, &offline, progress("calibrate (transformed)"));
+    }
+    const std::size_t n = c.weights.layers.size();
+    c.config.layers.assign(n, LayerActParams{});
+    auto use_percentile = [&](TapPoint t) {
+        if (recipe.percentile_sites.empty()) return recipe.range == RangeRule::percentile;
+        for (TapPoint p : recipe.percentile_sites)
+            if (p == t) return true;
+        return recipe.range == RangeRule::percentile;
+    };
+    const std::pair<Site, TapPoint> sites[] = {{Site::in_proj, TapPoint::in_proj_input},
+                                               {Site::conv1d, TapPoint::conv_input},
+                                               {Site::x_proj, TapPoint::x_proj_input},
+                                               {Site::dt_proj, TapPoint::dt_proj_input},
+                                               {Site::out_proj, TapPoint::out_proj_input}};
+    for (std::size_t i = 0; i < n; ++i)
+        for (const auto& [site, tap] : sites)
+            if (c.config[site].act.mode == ActMode::static_per_tensor)
+                c.config.layers[i][site] = detail::act_params(out.final_stats.at(tap_key(i, n, tap)), use_percentile(tap),
+                                                              c.config[site].act.symmetric);
+    if (c.config[Site::lm_head].act.mode == ActMode::static_per_tensor)
+        c.config.head_act = detail::act_params(out.final_stats.at(tap_key(n, n, TapPoint::lm_head_input)),
+                                               use_percentile(TapPoint::lm_head_input), c.config[Site::lm_head].act.symmetric);
+    if (opt.gptq) {
+        require(opt.bits.weight_bits > 0, "GPTQ needs quantized weights (bits ", opt.bits.label, ")");
+        for (std::size_t i = 0; i < n; ++i) {
+            auto& l = c.weights.layers[i];
+            const auto& go = opt.gptq_options;
+            const auto& st = out.final_stats;
+            // Each Hessian is the second moment of the site's input as the quantized layer sees it
+            // (in_proj: hn = RMSNorm(h)·γ; out_proj: a·H after R2). The LM head is left to RTN:
+            // when tied it is the embedding, which GPTQ's input-side objective does not cover.
+            l.in_proj = detail::gptq_weight(l.in_proj, st, tap_key(i, n, TapPoint::in_proj_input), *c.config[Site::in_proj].weight, go);
+            l.x_proj = detail::gptq_weight(l.x_proj, st, tap_key(i, n, TapPoint::x_proj_input), *c.config[Site::x_proj].weight, go);
+            l.dt_proj = detail::gptq_weight(l.dt_proj, st, tap_key(i, n, TapPoint::dt_proj_input), *c.config[Site::dt_proj].weight, go);
+            l.out_proj = detail::gptq_weight(l.out_proj, st, tap_key(i, n, TapPoint::out_proj_input), *c.config[Site::out_proj].weight, go);
+            if (opt.progress) opt.progress("gptq", i + 1, n);
+        }
+    }
+    out.weights = std::move(c.weights);
+    out.config = std::move(c.config);
+    return out;
+}
+
+MQ_NAMESPACE_END
