@@ -200,5 +200,5 @@ struct NotAnObserver {
 TEST_CASE("Observer is open: a user type with the documented members models it") {
     static_assert(mq::Observer<FixedRangeObserver> && mq::check_observer<FixedRangeObserver>());
     static_assert(!mq::Observer<NotAnObserver> && !mq::detail::observer_has_merge<NotAnObserver>);
-    CHECK(FixedRangeObserver{}.params<mq::A8PerTensor>().zero == 128);
+    CHECK(FixedRangeObserver{}.params<mq::A8PerTensor>() == mq::A8PerTensor::params(-1.0f, 1.0f)); // its own range, the policy's params
 }
