@@ -3,13 +3,13 @@
 //
 // The activation is the in_proj input of mamba-130m (after RMSNorm): synthetic Gaussian values,
 // channel j scaled by the real per-channel magnitude profile of the chosen layer
-// (../shared/data/mamba130m_in_proj_input_channel_stats.csv, from the MambaQuant authors' code),
-// which carries the model's channel outliers. Without the file a heavy-tailed synthetic profile
-// is used. Usage: quantize_tensor [layer 0..23] (default 12).
+// (data/mamba130m_in_proj_input_channel_stats.csv in the repository, from the MambaQuant authors'
+// code), which carries the model's channel outliers. Without the file a heavy-tailed synthetic
+// profile is used. Usage: quantize_tensor [layer 0..23] [profile.csv] (default 12, the repository's).
 #include <mambaquant/core/rng.hpp>
 #include <mambaquant/core/tensor.hpp>
-#include <mambaquant/quant/observer.hpp>
-#include <mambaquant/quant/quantize.hpp>
+#include <mambaquant/calib/observer.hpp>
+#include <mambaquant/kernels/quantized_tensor.hpp>
 
 #include <algorithm>
 #include <charconv>
@@ -24,8 +24,8 @@
 #include <system_error>
 #include <vector>
 
-#ifndef MQ_SHARED_DIR
-#define MQ_SHARED_DIR "../shared"
+#ifndef MQ_SOURCE_DIR
+#define MQ_SOURCE_DIR "."
 #endif
 
 namespace {
@@ -135,20 +135,9 @@ int main(int argc, char** argv) {
         return 2;
     }
     mq::Rng rng(2025);
-    // $MAMBAQUANT_SHARED_DIR, else the build's ../shared, else ../../shared (a git worktree).
-    std::vector<std::string> dirs;
-    if (const char* env = std::getenv("MAMBAQUANT_SHARED_DIR")) dirs.emplace_back(env);
-    dirs.emplace_back(MQ_SHARED_DIR);
-#ifdef MQ_SOURCE_DIR
-    dirs.emplace_back(std::string(MQ_SOURCE_DIR) + "/../../shared");
-#endif
-    std::string path;
-    std::vector<float> profile;
-    for (const auto& dir : dirs) {
-        path = dir + "/data/mamba130m_in_proj_input_channel_stats.csv";
-        profile = load_profile(path, layer);
-        if (!profile.empty()) break;
-    }
+    const std::string path =
+        argc > 2 ? std::string(argv[2]) : std::string(MQ_SOURCE_DIR) + "/data/mamba130m_in_proj_input_channel_stats.csv";
+    std::vector<float> profile = load_profile(path, layer);
     if (profile.empty()) {
         std::printf("channel profile: synthetic heavy-tailed (%s not found or layer %d absent)\n", path.c_str(), layer);
         profile = synthetic_profile(rng);

@@ -1,6 +1,6 @@
 """Shared pieces for the mambaquant Python tools: corpus, model, scans, safetensors I/O.
 
-Plain-PyTorch Mamba-1 with exactly the reference math of ../shared/docs/METHOD.md section 1 and the
+Plain-PyTorch Mamba-1 with exactly the reference math of the Mamba-1 block (README, "The method in brief"; nn/mamba_block.hpp) and the
 Hugging Face parameter names. Byte-level vocabulary (256). Run with Debian's /usr/bin/python3
 (torch 1.13, numpy 1.24).
 

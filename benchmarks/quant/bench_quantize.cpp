@@ -4,7 +4,7 @@
 #include <mambaquant/core/tensor.hpp>
 #include <mambaquant/kernels/quantize.hpp>
 #include <mambaquant/quant/int4.hpp>
-#include <mambaquant/quant/quantize.hpp>
+#include <mambaquant/kernels/quantized_tensor.hpp>
 
 #include "common/memory_bandwidth.hpp"
 

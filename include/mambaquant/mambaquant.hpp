@@ -9,9 +9,8 @@
 #include <mambaquant/core/tensor.hpp>
 
 #include <mambaquant/quant/int4.hpp>
-#include <mambaquant/quant/observer.hpp>
 #include <mambaquant/quant/params.hpp>
-#include <mambaquant/quant/quantize.hpp>
+#include <mambaquant/quant/quant_spec.hpp>
 #include <mambaquant/quant/quantizer.hpp>
 #include <mambaquant/quant/range.hpp>
 
@@ -19,12 +18,14 @@
 #include <mambaquant/kernels/exp.hpp>
 #include <mambaquant/kernels/finite.hpp>
 #include <mambaquant/kernels/fwht.hpp>
+#include <mambaquant/kernels/hadamard_block.hpp>
 #include <mambaquant/kernels/packed_weights.hpp>
 #include <mambaquant/kernels/parallel.hpp>
 #include <mambaquant/kernels/qgemm.hpp>
 #include <mambaquant/kernels/quantize.hpp>
 #include <mambaquant/kernels/quantized_activations.hpp>
 #include <mambaquant/kernels/quantized_scan.hpp>
+#include <mambaquant/kernels/quantized_tensor.hpp>
 #include <mambaquant/kernels/selective_scan.hpp>
 #include <mambaquant/kernels/silu.hpp>
 #include <mambaquant/kernels/softplus.hpp>
@@ -54,6 +55,7 @@
 
 #include <mambaquant/calib/channel_stats.hpp>
 #include <mambaquant/calib/covariance.hpp>
+#include <mambaquant/calib/observer.hpp>
 
 #include <mambaquant/io/checkpoint.hpp>
 #include <mambaquant/io/config.hpp>

@@ -214,3 +214,104 @@ TEST_CASE("Linear: bad input is reported") {
     CHECK_NOTHROW(l.forward(mq::view(x_ok), mq::view(y)));
     CHECK_THROWS_AS(mq::FloatLinear<>(mq::ConstMatrixView<float>(w.data(), 0, 48)), mq::error);
 }
+
+// ---------------------------------------------------------------------------------------------
+// A user policy is honoured on every path of a Linear: weight packing (W8 and W4), activation
+// quantization (per token and per tensor), the fused Hadamard path and the GEMM/GEMV epilogue.
+#include "support/pow2_quantizer.hpp"
+
+namespace {
+
+using Pow2W8 = mqtest::Pow2Quantizer<8, mq::per_channel, mq::symmetric>;
+using Pow2W4 = mqtest::Pow2Quantizer<4, mq::per_group<64>, mq::asymmetric>;
+using Pow2Token = mqtest::Pow2Quantizer<8, mq::per_token, mq::asymmetric>;
+using Pow2Tensor = mqtest::Pow2Quantizer<8, mq::per_tensor, mq::symmetric>;
+
+// Fake quantization with the policy's own params, in double: codes q = quantize_value(x, P(range))
+// with the range of a row (per token / per channel), a group, or all rows (per tensor), each
+// widened to contain 0 as the kernels do. Returns x̂ = (q − zero)·scale.
+template <class P>
+mq::MatrixXd fake_quant(const mq::MatrixXf& x) {
+    const auto R = x.rows(), C = x.cols();
+    std::size_t group = static_cast<std::size_t>(C);
+    if constexpr (mq::is_per_group_v<typename P::granularity>) group = P::granularity::group_size;
+    mq::MatrixXd out(R, C);
+    const float tlo = std::min(x.minCoeff(), 0.0f), thi = std::max(x.maxCoeff(), 0.0f);
+    for (Eigen::Index r = 0; r < R; ++r)
+        for (Eigen::Index g = 0; g < C; g += Eigen::Index(group)) {
+            const auto seg = x.row(r).segment(g, Eigen::Index(group));
+            mq::QuantParams p = std::same_as<typename P::granularity, mq::per_tensor>
+                                    ? P::params(tlo, thi)
+                                    : P::params(std::min(seg.minCoeff(), 0.0f), std::max(seg.maxCoeff(), 0.0f));
+            for (Eigen::Index c = g; c < g + Eigen::Index(group); ++c)
+                out(r, c) = double(mq::quantize_value<typename P::range>(x(r, c), p) - p.zero) * double(p.scale);
+        }
+    return out;
+}
+
+// y = fake_quant_A(x)·fake_quant_W(W)ᵀ + b against the layer. The layer's integer sums are exact;
+// its float epilogue rounds a handful of times (≤ 2·groups + 4 operations, each 2^-24 relative) on
+// terms bounded by mag = Σ_k |x̂ŵ| + |zero_a·s_a|·Σ_k |ŵ|, so 1e-5·mag (≈ 168·2^-24) bounds it.
+template <class WQ, class AQ>
+void check_user_policy_linear(std::size_t M, std::size_t K, std::size_t N) {
+    CAPTURE(M);
+    CAPTURE(K);
+    const mq::MatrixXf x = mqtest::random_matrix(M, K, 31, 1.0f, true), w = mqtest::random_matrix(N, K, 32, 0.05f);
+    const std::vector<float> bias(N, 0.125f);
+    mq::Linear<WQ, AQ> layer(mq::view(w), bias);
+    mq::Linear<mq::Quantizer<WQ::bits, typename WQ::granularity, typename WQ::symmetry>,
+               mq::Quantizer<8, typename AQ::granularity, typename AQ::symmetry>>
+        builtin(mq::view(w), bias);
+    typename mq::Linear<WQ, AQ>::workspace_type ws;
+    mq::MatrixXf y(M, N), y_builtin(M, N);
+    layer.forward(mq::view(x), mq::view(y), ws);
+    builtin.forward(mq::view(x), mq::view(y_builtin));
+    // the packed weight scales and the activation scales are the policy's: powers of two
+    bool pow2 = true;
+    for (float s : layer.weights().scale) pow2 &= s == 0.0f || mqtest::is_power_of_two(s); // 0: padded channels
+    for (std::size_t m = 0; m < M; ++m) pow2 &= mqtest::is_power_of_two(ws.act.scale[m]);
+    CHECK(pow2);
+    const mq::MatrixXd xq = fake_quant<AQ>(x), wq = fake_quant<WQ>(w);
+    double worst = 0.0, visible = 0.0;
+    bool within = true;
+    for (std::size_t m = 0; m < M; ++m) {
+        const double za = std::fabs(double(ws.act.zero[m]) * ws.act.scale[m]);
+        for (std::size_t n = 0; n < N; ++n) {
+            double ref = bias[n], mag = std::fabs(bias[n]);
+            for (std::size_t k = 0; k < K; ++k) {
+                const double a = xq(Eigen::Index(m), Eigen::Index(k)), b = wq(Eigen::Index(n), Eigen::Index(k));
+                ref += a * b;
+                mag += std::fabs(a * b) + za * std::fabs(b);
+            }
+            const double err = std::fabs(double(y(Eigen::Index(m), Eigen::Index(n))) - ref);
+            within &= err <= 1e-5 * mag;
+            worst = std::max(worst, err / mag);
+            visible = std::max(visible, std::fabs(double(y_builtin(Eigen::Index(m), Eigen::Index(n))) - ref) / mag);
+        }
+    }
+    CAPTURE(worst);
+    CAPTURE(visible);
+    CHECK(within);
+    // The built-in policy's output misses the user policy's reference by more than 10× the bound
+    // above (the same check would fail it): the test tells the two policies apart.
+    CHECK(visible > 10 * 1e-5);
+}
+
+} // namespace
+
+TEST_CASE("Linear honours a user quantizer policy (power-of-two scales) on every path") {
+    check_user_policy_linear<Pow2W8, Pow2Token>(7, 768, 40);  // GEMM
+    check_user_policy_linear<Pow2W8, Pow2Tensor>(1, 256, 24); // GEMV
+    check_user_policy_linear<Pow2W4, Pow2Token>(5, 512, 16);
+    check_user_policy_linear<Pow2W4, Pow2Tensor>(1, 384, 9);
+    // The fused Hadamard path: the same codes as rotate, then the policy's quantization.
+    check_fused_linear<Pow2W8, Pow2Token>(7, 768, 24);
+    mq::Linear<Pow2W8, Pow2Token, mq::HadamardOnline> fused(mq::view(mqtest::random_matrix(8, 768, 3)), {},
+                                                            mq::HadamardOnline(768));
+    REQUIRE(fused.fused_input_quantization());
+    typename decltype(fused)::workspace_type ws;
+    const mq::MatrixXf x = mqtest::random_matrix(3, 768, 4, 1.0f, true);
+    mq::MatrixXf y(3, 8);
+    fused.forward(mq::view(x), mq::view(y), ws);
+    CHECK((mqtest::is_power_of_two(ws.act.scale[0]) && mqtest::is_power_of_two(ws.act.scale[2])));
+}

@@ -3,7 +3,7 @@
 #include <mambaquant/core/rng.hpp>
 #include <mambaquant/core/tensor.hpp>
 #include <mambaquant/quant/int4.hpp>
-#include <mambaquant/quant/quantize.hpp>
+#include <mambaquant/kernels/quantized_tensor.hpp>
 
 #include <doctest/doctest.h>
 

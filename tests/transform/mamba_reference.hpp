@@ -1,6 +1,6 @@
 // Test support: a plain double-precision forward of one Mamba-1 layer and model (METHOD.md §1),
 // honouring the MambaQuant run-time extras, plus random weights, orthogonal matrices and the
-// shared mamba-130m channel profile.
+// mamba-130m channel profile committed in data/.
 #pragma once
 
 #include <mambaquant/core/rng.hpp>
@@ -96,7 +96,7 @@ inline MatrixXd residual_input(mq::Rng& rng, Eigen::Index d, Eigen::Index rows) 
     if (d == 768) {
         const auto profile = load_channel_profile();
         if (profile.size() != 24 || profile[0].size() != 768)
-            throw std::runtime_error("shared/data/mamba130m_in_proj_input_channel_stats.csv not found or not 24 x 768 (set MQ_SHARED_DIR)");
+            throw std::runtime_error("data/mamba130m_in_proj_input_channel_stats.csv not found or not 24 x 768");
         p = profile[0];
     } else {
         for (Eigen::Index j = 0; j < d; ++j) p.push_back(0.5 + 2.5 * rng.uniform() * rng.uniform());
@@ -201,29 +201,13 @@ inline MatrixXd model_forward(const mq::MambaWeights& m, const std::vector<int>&
 // ‖a − b‖_F / ‖b‖_F
 inline double rel_error(const MatrixXd& a, const MatrixXd& b) { return (a - b).norm() / b.norm(); }
 
-// Where the shared data lives: MQ_SHARED_DIR (env, then the build define), then the folder next
-// to the main checkout (worktrees sit one level deeper than /work/main).
-inline std::string shared_file(const std::string& relative) {
-    std::vector<std::string> roots;
-    if (const char* env = std::getenv("MQ_SHARED_DIR")) roots.emplace_back(env);
-#ifdef MQ_SHARED_DIR
-    roots.emplace_back(MQ_SHARED_DIR);
-#endif
-#ifdef MQ_SOURCE_DIR
-    roots.emplace_back(std::string(MQ_SOURCE_DIR) + "/../../shared");
-#endif
-    for (const auto& root : roots) {
-        const std::string path = root + "/" + relative;
-        if (std::ifstream(path).good()) return path;
-    }
-    return {};
-}
+// A data file committed with the repository (data/, provenance in data/README.md).
+inline std::string data_file(const std::string& relative) { return std::string(MQ_SOURCE_DIR) + "/data/" + relative; }
 
 // The real mamba-130m in_proj input channel magnitudes: 24 rows (layers) of 768 values.
 inline std::vector<std::vector<double>> load_channel_profile() {
-    const std::string path = shared_file("data/mamba130m_in_proj_input_channel_stats.csv");
+    const std::string path = data_file("mamba130m_in_proj_input_channel_stats.csv");
     std::vector<std::vector<double>> rows;
-    if (path.empty()) return rows;
     std::ifstream in(path);
     std::string line;
     while (std::getline(in, line)) {

@@ -43,7 +43,7 @@ double int8_sqnr_db(const mq::MatrixXd& xd) {
 
 TEST_CASE("KltHadamard: K·H equalizes channel variances of mamba-130m-shaped activations; H alone does not") {
     const auto profile = mqtest::load_channel_profile();
-    REQUIRE_MESSAGE(profile.size() == 24, "shared/data/mamba130m_in_proj_input_channel_stats.csv not found (set MQ_SHARED_DIR)");
+    REQUIRE_MESSAGE(profile.size() == 24, "data/mamba130m_in_proj_input_channel_stats.csv not found in the source tree");
     const mq::MatrixXd h = mq::hadamard_matrix<double>(768); // 12·64
 #if defined(__SANITIZE_ADDRESS__)
     const std::vector<std::size_t> layers = {0};

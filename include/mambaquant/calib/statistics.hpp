@@ -6,7 +6,7 @@
 #include <mambaquant/core/config.hpp>
 #include <mambaquant/core/error.hpp>
 #include <mambaquant/core/tensor.hpp>
-#include <mambaquant/quant/observer.hpp>
+#include <mambaquant/calib/observer.hpp>
 
 #include <Eigen/Core>
 

@@ -7,10 +7,10 @@
 #include <mambaquant/core/simd.hpp>
 #include <mambaquant/core/tags.hpp>
 #include <mambaquant/core/tensor.hpp>
+#include <mambaquant/kernels/hadamard_block.hpp>
 #include <mambaquant/kernels/quantize.hpp>
 #include <mambaquant/quant/params.hpp>
 #include <mambaquant/quant/range.hpp>
-#include <mambaquant/transform/hadamard.hpp>
 
 #include <xsimd/xsimd.hpp>
 

@@ -120,17 +120,56 @@ struct PackedW4 {
     }
 };
 
-// Weight policies the packed formats implement.
+// Weight policies the packed formats implement (any QuantizerPolicy with these properties, the
+// library's Quantizer or a user's): W8 = 8 bits, per_channel, symmetric, codes within [-127, 127];
+// W4 = 4 bits, per_channel or per_group<G> with G % 32 == 0, codes within BitRange<4, symmetry>.
 template <class Q>
 concept W8Policy = QuantizerPolicy<Q> && Q::bits == 8 && std::same_as<typename Q::granularity, per_channel> &&
-                   Q::symmetry::is_symmetric;
+                   Q::symmetry::is_symmetric && Q::range::min >= -127;
 // int4 groups must be whole 32-k superchunks of the kernel (32, 64, 128 are).
 template <class G>
 inline constexpr bool w4_granularity_ok_v = std::same_as<G, per_channel>;
 template <std::size_t G>
 inline constexpr bool w4_granularity_ok_v<per_group<G>> = G % kPackK == 0;
 template <class Q>
-concept W4Policy = QuantizerPolicy<Q> && Q::bits == 4 && w4_granularity_ok_v<typename Q::granularity>;
+inline constexpr bool w4_range_ok_v = Q::range::min >= BitRange<4, typename Q::symmetry>::min - (Q::symmetry::is_symmetric ? 1 : 0) &&
+                                      Q::range::max <= BitRange<4, typename Q::symmetry>::max;
+template <class Q>
+concept W4Policy = QuantizerPolicy<Q> && Q::bits == 4 && w4_granularity_ok_v<typename Q::granularity> && w4_range_ok_v<Q>;
+
+// The weight policy of a Linear: FloatPolicy, W8Policy or W4Policy. One static_assert naming the
+// concept and the member that is missing or wrong (check_quantizer_policy first).
+template <class Q>
+consteval bool check_weight_policy() {
+    if constexpr (std::same_as<Q, FloatPolicy>) {
+        return true;
+    } else if constexpr (!check_quantizer_policy<Q, false>()) {
+        return false;
+    } else if constexpr (Q::bits != 8 && Q::bits != 4) {
+        static_assert(Q::bits == 8 || Q::bits == 4,
+                      "weight policy (W8Policy | W4Policy): member `bits` must be 8 or 4 for the integer kernels");
+        return false;
+    } else if constexpr (Q::bits == 8 && !std::same_as<typename Q::granularity, per_channel>) {
+        static_assert(Q::bits != 8, "W8Policy: member `granularity` must be per_channel");
+        return false;
+    } else if constexpr (Q::bits == 8 && !Q::symmetry::is_symmetric) {
+        static_assert(Q::bits != 8, "W8Policy: member `symmetry` must be symmetric");
+        return false;
+    } else if constexpr (Q::bits == 8 && !W8Policy<Q>) {
+        static_assert(W8Policy<Q>, "W8Policy: member `range` must lie within [-127, 127]");
+        return false;
+    } else if constexpr (Q::bits == 4 && !w4_granularity_ok_v<typename Q::granularity>) {
+        static_assert(w4_granularity_ok_v<typename Q::granularity>,
+                      "W4Policy: member `granularity` must be per_channel or per_group<G> with G % 32 == 0 "
+                      "(bad group size: the int4 kernel works in 32-k superchunks)");
+        return false;
+    } else if constexpr (Q::bits == 4 && !W4Policy<Q>) {
+        static_assert(W4Policy<Q>, "W4Policy: member `range` must lie within 4-bit codes ([-8, 7] signed, [0, 15] unsigned)");
+        return false;
+    } else {
+        return true;
+    }
+}
 
 namespace detail {
 
@@ -166,7 +205,12 @@ aligned_vector<QuantParams> weight_params(ConstMatrixView<float> w, std::size_t 
                 lo = std::min(lo, x);
                 hi = std::max(hi, x);
             }
-            params[r * groups + g] = Q::params(lo, hi);
+            const QuantParams qp = Q::params(lo, hi);
+            // A user policy's params are checked here, once, by name (the kernels trust them).
+            require(std::isfinite(qp.scale) && qp.scale > 0.0f && std::fabs(qp.inv_scale * qp.scale - 1.0f) <= 1e-5f, who,
+                    ": the weight policy's params(", lo, ", ", hi, ") for row ", r, " gave scale ", qp.scale,
+                    " and inv_scale ", qp.inv_scale, "; expected a finite scale > 0 and inv_scale = 1/scale");
+            params[r * groups + g] = qp;
         }
     }
     return params;
@@ -203,14 +247,16 @@ inline PackedW8 pack_w8(ConstMatrixView<std::int8_t> codes, std::span<const Quan
     return p;
 }
 
-// Quantizes a float weight W[n][k] per channel, symmetric (q = round(w/s), s = max|w_n|/127), and packs it.
-inline PackedW8 pack_w8(ConstMatrixView<float> w, W8Layout layout = W8Layout::pairs) {
+// Quantizes a float weight W[n][k] per channel with policy Q (Q::params of each row's [min, max];
+// the built-in W8PerChannel gives s = max|w_n|/127) and packs it: q = clamp(round(w·(1/s)), qmin, qmax).
+template <W8Policy Q = W8PerChannel>
+PackedW8 pack_w8(ConstMatrixView<float> w, W8Layout layout = W8Layout::pairs) {
     detail::check_weight_shape(w.rows, w.cols, "pack_w8");
-    const auto params = detail::weight_params<W8PerChannel>(w, w.cols, "pack_w8");
+    const auto params = detail::weight_params<Q>(w, w.cols, "pack_w8");
     aligned_vector<std::int8_t> codes(w.rows * w.cols);
     for (std::size_t r = 0; r < w.rows; ++r)
         for (std::size_t c = 0; c < w.cols; ++c)
-            codes[r * w.cols + c] = static_cast<std::int8_t>(quantize_value<Int8SymmetricRange>(w(r, c), params[r]));
+            codes[r * w.cols + c] = static_cast<std::int8_t>(quantize_value<typename Q::range>(w(r, c), params[r]));
     return pack_w8(ConstMatrixView<std::int8_t>(codes.data(), w.rows, w.cols), params, layout);
 }
 
@@ -336,7 +382,7 @@ template <class Q>
     requires W8Policy<Q> || W4Policy<Q>
 packed_weights_t<Q> pack_weights(ConstMatrixView<float> w, W8Layout w8_layout = W8Layout::pairs) {
     if constexpr (Q::bits == 8)
-        return pack_w8(w, w8_layout);
+        return pack_w8<Q>(w, w8_layout);
     else
         return pack_w4<Q>(w);
 }

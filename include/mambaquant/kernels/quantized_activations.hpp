@@ -22,10 +22,30 @@
 
 MQ_NAMESPACE_BEGIN
 
-// An activation policy the integer kernels take: 8-bit, per token or per tensor, either symmetry.
+// An activation policy the integer kernels take: any QuantizerPolicy of 8 bits, per token or per
+// tensor, either symmetry (the library's Quantizer or a user's; its params() picks the scales).
 template <class Q>
 concept A8Policy = QuantizerPolicy<Q> && Q::bits == 8 &&
                    (std::same_as<typename Q::granularity, per_token> || std::same_as<typename Q::granularity, per_tensor>);
+
+// The activation policy of a Linear: FloatPolicy or A8Policy, with one static_assert naming the
+// concept and the member that is missing or wrong.
+template <class Q>
+consteval bool check_act_policy() {
+    if constexpr (std::same_as<Q, FloatPolicy>) {
+        return true;
+    } else if constexpr (!check_quantizer_policy<Q, false>()) {
+        return false;
+    } else if constexpr (Q::bits != 8) {
+        static_assert(Q::bits == 8, "A8Policy: member `bits` must be 8 for the integer kernels' activations");
+        return false;
+    } else if constexpr (!A8Policy<Q>) {
+        static_assert(A8Policy<Q>, "A8Policy: member `granularity` must be per_token or per_tensor");
+        return false;
+    } else {
+        return true;
+    }
+}
 
 // Codes as the kernels read them, x̂[m][k] = (code[m][k] − zero[m])·scale[m]:
 //  - Code = int16_t (W8 kernels, vpmaddwd pairs): code = q, the policy's code; zero = z (0 if symmetric).

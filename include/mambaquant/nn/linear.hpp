@@ -9,7 +9,7 @@
 #include <mambaquant/kernels/parallel.hpp>
 #include <mambaquant/kernels/qgemm.hpp>
 #include <mambaquant/kernels/quantized_activations.hpp>
-#include <mambaquant/quant/quantize.hpp>
+#include <mambaquant/kernels/quantized_tensor.hpp>
 #include <mambaquant/quant/quantizer.hpp>
 #include <mambaquant/transform/rotation.hpp>
 
@@ -50,8 +50,10 @@ struct LinearWorkspace<float> {
 // MQ_ARCH or mq::set_arch), and the weights packed for it.
 // Threading: output channels are split over a ThreadPool (default: default_thread_pool());
 // set_thread_pool(nullptr) runs on the calling thread, for engines with their own pool.
-template <NumericPolicy WeightPolicy, NumericPolicy ActPolicy, Rotation InputRotation = NoRotation>
+template <class WeightPolicy, class ActPolicy, class InputRotation = NoRotation>
 class Linear {
+    // First: a policy that does not model its concept stops here, naming the concept and member.
+    static_assert(check_weight_policy<WeightPolicy>() && check_act_policy<ActPolicy>() && check_rotation<InputRotation>());
     static_assert(WeightPolicy::is_float == ActPolicy::is_float,
                   "Linear: weights and activations are both quantized or both float (FloatPolicy)");
     static constexpr bool kFloat = WeightPolicy::is_float;
@@ -59,11 +61,6 @@ class Linear {
         if constexpr (kFloat) return false;
         else return std::same_as<typename ActPolicy::granularity, per_tensor>;
     }();
-    static_assert(kFloat || W8Policy<WeightPolicy> || W4Policy<WeightPolicy>,
-                  "Linear: weight policy must be Quantizer<8, per_channel, symmetric> or Quantizer<4, per_channel | "
-                  "per_group<G> (G % 32 == 0), symmetric | asymmetric>");
-    static_assert(kFloat || A8Policy<ActPolicy>,
-                  "Linear: activation policy must be Quantizer<8, per_token | per_tensor, symmetric | asymmetric>");
 
     template <class W, bool F = kFloat>
     struct Types {
@@ -117,8 +114,11 @@ public:
     // The SIMD arch the integer GEMM runs on: mq::active_arch() when the layer was built (the
     // weights are packed for it), fixed for the layer's life.
     arch_id arch() const noexcept { return arch_; }
-    void set_thread_pool(ThreadPool* pool) noexcept { pool_ = pool; }
-    ThreadPool* thread_pool() const noexcept { return pool_; }
+    void set_thread_pool(ThreadPool* pool) noexcept {
+        pool_ = pool;
+        default_pool_ = false;
+    }
+    ThreadPool* thread_pool() const noexcept { return default_pool_ ? &default_thread_pool() : pool_; }
 
     // Whether forward() rotates and quantizes the activations in one pass (per-token activations
     // and a rotation with a fused kernel for its whole row, e.g. a full HadamardOnline).
@@ -200,7 +200,7 @@ private:
     // y = codes · Ŵᵀ with scales, zero points and bias in the GEMM's epilogue.
     void multiply(workspace_type& ws, MatrixView<float> y) const {
         const Epilogue<float> e{bias_.empty() ? nullptr : bias_.data(), {}};
-        dispatch(arch_, [&](auto arch) { qgemm(arch, ws.act, weights_, e, y, pool_); });
+        dispatch(arch_, [&](auto arch) { qgemm(arch, ws.act, weights_, e, y, thread_pool()); });
     }
 
     void set_bias(std::span<const float> bias) {
@@ -213,7 +213,10 @@ private:
     InputRotation rotation_;
     weights_type weights_;
     aligned_vector<float> bias_;
-    ThreadPool* pool_ = &default_thread_pool();
+    // default_thread_pool() until set_thread_pool: resolved per call, so an engine that sets its own
+    // pool (or nullptr) before the first forward never starts the library's threads.
+    ThreadPool* pool_ = nullptr;
+    bool default_pool_ = true;
     QuantParams static_{};
     bool has_static_ = false;
     workspace_type ws_;

@@ -236,9 +236,12 @@ void require_same_rotation(const MatrixXf& recorded, const R& rot, const char* w
 //   out_rotation given → OutRotation must apply exactly that matrix (W_out already holds it);
 //                        without out_rotation, a non-identity OutRotation is folded into W_out here;
 //   state_rotation     → Scan must be a QuantizedScan with exactly that rotation.
-template <NumericPolicy WeightQ = FloatPolicy, NumericPolicy ActQ = FloatPolicy, Rotation OutRotation = NoRotation,
-          ScanPolicy Scan = PlainScan>
+template <class WeightQ = FloatPolicy, class ActQ = FloatPolicy, class OutRotation = NoRotation, class Scan = PlainScan>
 class MambaBlock : public BasicMambaBlock<Linear<WeightQ, ActQ, NoRotation>, Linear<WeightQ, ActQ, OutRotation>, Scan> {
+    // A policy that does not model its concept stops with one message naming the concept and member
+    // (the Linear parts check theirs as the base is built).
+    static_assert(check_weight_policy<WeightQ>() && check_act_policy<ActQ>() && check_rotation<OutRotation>() &&
+                  check_scan_policy<Scan>());
     using Base = BasicMambaBlock<Linear<WeightQ, ActQ, NoRotation>, Linear<WeightQ, ActQ, OutRotation>, Scan>;
 
 public:

@@ -124,7 +124,10 @@ public:
             w.D = row_vector(ck.load_float(mx + "D", {E})).transpose();
             w.out_proj = load_matrix(ck, mx + "out_proj.weight", {D, E}, D, E);
             w.reset_extras();
-            allocating(ck.path().string(), detail::concat("layer ", i), [&] { m.layers_.emplace_back(w, D, E, N, R, K, cfg.norm_eps); });
+            allocating(ck.path().string(), detail::concat("layer ", i), [&] {
+                m.layers_.emplace_back(w, D, E, N, R, K, cfg.norm_eps, typename Block::scan_policy{},
+                                       make_rotation<typename Block::rotation_policy>(E)); // sizes from the config
+            });
         }
         return m;
     }
@@ -165,8 +168,8 @@ public:
             w.D = Eigen::VectorXf::Ones(E);
             w.out_proj = uni(D, E, std::sqrt(3.0 / static_cast<double>(E)));
             w.reset_extras();
-            m.layers_.emplace_back(w, cfg.d_model, cfg.d_inner, cfg.d_state, cfg.dt_rank, cfg.d_conv,
-                                   cfg.norm_eps);
+            m.layers_.emplace_back(w, cfg.d_model, cfg.d_inner, cfg.d_state, cfg.dt_rank, cfg.d_conv, cfg.norm_eps,
+                                   typename Block::scan_policy{}, make_rotation<typename Block::rotation_policy>(cfg.d_inner));
         }
         return m;
     }
@@ -210,6 +213,11 @@ public:
         c.tie_embeddings = tied_;
         std::ofstream(dir / "config.json") << mamba_config_json(c, layout) << '\n';
         save_safetensors(dir / kSafetensorsSingleName, ts, metadata);
+    }
+
+    // Every block's thread pool (nullptr: the calling thread only; see MambaBlock::set_thread_pool).
+    void set_thread_pool(ThreadPool* pool) {
+        for (auto& b : layers_) b.set_thread_pool(pool);
     }
 
     const MambaConfig& config() const noexcept { return config_; }

@@ -32,7 +32,7 @@
 #include <mambaquant/core/config.hpp>
 #include <mambaquant/core/error.hpp>
 #include <mambaquant/quant/params.hpp>
-#include <mambaquant/quant/quantize.hpp>
+#include <mambaquant/quant/quant_spec.hpp>
 #include <mambaquant/transform/rotation.hpp>
 
 #include <nlohmann/json.hpp>

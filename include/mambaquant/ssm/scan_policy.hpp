@@ -20,13 +20,45 @@ MQ_NAMESPACE_BEGIN
 // A scan policy says *which* scan a layer runs. `check(E, N)` validates the policy's own data
 // against the layer (throws mq::error); `run(arch, args, cache)` runs the scan on a call whose
 // shapes were validated, with args.state viewing cache.state.
+// Open: any type with these members is a scan policy (README "Policies").
+namespace detail {
 template <class P>
-concept ScanPolicy = requires(const P& p, const SelectiveScanArgs<float>& a, ScanCache<float>& c, std::size_t n) {
-    { P::name } -> std::convertible_to<const char*>;
-    { P::is_quantized } -> std::convertible_to<bool>;
-    p.check(n, n);
+concept scan_has_name = requires { { P::name } -> std::convertible_to<const char*>; };
+template <class P>
+concept scan_has_is_quantized = requires { { P::is_quantized } -> std::convertible_to<bool>; };
+template <class P>
+concept scan_has_check = requires(const P& p, std::size_t n) { p.check(n, n); };
+template <class P>
+concept scan_has_run = requires(const P& p, const SelectiveScanArgs<float>& a, ScanCache<float>& c) {
     p.run(default_arch{}, a, c);
 };
+} // namespace detail
+
+template <class P>
+concept ScanPolicy = detail::scan_has_name<P> && detail::scan_has_is_quantized<P> && detail::scan_has_check<P> &&
+                     detail::scan_has_run<P>;
+
+// One static_assert naming the ScanPolicy concept and the member P lacks.
+template <class P>
+consteval bool check_scan_policy() {
+    if constexpr (!detail::scan_has_name<P>) {
+        static_assert(detail::scan_has_name<P>, "ScanPolicy: missing member `static constexpr const char* name`");
+        return false;
+    } else if constexpr (!detail::scan_has_is_quantized<P>) {
+        static_assert(detail::scan_has_is_quantized<P>, "ScanPolicy: missing member `static constexpr bool is_quantized`");
+        return false;
+    } else if constexpr (!detail::scan_has_check<P>) {
+        static_assert(detail::scan_has_check<P>,
+                      "ScanPolicy: missing member `void check(std::size_t d_inner, std::size_t d_state) const`");
+        return false;
+    } else if constexpr (!detail::scan_has_run<P>) {
+        static_assert(detail::scan_has_run<P>, "ScanPolicy: missing member `template <class Arch, class State> void "
+                                               "run(Arch, const SelectiveScanArgs<State>&, ScanCache<State>&) const`");
+        return false;
+    } else {
+        return true;
+    }
+}
 
 // state_t = exp(Δ·A)·state_{t−1} + Δ·B_t·x_t,  y_t = state_t·C_t + D·x_t (float throughout).
 struct PlainScan {

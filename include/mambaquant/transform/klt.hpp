@@ -46,7 +46,9 @@ inline void fix_eigenvector_signs(MatrixXd& basis) noexcept {
 // (transform/symmetric_eigen.hpp) validates and decomposes; at d = 5120 Eigen needs ~140 s and
 // LAPACK's dsyevd over OpenBLAS ~11 s, hence `automatic` prefers LAPACK when it is compiled in.
 // Tiny negative eigenvalues from rounding are kept as they are (they are ~1e-16·λ_0).
-inline Klt klt_from_covariance(const MatrixXd& covariance, EigenBackend backend = EigenBackend::automatic) {
+// (A template for the same reason as symmetric_eigen: instantiated only where it is called.)
+template <class = void>
+Klt klt_from_covariance(const MatrixXd& covariance, EigenBackend backend = EigenBackend::automatic) {
     SymmetricEigen eig = symmetric_eigen(covariance, backend);
     Klt out;
     out.eigenvalues = eig.values.reverse(); // backends sort ascending

@@ -13,7 +13,7 @@
 #include <mambaquant/quant/quantizer.hpp>
 #include <mambaquant/transform/hadamard.hpp>
 
-#include <Eigen/Dense>
+#include <Eigen/QR> // HouseholderQR (random_orthogonal); not Dense, which drags in Eigenvalues, SVD, Geometry
 
 #include <concepts>
 #include <cstddef>
@@ -163,9 +163,12 @@ void fold_rotation_left(const Matrix<TQ>& Q, Matrix<TW>& W, const char* name = "
 // Online rotation policies (Linear<WeightPolicy, ActPolicy, InputRotation>).
 // ---------------------------------------------------------------------------------------------
 
-// The contract of an InputRotation R of a Linear y = x·Wᵀ with W: [out × n]:
+// The contract of an InputRotation R of a Linear y = x·Wᵀ with W: [out × n] (open: any type with
+// these members is a Rotation):
 //   R::is_identity          true only for NoRotation (lets Linear skip the calls at compile time)
-//   r.size()                n, the rotated (input) dimension (0 = any, for NoRotation)
+//   r.size()                std::size_t n, the rotated (input) dimension (0 = any, for NoRotation)
+//   R(std::size_t n)        (non-identity rotations) the rotation of size n, which a model loaded
+//                           from a checkpoint builds from the config's d_inner
 //   r.apply(MatrixView<float> x) noexcept
 //                           x ← x·Q on every row, in place, at run time (no allocation)
 //   r.fold_into_weight(Matrix<float>& W)
@@ -177,13 +180,51 @@ void fold_rotation_left(const Matrix<TQ>& Q, Matrix<TW>& W, const char* name = "
 //                                std::span<float> scratch) noexcept
 // (rotate and quantize per token in one pass into the integer GEMM's activation layout; scratch
 // ≥ r.scratch_size() floats), which Linear uses for its per-token activation quantization.
+// A model built from a checkpoint makes its rotations from their size (the config's d_inner):
+// make_rotation<R>(n) is R{} for an identity rotation and R(n) otherwise.
+namespace detail {
 template <class R>
-concept Rotation = requires(const R& r, MatrixView<float> x, Matrix<float>& w) {
-    { R::is_identity } -> std::convertible_to<bool>;
-    { r.size() } -> std::convertible_to<std::size_t>;
-    { r.apply(x) } noexcept;
-    r.fold_into_weight(w);
-};
+concept rotation_has_is_identity = requires { { R::is_identity } -> std::convertible_to<bool>; };
+template <class R>
+concept rotation_has_size = requires(const R& r) { r.size(); };
+template <class R>
+concept rotation_size_is_size_t = requires(const R& r) { { r.size() } -> std::same_as<std::size_t>; };
+template <class R>
+concept rotation_has_apply = requires(const R& r, MatrixView<float> x) { { r.apply(x) } noexcept; };
+template <class R>
+concept rotation_has_fold = requires(const R& r, Matrix<float>& w) { r.fold_into_weight(w); };
+} // namespace detail
+
+template <class R>
+concept Rotation = detail::rotation_has_is_identity<R> && detail::rotation_size_is_size_t<R> &&
+                   detail::rotation_has_apply<R> && detail::rotation_has_fold<R>;
+
+// One static_assert naming the Rotation concept and the member R lacks or gets wrong.
+template <class R>
+consteval bool check_rotation() {
+    if constexpr (!detail::rotation_has_is_identity<R>) {
+        static_assert(detail::rotation_has_is_identity<R>, "Rotation: missing member `static constexpr bool is_identity`");
+        return false;
+    } else if constexpr (!detail::rotation_has_size<R>) {
+        static_assert(detail::rotation_has_size<R>, "Rotation: missing member `std::size_t size() const noexcept`");
+        return false;
+    } else if constexpr (!detail::rotation_size_is_size_t<R>) {
+        static_assert(detail::rotation_size_is_size_t<R>, "Rotation: member `size()` must return std::size_t");
+        return false;
+    } else if constexpr (!detail::rotation_has_apply<R>) {
+        static_assert(detail::rotation_has_apply<R>, "Rotation: missing member `void apply(MatrixView<float> x) const noexcept`");
+        return false;
+    } else if constexpr (!detail::rotation_has_fold<R>) {
+        static_assert(detail::rotation_has_fold<R>, "Rotation: missing member `void fold_into_weight(Matrix<float>& W) const`");
+        return false;
+    } else if constexpr (!R::is_identity && !std::constructible_from<R, std::size_t>) {
+        static_assert(R::is_identity, "Rotation: a non-identity rotation needs a constructor `R(std::size_t n)` "
+                                      "(a model makes it from the config's size)");
+        return false;
+    } else {
+        return true;
+    }
+}
 
 template <class R>
 concept FusedQuantRotation = Rotation<R> && requires(const R& r, ConstMatrixView<float> x, ActBuffer<std::int16_t>& a,
@@ -290,6 +331,17 @@ private:
     FwhtPlan plan_;
     RotationSpec spec_;
 };
+
+// The rotation of size n a model's block needs (NoRotation ignores n).
+template <Rotation R>
+R make_rotation(std::size_t n) {
+    if constexpr (R::is_identity) {
+        (void)n;
+        return R{};
+    } else {
+        return R(n);
+    }
+}
 
 static_assert(Rotation<NoRotation>);
 static_assert(Rotation<HadamardOnline>);

@@ -88,7 +88,11 @@ inline SymmetricEigen lapack_symmetric_eigen(const MatrixXd& a, EigenBackend bac
 // Checks shape, finiteness and symmetry (a relative asymmetry above 1e-9 is a caller bug, e.g. a
 // covariance assembled from the upper triangle of one shard and the lower of another: every
 // backend reads only the lower triangle), then decomposes.
-inline SymmetricEigen symmetric_eigen(const MatrixXd& a, EigenBackend backend = EigenBackend::automatic) {
+// A template (never spelled by callers) so that Eigen's solver is instantiated only in the
+// translation units that call it: as a plain inline function it cost every includer ~4 s of
+// compile time (scripts/compile-time), used or not.
+template <class = void>
+SymmetricEigen symmetric_eigen(const MatrixXd& a, EigenBackend backend = EigenBackend::automatic) {
     const Eigen::Index d = a.rows();
     require(d > 0 && a.cols() == d, "symmetric_eigen: matrix must be square and non-empty, got [", a.rows(), " x ",
             a.cols(), "]");

@@ -1,4 +1,5 @@
-// Quantizing whole tensors under a Quantizer policy: checked setup API over the row kernels.
+// Quantizing whole tensors under a Quantizer policy: the checked, tensor-level API over the row
+// kernels (kernels/quantize.hpp). The policy types themselves are definitions, in quant/.
 #pragma once
 
 #include <mambaquant/core/config.hpp>
@@ -8,9 +9,9 @@
 #include <mambaquant/core/tensor.hpp>
 #include <mambaquant/kernels/quantize.hpp>
 #include <mambaquant/quant/params.hpp>
+#include <mambaquant/quant/quant_spec.hpp>
 #include <mambaquant/quant/quantizer.hpp>
 
-#include <array>
 #include <cmath>
 #include <concepts>
 #include <cstddef>
@@ -167,11 +168,22 @@ void quantize(ConstMatrixView<float> x, MatrixView<typename Q::code_type> codes,
         for (std::size_t r = 0; r < x.rows; ++r) {
             if (r + ahead < x.rows) detail::prefetch_bytes(x.row_ptr(r + ahead), row_bytes);
             for (std::size_t k = 0; k < g; ++k) {
-                const DynamicQuantResult res =
-                    quantize_row_dynamic<Q::bits, S>(arch, x.row_ptr(r) + k * len, len, codes.row_ptr(r) + k * len);
-                if (!res.range.finite) detail::fail_non_finite(x, r, k * len, (k + 1) * len, what, name);
-                detail::require_finite_scale(res.params, res.range, r, what, name);
-                params[r * g + k] = res.params;
+                const float* xk = x.row_ptr(r) + k * len;
+                typename Q::code_type* qk = codes.row_ptr(r) + k * len;
+                if constexpr (detail::is_builtin_quantizer_v<Q>) {
+                    // The built-in params (params_from_range) are computed inside the fused kernel.
+                    const DynamicQuantResult res = quantize_row_dynamic<Q::bits, S>(arch, xk, len, qk);
+                    if (!res.range.finite) detail::fail_non_finite(x, r, k * len, (k + 1) * len, what, name);
+                    detail::require_finite_scale(res.params, res.range, r, what, name);
+                    params[r * g + k] = res.params;
+                } else {
+                    // A user policy: its own Q::params of the row's (group's) range, then the codes.
+                    const RowRange rr = row_range(arch, xk, len);
+                    if (!rr.finite) detail::fail_non_finite(x, r, k * len, (k + 1) * len, what, name);
+                    params[r * g + k] = Q::params(rr.lo, rr.hi);
+                    detail::require_finite_scale(params[r * g + k], rr, r, what, name);
+                    quantize_row<typename Q::range>(arch, xk, len, params[r * g + k], qk);
+                }
             }
         }
     }
@@ -303,72 +315,6 @@ QuantizedTensor<Q> quantize_tensor(ConstMatrixView<float> x, std::span<const Qua
     quantize_static<Q, Arch>(x, params, t.code_view(), name);
     t.params.assign(params.begin(), params.end()); // sizes checked by quantize_static
     return t;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Run-time choice of quantizer (recipes read bits and granularity from a config): a QuantSpec is
-// mapped once, at the top, onto a Quantizer type, and everything below is compiled for it.
-
-enum class GranularityKind { per_tensor, per_channel, per_token, per_group };
-
-// Group sizes a run-time spec may name (each is a compiled instantiation).
-inline constexpr std::array<std::size_t, 4> kRuntimeGroupSizes{32, 64, 128, 256};
-
-struct QuantSpec {
-    int bits = 8;
-    GranularityKind granularity = GranularityKind::per_token;
-    bool symmetric = false;
-    std::size_t group = 0; // per_group only
-
-    // Throws mq::error for bits outside [2, 8] or an unsupported group size.
-    void validate() const {
-        require(bits >= 2 && bits <= 8, "QuantSpec: bits must be in [2, 8], got ", bits);
-        if (granularity == GranularityKind::per_group) {
-            bool ok = false;
-            for (std::size_t g : kRuntimeGroupSizes) ok = ok || g == group;
-            require(ok, "QuantSpec: group size must be one of 32, 64, 128, 256 for per_group, got ", group);
-        }
-    }
-};
-
-namespace detail {
-template <int Bits, class S, class F>
-decltype(auto) visit_granularity(const QuantSpec& spec, F&& f) {
-    switch (spec.granularity) {
-    case GranularityKind::per_tensor: return f(std::type_identity<Quantizer<Bits, per_tensor, S>>{});
-    case GranularityKind::per_channel: return f(std::type_identity<Quantizer<Bits, per_channel, S>>{});
-    case GranularityKind::per_token: return f(std::type_identity<Quantizer<Bits, per_token, S>>{});
-    case GranularityKind::per_group: break;
-    }
-    switch (spec.group) {
-    case 32: return f(std::type_identity<Quantizer<Bits, per_group<32>, S>>{});
-    case 64: return f(std::type_identity<Quantizer<Bits, per_group<64>, S>>{});
-    case 128: return f(std::type_identity<Quantizer<Bits, per_group<128>, S>>{});
-    default: return f(std::type_identity<Quantizer<Bits, per_group<256>, S>>{});
-    }
-}
-template <int Bits, class F>
-decltype(auto) visit_symmetry(const QuantSpec& spec, F&& f) {
-    if (spec.symmetric) return visit_granularity<Bits, symmetric>(spec, std::forward<F>(f));
-    return visit_granularity<Bits, asymmetric>(spec, std::forward<F>(f));
-}
-} // namespace detail
-
-// Calls f(std::type_identity<Q>{}) with the Quantizer the spec names (after validate()); every
-// branch must return the same type. Example:
-//   visit_quantizer(spec, [&]<class Q>(std::type_identity<Q>) { return quantize_tensor<Q>(x).dequantize(); });
-template <class F>
-decltype(auto) visit_quantizer(const QuantSpec& spec, F&& f) {
-    spec.validate();
-    switch (spec.bits) {
-    case 2: return detail::visit_symmetry<2>(spec, std::forward<F>(f));
-    case 3: return detail::visit_symmetry<3>(spec, std::forward<F>(f));
-    case 4: return detail::visit_symmetry<4>(spec, std::forward<F>(f));
-    case 5: return detail::visit_symmetry<5>(spec, std::forward<F>(f));
-    case 6: return detail::visit_symmetry<6>(spec, std::forward<F>(f));
-    case 7: return detail::visit_symmetry<7>(spec, std::forward<F>(f));
-    default: return detail::visit_symmetry<8>(spec, std::forward<F>(f));
-    }
 }
 
 MQ_NAMESPACE_END

@@ -1,8 +1,8 @@
-// quant/quantize.hpp: every policy (bits 2..8 × 4 granularities × 2 symmetries), static and
+// kernels/quantized_tensor.hpp: every policy (bits 2..8 × 4 granularities × 2 symmetries), static and
 // dynamic, checked against the scalar formulas of params.hpp; zero/constant rows; bad input.
 #include <mambaquant/core/rng.hpp>
 #include <mambaquant/core/tensor.hpp>
-#include <mambaquant/quant/quantize.hpp>
+#include <mambaquant/kernels/quantized_tensor.hpp>
 
 #include <doctest/doctest.h>
 
@@ -411,4 +411,35 @@ TEST_CASE("params and codes by hand: asymmetric zero points, symmetric scales, r
     mq::MatrixXf back_want(1, 6);
     back_want << -2.0f, 0.0f, 2.0f, 2.0f, 4.0f, 12.0f;
     CHECK(t.dequantize() == back_want);
+}
+
+// A user policy is honoured by the tensor API: its own params (power-of-two scales here), not the
+// built-in ones, and codes from the library formula with those params.
+#include "support/pow2_quantizer.hpp"
+
+TEST_CASE("quantize_tensor honours a user policy's params (power-of-two scales)") {
+    using Q = mqtest::Pow2Quantizer<8, mq::per_token, mq::asymmetric>;
+    using G = mqtest::Pow2Quantizer<4, mq::per_group<32>, mq::symmetric>;
+    mq::Rng rng(77);
+    mq::MatrixXf x(5, 96);
+    for (Eigen::Index i = 0; i < x.size(); ++i) x.data()[i] = static_cast<float>(rng.uniform(-3.0, 2.0));
+    const auto t = mq::quantize_tensor<Q>(mq::view(x));
+    const auto g = mq::quantize_tensor<G>(mq::view(x));
+    const auto b = mq::quantize_tensor<mq::A8PerToken>(mq::view(x));
+    bool pow2 = true, codes_match = true, differs = false;
+    for (std::size_t r = 0; r < 5; ++r) {
+        const mq::QuantParams p = t.params[r];
+        pow2 &= mqtest::is_power_of_two(p.scale);
+        differs |= p.scale != b.params[r].scale;
+        // the reference: the policy's params of the row's range, then quantize_value element-wise
+        const auto row = x.row(Eigen::Index(r));
+        const mq::QuantParams ref = Q::params(row.minCoeff(), row.maxCoeff());
+        codes_match &= ref == p;
+        for (std::size_t c = 0; c < 96; ++c)
+            codes_match &= t.codes[r * 96 + c] == mq::quantize_value<Q::range>(x(Eigen::Index(r), Eigen::Index(c)), ref);
+        for (std::size_t k = 0; k < 3; ++k) pow2 &= mqtest::is_power_of_two(g.params[r * 3 + k].scale);
+    }
+    CHECK(pow2);
+    CHECK(codes_match);
+    CHECK(differs);
 }

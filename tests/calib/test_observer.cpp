@@ -1,8 +1,8 @@
-// quant/observer.hpp: exact min/max, percentile accuracy vs an exact sort, MSE clipping that
+// calib/observer.hpp: exact min/max, percentile accuracy vs an exact sort, MSE clipping that
 // beats min/max, merge across shards equals one observer, and the no-sample / NaN errors.
 #include <mambaquant/core/rng.hpp>
 #include <mambaquant/core/tensor.hpp>
-#include <mambaquant/quant/observer.hpp>
+#include <mambaquant/calib/observer.hpp>
 
 #include <doctest/doctest.h>
 
@@ -199,4 +199,26 @@ TEST_CASE("bad input: MseObserver options out of range") {
     o.grid = 1;
     o.min_ratio = 1.0;
     CHECK_NOTHROW(mq::MseObserver{o});
+}
+
+namespace {
+// A user observer: the documented members alone make it an Observer (the fixed range [-1, 1]).
+struct FixedRangeObserver {
+    std::uint64_t n = 0;
+    void observe(mq::ConstMatrixView<float> x) { n += x.rows * x.cols; }
+    void merge(const FixedRangeObserver& o) { n += o.n; }
+    std::uint64_t count() const { return n; }
+    mq::ValueRange range() const { return {-1.0f, 1.0f}; }
+    template <class Q>
+    mq::QuantParams params() const { return Q::params(-1.0f, 1.0f); }
+};
+struct NotAnObserver {
+    void observe(mq::ConstMatrixView<float>) {}
+};
+} // namespace
+
+TEST_CASE("Observer is open: a user type with the documented members models it") {
+    static_assert(mq::Observer<FixedRangeObserver> && mq::check_observer<FixedRangeObserver>());
+    static_assert(!mq::Observer<NotAnObserver> && !mq::detail::observer_has_merge<NotAnObserver>);
+    CHECK(FixedRangeObserver{}.params<mq::A8PerTensor>() == mq::A8PerTensor::params(-1.0f, 1.0f)); // its own range, the policy's params
 }

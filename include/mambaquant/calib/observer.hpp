@@ -36,14 +36,47 @@ struct ValueRange {
 // second observer and merging — exactly, for all three observers here), and report one
 // per-tensor range; `params<Q>()` turns it into Q's (scale, zero). Asking for a range before any
 // sample throws mq::error.
+// Open: any type with these members is an Observer (README "Policies").
+namespace detail {
 template <class O>
-concept Observer = requires(O& o, const O& c, ConstMatrixView<float> x) {
-    o.observe(x);
-    o.merge(c);
-    { c.count() } -> std::convertible_to<std::uint64_t>;
-    { c.range() } -> std::same_as<ValueRange>;
-    { c.template params<A8PerTensor>() } -> std::same_as<QuantParams>;
-};
+concept observer_has_observe = requires(O& o, ConstMatrixView<float> x) { o.observe(x); };
+template <class O>
+concept observer_has_merge = requires(O& o, const O& c) { o.merge(c); };
+template <class O>
+concept observer_has_count = requires(const O& c) { { c.count() } -> std::convertible_to<std::uint64_t>; };
+template <class O>
+concept observer_has_range = requires(const O& c) { { c.range() } -> std::same_as<ValueRange>; };
+template <class O>
+concept observer_has_params = requires(const O& c) { { c.template params<A8PerTensor>() } -> std::same_as<QuantParams>; };
+} // namespace detail
+
+template <class O>
+concept Observer = detail::observer_has_observe<O> && detail::observer_has_merge<O> && detail::observer_has_count<O> &&
+                   detail::observer_has_range<O> && detail::observer_has_params<O>;
+
+// One static_assert naming the Observer concept and the member O lacks.
+template <class O>
+consteval bool check_observer() {
+    if constexpr (!detail::observer_has_observe<O>) {
+        static_assert(detail::observer_has_observe<O>, "Observer: missing member `void observe(ConstMatrixView<float>)`");
+        return false;
+    } else if constexpr (!detail::observer_has_merge<O>) {
+        static_assert(detail::observer_has_merge<O>, "Observer: missing member `void merge(const O&)`");
+        return false;
+    } else if constexpr (!detail::observer_has_count<O>) {
+        static_assert(detail::observer_has_count<O>, "Observer: missing member `std::uint64_t count() const`");
+        return false;
+    } else if constexpr (!detail::observer_has_range<O>) {
+        static_assert(detail::observer_has_range<O>, "Observer: missing member `ValueRange range() const`");
+        return false;
+    } else if constexpr (!detail::observer_has_params<O>) {
+        static_assert(detail::observer_has_params<O>,
+                      "Observer: missing member `template <class Q> QuantParams params() const`");
+        return false;
+    } else {
+        return true;
+    }
+}
 
 namespace detail {
 

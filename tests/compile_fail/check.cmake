@@ -1,0 +1,28 @@
+# A compile-fail test: compiles SOURCE with CXX (-fsyntax-only) and passes when the compilation
+# fails, its FIRST error is a static_assert whose text matches the file's `// expect:` line, and the
+# diagnostic points back at the use site in SOURCE ("required from here").
+# Arguments: -DCXX=… -DSOURCE=… -DINCLUDES=dir|dir|… -DFLAGS=flag|flag|…
+string(REPLACE "|" ";" includes "${INCLUDES}")
+string(REPLACE "|" ";" flags "${FLAGS}")
+set(args -std=c++20 -fsyntax-only ${flags})
+foreach(dir IN LISTS includes)
+    list(APPEND args "-I${dir}")
+endforeach()
+file(STRINGS "${SOURCE}" expect_line REGEX "^// expect: ")
+string(REGEX REPLACE "^// expect: " "" expect "${expect_line}")
+if(expect STREQUAL "")
+    message(FATAL_ERROR "${SOURCE}: no `// expect:` line")
+endif()
+execute_process(COMMAND "${CXX}" ${args} "${SOURCE}" RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(rc EQUAL 0)
+    message(FATAL_ERROR "${SOURCE} compiled; expected the error: ${expect}")
+endif()
+string(REGEX MATCH "error: [^\n]*" first "${err}")
+if(NOT first MATCHES "static assertion failed: .*${expect}")
+    message(FATAL_ERROR "first error:\n  ${first}\nexpected a static_assert matching:\n  ${expect}\nfull output:\n${err}")
+endif()
+get_filename_component(name "${SOURCE}" NAME)
+if(NOT err MATCHES "${name}:[0-9]+:[0-9]+:   required from here")
+    message(FATAL_ERROR "the diagnostic does not point at the use site in ${name}:\n${err}")
+endif()
+message(STATUS "${name}: ${first}")
