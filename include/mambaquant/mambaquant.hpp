@@ -8,6 +8,7 @@
 #include <mambaquant/core/tags.hpp>
 #include <mambaquant/core/tensor.hpp>
 
+#include <mambaquant/quant/gptq.hpp>
 #include <mambaquant/quant/int4.hpp>
 #include <mambaquant/quant/params.hpp>
 #include <mambaquant/quant/quant_spec.hpp>
@@ -51,7 +52,11 @@
 #include <mambaquant/nn/mamba_model.hpp>
 #include <mambaquant/nn/rms_norm.hpp>
 #include <mambaquant/nn/vim_block.hpp>
-#include <mambaquant/nn/vim_model.hpp> // + io/vim_config.hpp
+#include <mambaquant/nn/vim_model.hpp>
+#include <mambaquant/nn/activation_tap.hpp>
+#include <mambaquant/nn/quantization_config.hpp>
+#include <mambaquant/nn/quantized_model.hpp>
+#include <mambaquant/nn/site_linear.hpp>
 
 #include <mambaquant/calib/channel_stats.hpp>
 #include <mambaquant/calib/covariance.hpp>
@@ -61,11 +66,12 @@
 #include <mambaquant/io/config.hpp>
 #include <mambaquant/io/dtype.hpp>
 #include <mambaquant/io/mamba_tensors.hpp>
+#include <mambaquant/io/quantized_checkpoint.hpp>
 #include <mambaquant/io/safetensors.hpp>
+#include <mambaquant/io/vim_config.hpp>
 
 #include <mambaquant/calib/calibrate.hpp>
 #include <mambaquant/calib/statistics.hpp>
-#include <mambaquant/quant/gptq.hpp>
 #include <mambaquant/recipe/recipe.hpp>
 #include <mambaquant/eval/accuracy_table.hpp>
 #include <mambaquant/eval/bits_per_byte.hpp>
