@@ -1,4 +1,5 @@
 #include <mambaquant/kernels/fwht.hpp>
+#include <mambaquant/transform/hadamard.hpp> // the dense H the fast transform is checked against
 
 #include <doctest/doctest.h>
 
