@@ -7,6 +7,7 @@
 #include <mambaquant/core/error.hpp>
 #include <mambaquant/core/tensor.hpp>
 #include <mambaquant/calib/observer.hpp>
+#include <mambaquant/io/atomic_file.hpp>
 
 #include <Eigen/Core>
 
@@ -139,19 +140,7 @@ public:
 
     // Writes to `path` through a temporary file renamed into place (no half-written file).
     void save(const std::filesystem::path& path) const {
-        const std::filesystem::path tmp = path.string() + ".tmp";
-        {
-            std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-            require(static_cast<bool>(f), "CalibrationStats::save: cannot open '", tmp.string(), "' for writing");
-            serialize(f);
-            f.flush();
-            if (!f) {
-                std::error_code ec;
-                std::filesystem::remove(tmp, ec);
-                fail("CalibrationStats::save: writing '", tmp.string(), "' failed");
-            }
-        }
-        std::filesystem::rename(tmp, path);
+        write_atomically(path, [&](std::ostream& f) { serialize(f); });
     }
     static CalibrationStats load(const std::filesystem::path& path) {
         std::ifstream f(path, std::ios::binary);

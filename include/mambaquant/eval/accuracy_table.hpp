@@ -4,13 +4,13 @@
 #include <mambaquant/core/config.hpp>
 #include <mambaquant/core/error.hpp>
 #include <mambaquant/eval/bits_per_byte.hpp>
+#include <mambaquant/io/atomic_file.hpp>
 
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <iomanip>
 #include <ostream>
 #include <span>
@@ -33,17 +33,12 @@ inline constexpr const char* kAccuracyCsvHeader = "model,method,bits,bpb,delta_p
 
 // Writes rows to `path` through a temporary file renamed into place.
 inline void write_accuracy_csv(const std::filesystem::path& path, const std::vector<AccuracyRow>& rows) {
-    const std::filesystem::path tmp = path.string() + ".tmp";
-    {
-        std::ofstream f(tmp);
-        require(static_cast<bool>(f), "accuracy table: cannot write '", tmp.string(), "'");
+    write_atomically(path, [&](std::ostream& f) {
         f << kAccuracyCsvHeader << '\n' << std::setprecision(6);
         for (const auto& r : rows)
             f << r.model << ',' << r.method << ',' << r.bits << ',' << r.bpb << ',' << r.delta_pct << ',' << r.size_mib << ','
               << r.prefill_tok_s << ',' << r.decode_tok_s << '\n';
-        require(static_cast<bool>(f), "accuracy table: writing '", tmp.string(), "' failed");
-    }
-    std::filesystem::rename(tmp, path);
+    });
 }
 
 inline void print_accuracy_header(std::ostream& out) {

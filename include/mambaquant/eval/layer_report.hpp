@@ -5,6 +5,7 @@
 #include <mambaquant/core/config.hpp>
 #include <mambaquant/core/error.hpp>
 #include <mambaquant/core/tensor.hpp>
+#include <mambaquant/io/atomic_file.hpp>
 #include <mambaquant/nn/activation_tap.hpp>
 #include <mambaquant/nn/quantization_config.hpp>
 #include <mambaquant/transform/rotation.hpp>
@@ -15,7 +16,7 @@
 #include <cmath>
 #include <cstddef>
 #include <filesystem>
-#include <fstream>
+#include <ostream>
 #include <limits>
 #include <map>
 #include <optional>
@@ -129,10 +130,7 @@ std::vector<LayerReportRow> layer_report(const Reference& reference, const Quant
 // layers.csv: layer,site,quant_sqnr_db,quant_cosine,drift_sqnr_db,drift_cosine (written to a
 // temporary file, then renamed). Sites without a static quantizer leave the quant columns empty.
 inline void write_layer_report(const std::filesystem::path& path, const std::vector<LayerReportRow>& rows) {
-    const std::filesystem::path tmp = path.string() + ".tmp";
-    {
-        std::ofstream f(tmp);
-        require(static_cast<bool>(f), "layer report: cannot write '", tmp.string(), "'");
+    write_atomically(path, [&](std::ostream& f) {
         f << "layer,site,quant_sqnr_db,quant_cosine,drift_sqnr_db,drift_cosine\n";
         for (const auto& r : rows) {
             f << r.layer << ',' << r.site << ',';
@@ -140,9 +138,7 @@ inline void write_layer_report(const std::filesystem::path& path, const std::vec
             else f << ',';
             f << ',' << r.drift.sqnr_db() << ',' << r.drift.cosine() << '\n';
         }
-        require(static_cast<bool>(f), "layer report: writing '", tmp.string(), "' failed");
-    }
-    std::filesystem::rename(tmp, path);
+    });
 }
 
 MQ_NAMESPACE_END

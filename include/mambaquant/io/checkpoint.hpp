@@ -206,7 +206,7 @@ inline void save_sharded_safetensors(const std::filesystem::path& dir, std::span
         for (const auto& t : shards[s]) index["weight_map"][t.name] = name;
     }
     const std::string text = index.dump(2) + '\n';
-    detail::write_file_atomically(dir / kSafetensorsIndexName, std::as_bytes(std::span(text.data(), text.size())));
+    write_file_atomically(dir / kSafetensorsIndexName, text);
 }
 
 MQ_NAMESPACE_END

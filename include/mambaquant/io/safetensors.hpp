@@ -5,6 +5,7 @@
 #include <mambaquant/core/config.hpp>
 #include <mambaquant/core/error.hpp>
 #include <mambaquant/core/tensor.hpp>
+#include <mambaquant/io/atomic_file.hpp>
 #include <mambaquant/io/dtype.hpp>
 #include <mambaquant/kernels/finite.hpp>
 
@@ -520,32 +521,9 @@ inline std::vector<std::byte> serialize_safetensors(std::span<const TensorData> 
     return out;
 }
 
-namespace detail {
-// Writes `bytes` to `path` through a temporary file beside it and a rename, so a reader never
-// sees a half-written file and a failed write leaves the old one in place.
-inline void write_file_atomically(const std::filesystem::path& path, std::span<const std::byte> bytes) {
-    std::filesystem::path tmp = path;
-    tmp += ".tmp";
-    {
-        std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-        require(out.good(), tmp.string(), ": cannot open for writing");
-        out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-        out.flush();
-        if (!out.good()) {
-            std::error_code ec;
-            std::filesystem::remove(tmp, ec);
-            fail(tmp.string(), ": write failed");
-        }
-    }
-    std::error_code ec;
-    std::filesystem::rename(tmp, path, ec);
-    require(!ec, path.string(), ": cannot rename ", tmp.string(), " into place: ", ec.message());
-}
-} // namespace detail
-
 inline void save_safetensors(const std::filesystem::path& path, std::span<const TensorData> tensors,
                              const Metadata& metadata = {}) {
-    detail::write_file_atomically(path, serialize_safetensors(tensors, metadata));
+    write_file_atomically(path, serialize_safetensors(tensors, metadata));
 }
 
 MQ_NAMESPACE_END

@@ -5,6 +5,7 @@
 #include <mambaquant/core/error.hpp>
 #include <mambaquant/core/rng.hpp>
 #include <mambaquant/core/tensor.hpp>
+#include <mambaquant/io/atomic_file.hpp>
 #include <mambaquant/io/checkpoint.hpp>
 #include <mambaquant/io/config.hpp>
 #include <mambaquant/io/mamba_tensors.hpp>
@@ -17,7 +18,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
-#include <fstream>
 #include <span>
 #include <string>
 #include <vector>
@@ -211,7 +211,7 @@ public:
         }
         MambaConfig c = config_;
         c.tie_embeddings = tied_;
-        std::ofstream(dir / "config.json") << mamba_config_json(c, layout) << '\n';
+        write_file_atomically(dir / "config.json", mamba_config_json(c, layout) + '\n');
         save_safetensors(dir / kSafetensorsSingleName, ts, metadata);
     }
 

@@ -4,6 +4,7 @@
 #include <mambaquant/core/config.hpp>
 #include <mambaquant/core/error.hpp>
 #include <mambaquant/core/tensor.hpp>
+#include <mambaquant/io/atomic_file.hpp>
 #include <mambaquant/io/checkpoint.hpp>
 #include <mambaquant/io/config.hpp>
 #include <mambaquant/io/quantized_checkpoint.hpp>
@@ -24,7 +25,6 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <optional>
 #include <span>
 #include <string>
@@ -431,16 +431,6 @@ decltype(auto) load_packed(const Checkpoint& ck, const std::string& base, const 
         }
     });
 }
-inline void write_text_atomically(const std::filesystem::path& path, const std::string& text) {
-    const auto tmp = std::filesystem::path(path.string() + ".tmp");
-    {
-        std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-        require(static_cast<bool>(out), "cannot write ", tmp.string());
-        out << text;
-        require(static_cast<bool>(out), "cannot write ", tmp.string());
-    }
-    std::filesystem::rename(tmp, path);
-}
 } // namespace detail
 
 // Writes config.json (transformers layout + "quantization_config") and model.safetensors:
@@ -539,7 +529,7 @@ inline void QuantizedMambaModel::save(const std::filesystem::path& dir) const {
     nlohmann::json j = nlohmann::json::parse(mamba_config_json(c, ConfigLayout::transformers));
     j["quantization_config"] = to_json(qconfig_);
     save_safetensors(dir / kSafetensorsSingleName, ts, {{"format", "mambaquant"}});
-    detail::write_text_atomically(dir / "config.json", j.dump(2) + "\n");
+    write_file_atomically(dir / "config.json", j.dump(2) + "\n");
 }
 
 // Reads a directory save() wrote. Errors name the tensor or field: a float checkpoint (no
