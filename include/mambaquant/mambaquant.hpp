@@ -62,6 +62,7 @@
 #include <mambaquant/calib/covariance.hpp>
 #include <mambaquant/calib/observer.hpp>
 
+#include <mambaquant/io/atomic_file.hpp>
 #include <mambaquant/io/checkpoint.hpp>
 #include <mambaquant/io/config.hpp>
 #include <mambaquant/io/dtype.hpp>
