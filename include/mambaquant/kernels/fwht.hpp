@@ -846,7 +846,7 @@ inline void reduce_min_max(const FwhtMinMax<xsimd::batch<float, Arch>>& mm, floa
 // additions (each output the same tree of ±, however the stages are grouped into passes) and the
 // scale the same multiply, so the results equal the AVX2 path's and fwht_ref's bit for bit; the
 // dense m-block runs the AVX2 code, called (AVX2 code may run inside AVX-512 code, not the
-// reverse), so m·2^k results equal the AVX2 path's too. 16 lanes halve the shuffles and adds per
+// reverse) for the blocks without a 16-lane form. 16 lanes halve the shuffles and adds per
 // element and 16-register passes need fewer trips over the row (n = 1024: 2 instead of 3).
 #if MQ_HAS_AVX512VNNI_KERNELS
 MQ_AVX512VNNI_BEGIN
@@ -1036,6 +1036,159 @@ inline void fwht16_chunk(const float* src, float* dst, std::size_t P, unsigned l
     }
 }
 
+// The dense m-block at 16 lanes for the compile-time blocks m = 12, 20, 28, 36 (the Mamba sizes'
+// factors), the AVX2 code's arithmetic in its order: each group's 8 signed sums, then every output
+// the sum of its groups' terms in group order, times ±1/√n. m = 12 from registers, the others
+// through the stack buffer u (with the chunks' last stage folded in when split); see
+// fwht_dense_fixed_row and fwht_dense_buffered_row for why each form.
+template <class Arch>
+MQ_ALWAYS_INLINE void fwht16_group_sums(__m512 z0, __m512 z1, __m512 z2, __m512 z3, __m512* s) noexcept {
+    const __m512 a0 = _mm512_add_ps(z0, z1), a1 = _mm512_sub_ps(z0, z1);
+    const __m512 c0 = _mm512_add_ps(z2, z3), c1 = _mm512_sub_ps(z2, z3);
+    s[0] = _mm512_add_ps(a0, c0), s[1] = _mm512_add_ps(a1, c0);
+    s[2] = _mm512_sub_ps(a0, c1), s[3] = _mm512_sub_ps(a1, c1);
+    s[4] = _mm512_add_ps(a0, c1), s[5] = _mm512_add_ps(a1, c1);
+    s[6] = _mm512_sub_ps(a0, c0), s[7] = _mm512_sub_ps(a1, c0);
+}
+
+template <class Arch>
+MQ_ALWAYS_INLINE void fwht16_group_sums_at(const float* c, std::size_t P, __m512* s) noexcept {
+    fwht16_group_sums<Arch>(_mm512_loadu_ps(c), _mm512_loadu_ps(c + P), _mm512_loadu_ps(c + 2 * P),
+                            _mm512_loadu_ps(c + 3 * P), s);
+}
+
+// acc (+|−)= group G's term of output J (the first group sets it); ug: group G's 8 sums.
+template <class Arch, std::size_t M, bool T, std::size_t G, std::size_t J>
+MQ_ALWAYS_INLINE void fwht16_term(__m512& acc, const __m512* ug) noexcept {
+    using F = FixedBlock<M, T>;
+    constexpr unsigned p = F::pattern(G, J);
+    if constexpr (G == 0) acc = ug[p];
+    else if constexpr (F::lead(G, J) * F::lead(0, J) > 0) acc = _mm512_add_ps(acc, ug[p]);
+    else acc = _mm512_sub_ps(acc, ug[p]);
+}
+template <class Arch, std::size_t M, bool T, std::size_t G, std::size_t... J>
+MQ_ALWAYS_INLINE void fwht16_group_terms(const __m512* ug, __m512* acc, std::index_sequence<J...>) noexcept {
+    (fwht16_term<Arch, M, T, G, J>(acc[J], ug), ...);
+}
+// Output J from the buffer: its terms in group order.
+template <class Arch, std::size_t M, bool T, std::size_t J, std::size_t... G>
+MQ_ALWAYS_INLINE void fwht16_output_terms(const __m512* u, __m512& acc, std::index_sequence<G...>) noexcept {
+    (fwht16_term<Arch, M, T, G, J>(acc, u + 8 * G), ...);
+}
+
+// Final value of output J: times lead(0, J)/√n, min/max gathered in four chains, stored.
+template <class Arch, std::size_t M, bool T, bool Track, std::size_t J>
+MQ_ALWAYS_INLINE void fwht16_emit(__m512 y, __m512 pos, __m512 neg, float* dst, std::size_t P, __m512* lo,
+                                  __m512* hi) noexcept {
+    y = _mm512_mul_ps(y, FixedBlock<M, T>::lead(0, J) > 0 ? pos : neg);
+    if constexpr (Track) {
+        if constexpr (J < 4) lo[J] = y, hi[J] = y;
+        else lo[J % 4] = fwht16_min<Arch>(lo[J % 4], y), hi[J % 4] = fwht16_max<Arch>(hi[J % 4], y);
+    }
+    _mm512_storeu_ps(dst + J * P, y);
+}
+template <class Arch, bool Track>
+MQ_ALWAYS_INLINE void fwht16_merge(const __m512* lo, const __m512* hi, Fwht16MinMax<Arch>& mm) noexcept {
+    if constexpr (Track) {
+        mm.lo = fwht16_min<Arch>(mm.lo, fwht16_min<Arch>(fwht16_min<Arch>(lo[0], lo[1]), fwht16_min<Arch>(lo[2], lo[3])));
+        mm.hi = fwht16_max<Arch>(mm.hi, fwht16_max<Arch>(fwht16_max<Arch>(hi[0], hi[1]), fwht16_max<Arch>(hi[2], hi[3])));
+    }
+}
+
+// Register form, lanes [b, b + 16) of every chunk: all M outputs accumulate while the groups pass.
+template <class Arch, std::size_t M, bool T, bool Track, std::size_t... G, std::size_t... J>
+MQ_ALWAYS_INLINE void fwht16_fixed_lanes(float* row, std::size_t P, std::size_t b, __m512 pos, __m512 neg,
+                                         Fwht16MinMax<Arch>& mm, std::index_sequence<G...>,
+                                         std::index_sequence<J...> js) noexcept {
+    __m512 acc[M], u[8 * sizeof...(G)];
+    ((fwht16_group_sums_at<Arch>(row + 4 * G * P + b, P, u + 8 * G),
+      fwht16_group_terms<Arch, M, T, G>(u + 8 * G, acc, js)),
+     ...);
+    __m512 lo[4], hi[4];
+    (fwht16_emit<Arch, M, T, Track, J>(acc[J], pos, neg, row + b, P, lo, hi), ...);
+    fwht16_merge<Arch, Track>(lo, hi, mm);
+}
+
+// Buffered form: all groups' sums stored to u first (the fence keeps them there, as in
+// fwht_dense_buffered_row), then each output reads its M/4 terms back. Split: the chunks' last
+// butterfly stage on the way (z = lo + hi for lanes b, lo − hi for lanes b + P/2 into u + 2M).
+template <class Arch, std::size_t M, bool Split, std::size_t G>
+MQ_ALWAYS_INLINE void fwht16_buffered_group(const float* row, std::size_t P, std::size_t b, __m512* u) noexcept {
+    const float* c = row + 4 * G * P + b;
+    if constexpr (Split) {
+        const std::size_t h = P / 2;
+        __m512 z[4], d[4];
+        for (std::size_t t = 0; t < 4; ++t) {
+            const __m512 lo = _mm512_loadu_ps(c + t * P), hi = _mm512_loadu_ps(c + t * P + h);
+            z[t] = _mm512_add_ps(lo, hi);
+            d[t] = _mm512_sub_ps(lo, hi);
+        }
+        fwht16_group_sums<Arch>(z[0], z[1], z[2], z[3], u + 8 * G);
+        fwht16_group_sums<Arch>(d[0], d[1], d[2], d[3], u + 2 * M + 8 * G);
+    } else {
+        fwht16_group_sums_at<Arch>(c, P, u + 8 * G);
+    }
+}
+template <class Arch, std::size_t M, bool T, bool Track, std::size_t... J>
+MQ_ALWAYS_INLINE void fwht16_buffered_outputs(const __m512* u, __m512 pos, __m512 neg, float* dst, std::size_t P,
+                                              Fwht16MinMax<Arch>& mm, std::index_sequence<J...>) noexcept {
+    __m512 lo[4], hi[4];
+    (([&] {
+         __m512 acc;
+         fwht16_output_terms<Arch, M, T, J>(u, acc, std::make_index_sequence<M / 4>{});
+         fwht16_emit<Arch, M, T, Track, J>(acc, pos, neg, dst, P, lo, hi);
+     }()),
+     ...);
+    fwht16_merge<Arch, Track>(lo, hi, mm);
+}
+template <class Arch, std::size_t M, bool T, bool Split, bool Track, std::size_t... G>
+inline void fwht16_dense_buffered_row(float* row, std::size_t P, float scale, Fwht16MinMax<Arch>& mm,
+                                      std::index_sequence<G...>) noexcept {
+    alignas(64) __m512 u[4 * M];
+    const __m512 pos = _mm512_set1_ps(scale), neg = _mm512_set1_ps(-scale);
+    const std::size_t end = Split ? P / 2 : P;
+    for (std::size_t b = 0; b < end; b += 16) {
+        (fwht16_buffered_group<Arch, M, Split, G>(row, P, b, u), ...);
+        compiler_fence();
+        fwht16_buffered_outputs<Arch, M, T, Track>(u, pos, neg, row + b, P, mm, std::make_index_sequence<M>{});
+        if constexpr (Split)
+            fwht16_buffered_outputs<Arch, M, T, Track>(u + 2 * M, pos, neg, row + b + P / 2, P, mm,
+                                                       std::make_index_sequence<M>{});
+        compiler_fence();
+    }
+}
+
+// The dense stage of a row at 16 lanes, when m is a compile-time block and 16 divides 2^k (false:
+// not done, the caller runs the AVX2 code).
+template <class Arch, bool Track>
+inline bool fwht16_dense_stage(float* row, const FwhtPlan& plan, bool split, Fwht16MinMax<Arch>& mm) noexcept {
+    const std::size_t m = plan.factors.m, P = plan.factors.pow2;
+    if (P % 16 != 0 || !(m == 12 || m == 20 || m == 28 || m == 36)) return false;
+    auto fixed = [&]<std::size_t M, bool T>(std::integral_constant<std::size_t, M>, std::bool_constant<T>) {
+        if constexpr (M <= kFwhtRegisterBlockMax) {
+            const __m512 pos = _mm512_set1_ps(plan.scale), neg = _mm512_set1_ps(-plan.scale);
+            for (std::size_t b = 0; b < P; b += 16)
+                fwht16_fixed_lanes<Arch, M, T, Track>(row, P, b, pos, neg, mm, std::make_index_sequence<M / 4>{},
+                                                      std::make_index_sequence<M>{});
+        } else if (split) {
+            fwht16_dense_buffered_row<Arch, M, T, true, Track>(row, P, plan.scale, mm, std::make_index_sequence<M / 4>{});
+        } else {
+            fwht16_dense_buffered_row<Arch, M, T, false, Track>(row, P, plan.scale, mm, std::make_index_sequence<M / 4>{});
+        }
+    };
+    auto block = [&]<std::size_t M>(std::integral_constant<std::size_t, M> mc) {
+        if (plan.inverse) fixed(mc, std::true_type{});
+        else fixed(mc, std::false_type{});
+    };
+    switch (m) {
+    case 12: block(std::integral_constant<std::size_t, 12>{}); break;
+    case 20: block(std::integral_constant<std::size_t, 20>{}); break;
+    case 28: block(std::integral_constant<std::size_t, 28>{}); break;
+    default: block(std::integral_constant<std::size_t, 36>{}); break;
+    }
+    return true;
+}
+
 // Whether the dense stage takes over the chunks' last butterfly stage (fwht_split_last_stage's
 // rule with 16-lane passes): only when that saves a pass over the row.
 template <class Arch>
@@ -1074,6 +1227,20 @@ inline bool fwht16_row(const float* src, float* dst, const FwhtPlan& plan, bool 
         hi = fwht16_reduce<Arch, true>(mm.hi);
         return true;
     }
+    if (fwht16_dense_stage<Arch, Track>(dst, plan, split, mm)) {
+        if (plan.randomized() && plan.inverse) {
+            const std::size_t n = plan.n, vec_end = n - n % 16;
+            for (std::size_t i = 0; i < vec_end; i += 16)
+                _mm512_storeu_ps(dst + i, _mm512_mul_ps(_mm512_loadu_ps(dst + i), _mm512_loadu_ps(plan.signs.data() + i)));
+            for (std::size_t i = vec_end; i < n; ++i) dst[i] *= plan.signs[i];
+            return false;
+        }
+        if (!Track) return false;
+        lo = fwht16_reduce<Arch, false>(mm.lo);
+        hi = fwht16_reduce<Arch, true>(mm.hi);
+        return true;
+    }
+    // Other blocks, or 2^k not a multiple of 16: the AVX2 code.
     FwhtMinMax<xsimd::batch<float, avx2>> mm8;
     const bool tracked = fwht_dense_stage<avx2, Track>(dst, plan, split, u_vec, u_scalar, &mm8);
     if (tracked) reduce_min_max<avx2>(mm8, lo, hi);
