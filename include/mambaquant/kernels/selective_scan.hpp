@@ -288,16 +288,23 @@ template <class Arch, std::size_t N>
 void selective_scan_block16(const SelectiveScanArgs<float>& a, std::size_t d0) noexcept {
     constexpr std::size_t W = 16;
     const std::size_t L = a.length();
-    // A·log2 e and the state, column by column through L1 tiles (once per block, not per token).
+    // A·log2 e (into an L1 tile, as the AVX2 block) and the state, column by column: two AVX2
+    // 8-channel transposes per block joined into 16 lanes (decode runs this for every token).
+    using B8 = xsimd::batch<float, avx2>;
     alignas(64) float a_tile[N * W];
-    alignas(64) float s_tile[N * W];
-    for (std::size_t j = 0; j < W; ++j)
-        for (std::size_t n = 0; n < N; ++n) {
-            a_tile[n * W + j] = a.A(d0 + j, n) * kLog2e;
-            s_tile[n * W + j] = a.state(d0 + j, n);
-        }
+    B8 lo8[N], hi8[N];
+    load_columns<avx2, N>(a.A.data + d0 * a.A.stride, a.A.stride, lo8);
+    load_columns<avx2, N>(a.A.data + (d0 + 8) * a.A.stride, a.A.stride, hi8);
+    for (std::size_t n = 0; n < N; ++n) {
+        (lo8[n] * B8(kLog2e)).store_aligned(a_tile + n * W);
+        (hi8[n] * B8(kLog2e)).store_aligned(a_tile + n * W + 8);
+    }
+    load_columns<avx2, N>(a.state.data + d0 * a.state.stride, a.state.stride, lo8);
+    load_columns<avx2, N>(a.state.data + (d0 + 8) * a.state.stride, a.state.stride, hi8);
+    // Unrolled, so that s[] is only ever indexed by constants and lives in registers.
     __m512 s[N];
-    for (std::size_t n = 0; n < N; ++n) s[n] = _mm512_load_ps(s_tile + n * W);
+#pragma GCC unroll 32
+    for (std::size_t n = 0; n < N; ++n) s[n] = join_halves<Arch>(lo8[n], hi8[n]);
     const __m512 bias = a.delta_bias ? _mm512_loadu_ps(a.delta_bias + d0) : _mm512_setzero_ps();
     const __m512 dskip = a.D ? _mm512_loadu_ps(a.D + d0) : _mm512_setzero_ps();
     constexpr std::size_t kAhead = 8; // as selective_scan_block
@@ -341,9 +348,13 @@ void selective_scan_block16(const SelectiveScanArgs<float>& a, std::size_t d0) n
                                                   a.gate_scale ? a.gate_scale + d0 : nullptr));
         _mm512_storeu_ps(a.y.data + t * a.y.stride + d0, out);
     }
-    for (std::size_t n = 0; n < N; ++n) _mm512_store_ps(s_tile + n * W, s[n]);
-    for (std::size_t j = 0; j < W; ++j)
-        for (std::size_t n = 0; n < N; ++n) a.state(d0 + j, n) = s_tile[n * W + j];
+#pragma GCC unroll 32
+    for (std::size_t n = 0; n < N; ++n) {
+        lo8[n] = B8(_mm512_extractf32x8_ps(s[n], 0));
+        hi8[n] = B8(_mm512_extractf32x8_ps(s[n], 1));
+    }
+    store_columns<avx2, N>(lo8, a.state.data + d0 * a.state.stride, a.state.stride);
+    store_columns<avx2, N>(hi8, a.state.data + (d0 + 8) * a.state.stride, a.state.stride);
 }
 
 // Blocks of 16, then one AVX2 block of 8 if 8 channels remain, then the reference's tail: every
