@@ -186,6 +186,17 @@ void selective_scan_ref_range(const SelectiveScanArgs<State>& a, std::size_t d_b
     }
 }
 
+// Token t + kAhead's rows of the channel block at d0: consecutive tokens of one block are a row
+// stride apart (6 KiB for E = 1536), beyond what the hardware prefetchers follow across pages.
+MQ_ALWAYS_INLINE void prefetch_scan_rows(const SelectiveScanArgs<float>& a, std::size_t t, std::size_t d0) noexcept {
+    constexpr std::size_t kAhead = 8;
+    if (t + kAhead >= a.length()) return;
+    prefetch_read(a.x.data + (t + kAhead) * a.x.stride + d0);
+    prefetch_read(a.delta.data + (t + kAhead) * a.delta.stride + d0);
+    if (a.z.data) prefetch_read(a.z.data + (t + kAhead) * a.z.stride + d0);
+    prefetch_read(a.y.data + (t + kAhead) * a.y.stride + d0);
+}
+
 // A's columns of the W-channel block at d0, pre-multiplied by log2(e) so that the decay
 // exp(Δ·A) = 2^(Δ·A·log2 e), written to a stack tile of N·W floats (16 more registers would
 // spill; the tile stays in L1). Shared by the float and the quantized scan kernels.
@@ -212,18 +223,10 @@ void selective_scan_block(const SelectiveScanArgs<float>& a, std::size_t d0) noe
     load_columns<Arch, N>(a.state.data + d0 * a.state.stride, a.state.stride, s);
     const Bt bias = a.delta_bias ? Bt::load_unaligned(a.delta_bias + d0) : Bt(0.0f);
     const Bt dskip = a.D ? Bt::load_unaligned(a.D + d0) : Bt(0.0f);
-    // Rows ahead to prefetch: consecutive tokens of one channel block are a row stride apart
-    // (6 KiB for E = 1536), beyond what the hardware prefetchers follow across pages.
-    constexpr std::size_t kAhead = 8;
     for (std::size_t t = 0; t < L; ++t) {
         const float* xr = a.x.data + t * a.x.stride + d0;
         const float* dr = a.delta.data + t * a.delta.stride + d0;
-        if (t + kAhead < L) {
-            prefetch_read(xr + kAhead * a.x.stride);
-            prefetch_read(dr + kAhead * a.delta.stride);
-            if (a.z.data) prefetch_read(a.z.data + (t + kAhead) * a.z.stride + d0);
-            prefetch_read(a.y.data + (t + kAhead) * a.y.stride + d0);
-        }
+        prefetch_scan_rows(a, t, d0);
         const Bt xv = Bt::load_unaligned(xr);
         Bt dt = Bt::load_unaligned(dr);
         if (a.delta_softplus) dt = softplus<Arch>(dt + bias);
@@ -307,16 +310,10 @@ void selective_scan_block16(const SelectiveScanArgs<float>& a, std::size_t d0) n
     for (std::size_t n = 0; n < N; ++n) s[n] = join_halves<Arch>(lo8[n], hi8[n]);
     const __m512 bias = a.delta_bias ? _mm512_loadu_ps(a.delta_bias + d0) : _mm512_setzero_ps();
     const __m512 dskip = a.D ? _mm512_loadu_ps(a.D + d0) : _mm512_setzero_ps();
-    constexpr std::size_t kAhead = 8; // as selective_scan_block
     for (std::size_t t = 0; t < L; ++t) {
         const float* xr = a.x.data + t * a.x.stride + d0;
         const float* dr = a.delta.data + t * a.delta.stride + d0;
-        if (t + kAhead < L) {
-            prefetch_read(xr + kAhead * a.x.stride);
-            prefetch_read(dr + kAhead * a.delta.stride);
-            if (a.z.data) prefetch_read(a.z.data + (t + kAhead) * a.z.stride + d0);
-            prefetch_read(a.y.data + (t + kAhead) * a.y.stride + d0);
-        }
+        prefetch_scan_rows(a, t, d0);
         const __m512 xv = _mm512_loadu_ps(xr);
         __m512 dt = _mm512_loadu_ps(dr);
         if (a.delta_softplus) dt = softplus16<Arch>(_mm512_add_ps(dt, bias));
