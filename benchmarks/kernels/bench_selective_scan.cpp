@@ -1,4 +1,5 @@
-// Benchmarks of the selective scan (prefill and decode step) against its scalar reference.
+// Benchmarks of the selective scan (prefill and decode step, BM_f32_selective_scan{,_step}/<arch>/...
+// once per arch the CPU runs) against its scalar reference.
 #include <mambaquant/core/rng.hpp>
 #include <mambaquant/core/simd.hpp>
 #include <mambaquant/core/tensor.hpp>
@@ -8,8 +9,11 @@
 
 #include <benchmark/benchmark.h>
 
+#include "common/bench_arch.hpp"
+
 #include <cmath>
 #include <cstddef>
+#include <string>
 
 namespace {
 
@@ -49,12 +53,13 @@ void set_tokens(benchmark::State& st, std::size_t tokens) {
     st.SetItemsProcessed(static_cast<std::int64_t>(st.iterations()) * static_cast<std::int64_t>(tokens));
 }
 
+template <class Arch>
 void BM_f32_selective_scan(benchmark::State& st) {
     const auto E = static_cast<std::size_t>(st.range(0)), L = static_cast<std::size_t>(st.range(1));
     ScanData data(E, L);
     auto a = data.args();
     for (auto _ : st) {
-        mq::selective_scan(mq::default_arch{}, a);
+        mq::selective_scan(Arch{}, a);
         benchmark::DoNotOptimize(data.y.data());
     }
     set_tokens(st, L);
@@ -72,12 +77,13 @@ void BM_f32_selective_scan_ref(benchmark::State& st) {
 }
 
 // One decode step: the scan over a single token, state carried.
+template <class Arch>
 void BM_f32_selective_scan_step(benchmark::State& st) {
     const auto E = static_cast<std::size_t>(st.range(0));
     ScanData data(E, 1);
     auto a = data.args();
     for (auto _ : st) {
-        mq::selective_scan(mq::default_arch{}, a);
+        mq::selective_scan(Arch{}, a);
         benchmark::DoNotOptimize(data.y.data());
     }
     set_tokens(st, 1);
@@ -115,11 +121,18 @@ void quantized_scan(benchmark::State& st) {
 void BM_i8_quantized_scan(benchmark::State& st) { quantized_scan<false>(st); }
 void BM_i8_quantized_scan_ref(benchmark::State& st) { quantized_scan<true>(st); }
 
+[[maybe_unused]] const bool registered = mqbench::for_each_bench_arch([](auto arch) {
+    using Arch = decltype(arch);
+    const std::string a = mqbench::arch_suffix(arch);
+    benchmark::RegisterBenchmark(("BM_f32_selective_scan" + a).c_str(), BM_f32_selective_scan<Arch>)
+        ->Args({1536, 1024})->Args({5120, 1024})->Args({1536, 2048})->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark(("BM_f32_selective_scan_step" + a).c_str(), BM_f32_selective_scan_step<Arch>)
+        ->Arg(1536)->Arg(5120);
+});
+
 } // namespace
 
-BENCHMARK(BM_f32_selective_scan)->Args({1536, 1024})->Args({5120, 1024})->Args({1536, 2048})->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_f32_selective_scan_ref)->Args({1536, 1024})->Args({5120, 1024})->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_f32_selective_scan_step)->Arg(1536)->Arg(5120);
 BENCHMARK(BM_f32_selective_scan_step_ref)->Arg(1536)->Arg(5120);
 BENCHMARK(BM_i8_quantized_scan)->Args({1536, 1024})->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_i8_quantized_scan_ref)->Args({1536, 1024})->Unit(benchmark::kMillisecond);

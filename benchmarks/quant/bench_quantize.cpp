@@ -6,11 +6,13 @@
 #include <mambaquant/quant/int4.hpp>
 #include <mambaquant/kernels/quantized_tensor.hpp>
 
+#include "common/bench_arch.hpp"
 #include "common/memory_bandwidth.hpp"
 
 #include <benchmark/benchmark.h>
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace {
@@ -189,6 +191,27 @@ void BM_f32_range_ref(benchmark::State& state, std::size_t rows, std::size_t col
     }
     set_bytes(state, rows * cols, 4);
 }
+
+// The kernel per arch: per row, row_range then the 8-bit codes (quantize_row_dynamic), uint8.
+template <class Arch>
+void BM_f32_quantize_i8_per_token_kernel(benchmark::State& state) {
+    const auto rows = static_cast<std::size_t>(state.range(0)), cols = static_cast<std::size_t>(state.range(1));
+    const auto x = activations(rows, cols);
+    mq::aligned_vector<std::uint8_t> q(rows * cols);
+    std::vector<mq::QuantParams> params(rows);
+    for (auto _ : state) {
+        for (std::size_t r = 0; r < rows; ++r)
+            params[r] = mq::quantize_row_dynamic<8, mq::asymmetric>(Arch{}, x.data() + r * cols, cols, q.data() + r * cols).params;
+        benchmark::DoNotOptimize(q.data());
+        benchmark::ClobberMemory();
+    }
+    set_bytes(state, rows * cols, sizeof(float) + sizeof(std::uint8_t));
+}
+[[maybe_unused]] const bool registered = mqbench::for_each_bench_arch([](auto arch) {
+    const std::string name = "BM_f32_quantize_i8_per_token" + mqbench::arch_suffix(arch);
+    benchmark::RegisterBenchmark(name.c_str(), BM_f32_quantize_i8_per_token_kernel<decltype(arch)>)
+        ->Args({4096, 1536})->Args({64, 1536})->Args({1, 768})->Unit(benchmark::kMicrosecond);
+});
 
 #define MQ_BENCH_SHAPE(fn, r, c) \
     BENCHMARK_CAPTURE(fn, r##x##c, r, c)->Unit(benchmark::kMillisecond)->UseRealTime()

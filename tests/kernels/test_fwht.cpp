@@ -1,6 +1,8 @@
 #include <mambaquant/kernels/fwht.hpp>
 #include <mambaquant/transform/hadamard.hpp> // the dense H the fast transform is checked against
 
+#include "kernels/arch_test_util.hpp"
+
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -177,8 +179,8 @@ TEST_CASE("the compile-time Paley blocks equal hadamard_block") {
 
 namespace {
 
-template <class S>
-void check_fused(std::size_t n, std::optional<std::uint64_t> seed) {
+template <class S, class Arch>
+void check_fused(Arch arch, std::size_t n, std::optional<std::uint64_t> seed) {
     using code_t = mq::int8_code_t<S>;
     using R = mq::BitRange<8, S>;
     CAPTURE(n);
@@ -196,7 +198,7 @@ void check_fused(std::size_t n, std::optional<std::uint64_t> seed) {
     std::vector<code_t> fused(rows * n), ref(rows * n);
     std::vector<mq::QuantParams> pf(rows), pr(rows);
     mq::aligned_vector<float> scratch(mq::fwht_quantize_scratch_size(n));
-    mq::fwht_quantize<S>(mq::default_arch{}, mq::ConstMatrixView<float>(x.data.data(), rows, n), plan,
+    mq::fwht_quantize<S>(arch, mq::ConstMatrixView<float>(x.data.data(), rows, n), plan,
                          mq::MatrixView<code_t>(fused.data(), rows, n), pf, scratch);
     CHECK(x.data == x_before.data); // input untouched
     // The unpipelined form (scratch of n floats) gives the same codes.
@@ -204,7 +206,7 @@ void check_fused(std::size_t n, std::optional<std::uint64_t> seed) {
         std::vector<code_t> single(rows * n);
         std::vector<mq::QuantParams> ps(rows);
         mq::aligned_vector<float> small(n);
-        mq::fwht_quantize<S>(mq::default_arch{}, mq::ConstMatrixView<float>(x.data.data(), rows, n), plan,
+        mq::fwht_quantize<S>(arch, mq::ConstMatrixView<float>(x.data.data(), rows, n), plan,
                              mq::MatrixView<code_t>(single.data(), rows, n), ps, small);
         CHECK(single == fused);
         CHECK(ps == pf);
@@ -212,7 +214,7 @@ void check_fused(std::size_t n, std::optional<std::uint64_t> seed) {
 
     // Transform-then-quantize with the bare SIMD transform and the scalar quantizer: bit for bit.
     Rows y = x;
-    mq::fwht(mq::default_arch{}, y.view(), plan);
+    mq::fwht(arch, y.view(), plan);
     for (std::size_t r = 0; r < rows; ++r) {
         float lo = y.data[r * n], hi = lo;
         for (std::size_t i = 0; i < n; ++i) {
@@ -245,11 +247,49 @@ void check_fused(std::size_t n, std::optional<std::uint64_t> seed) {
 
 } // namespace
 
-TEST_CASE("fused Hadamard + per-token int8 equals transform-then-quantize") {
-    for (std::size_t n : {768u, 1536u, 2560u, 5120u, 256u, 1024u, 48u, 8u, 172u * 4, 28u * 128, 36u * 1024}) {
-        check_fused<mq::asymmetric>(n, std::nullopt);
-        check_fused<mq::symmetric>(n, std::nullopt);
+TEST_CASE("fused Hadamard + per-token int8 equals transform-then-quantize, on every arch") {
+    mqtest::for_each_arch([](auto arch) {
+        // 20·512: the AVX-512 path's split last stage; 16, 8192: its shortest and longest chunk.
+        for (std::size_t n : {768u, 1536u, 2560u, 5120u, 256u, 1024u, 48u, 8u, 16u, 8192u, 172u * 4, 28u * 128,
+                              36u * 1024, 20u * 512}) {
+            check_fused<mq::asymmetric>(arch, n, std::nullopt);
+            check_fused<mq::symmetric>(arch, n, std::nullopt);
+        }
+        check_fused<mq::asymmetric>(arch, 2560, 11);
+        check_fused<mq::symmetric>(arch, 4096, 12);
+    });
+}
+
+// The wider paths keep the AVX2 path's operation order: the same floats, bit for bit, for every
+// pass structure (chunks of 2^0 … 2^15, the dense blocks, the split last stage, randomized forward
+// and inverse plans, a strided view).
+TEST_CASE("fwht: every arch gives the first arch's floats bit for bit") {
+    std::vector<std::pair<mq::HadamardFactors, int>> cases; // (factors, 0 plain / 1 randomized / 2 inverse)
+    for (unsigned k = 0; k <= 15; ++k) cases.push_back({{1, std::size_t{1} << k, k}, 0});
+    for (std::size_t m : mq::kHadamardBlockSizes)
+        for (unsigned k : {2u, 3u, 4u, 5u, 7u, 9u})
+            if (m > 1 && m << k <= 40000) cases.push_back({{m, std::size_t{1} << k, k}, 0});
+    for (int kind : {1, 2}) {
+        cases.push_back({{1, 4096, 12}, kind});
+        cases.push_back({{12, 128, 7}, kind});
+        cases.push_back({{20, 512, 9}, kind});
+        cases.push_back({{52, 8, 3}, kind});
     }
-    check_fused<mq::asymmetric>(2560, 11);
-    check_fused<mq::symmetric>(4096, 12);
+    for (const auto& [f, kind] : cases) {
+        CAPTURE(f.m);
+        CAPTURE(f.pow2);
+        CAPTURE(kind);
+        const mq::FwhtPlan plan = kind == 0 ? mq::make_fwht_plan(f)
+                                            : mq::make_fwht_plan(f, 9, kind == 1 ? mq::FwhtDirection::forward
+                                                                                 : mq::FwhtDirection::inverse);
+        const std::size_t n = f.size(), stride = n + 16;
+        const Rows x(3, stride, 31 + n);
+        std::vector<mq::aligned_vector<float>> out;
+        mqtest::for_each_arch([&](auto arch) {
+            mq::aligned_vector<float> y = x.data;
+            mq::fwht(arch, mq::MatrixView<float>(y.data(), 3, n, stride), plan);
+            out.push_back(std::move(y));
+        });
+        for (std::size_t a = 1; a < out.size(); ++a) CHECK(out[a] == out[0]);
+    }
 }

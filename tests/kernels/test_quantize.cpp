@@ -3,6 +3,8 @@
 #include <mambaquant/core/tensor.hpp>
 #include <mambaquant/kernels/quantize.hpp>
 
+#include "kernels/arch_test_util.hpp"
+
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -92,11 +94,12 @@ void check_all_bits(Arch arch) {
 
 } // namespace
 
-TEST_CASE("row_range equals row_range_ref and flags NaN/Inf anywhere") {
+TEST_CASE("row_range equals row_range_ref and flags NaN/Inf anywhere, on every arch") {
+    mqtest::for_each_arch([](auto arch) {
     for (std::size_t n : kLengths) {
         const auto data = make_row(n, n);
         for (std::size_t off : {0, 1}) {
-            const auto a = mq::row_range(mq::default_arch{}, data.data() + off, n);
+            const auto a = mq::row_range(arch, data.data() + off, n);
             const auto b = mq::row_range_ref(data.data() + off, n);
             CHECK(a.finite);
             CHECK(a.lo == b.lo);
@@ -107,19 +110,46 @@ TEST_CASE("row_range equals row_range_ref and flags NaN/Inf anywhere") {
             for (std::size_t pos : {std::size_t{0}, n / 2, n - 1}) {
                 auto x = data;
                 x[pos] = bad;
-                CHECK_FALSE(mq::row_range(mq::default_arch{}, x.data(), n).finite);
+                CHECK_FALSE(mq::row_range(arch, x.data(), n).finite);
                 CHECK_FALSE(mq::row_range(xsimd::sse4_2{}, x.data(), n).finite);
                 CHECK_FALSE(mq::row_range_ref(x.data(), n).finite);
             }
         }
     }
-    const auto empty = mq::row_range(mq::default_arch{}, nullptr, 0);
+    const auto empty = mq::row_range(arch, nullptr, 0);
     CHECK(empty.finite);
     CHECK(empty.lo > empty.hi);
+    });
 }
 
-TEST_CASE("quantize_row / dequantize_row / quantize_row_dynamic equal the reference, bits 2..8 (AVX2)") {
-    check_all_bits(mq::default_arch{});
+TEST_CASE("quantize_row / dequantize_row / quantize_row_dynamic equal the reference, bits 2..8, every arch") {
+    mqtest::for_each_arch([](auto arch) { check_all_bits(arch); });
+}
+
+// The in-range form (per-token 8-bit, the fused rotation's quantizer): the reference's codes on
+// every arch, for lengths around its 64- and 32-float steps.
+TEST_CASE("quantize_row_in_range equals quantize_row_ref (8-bit, both symmetries), every arch") {
+    mqtest::for_each_arch([](auto arch) {
+        for (std::size_t n : {1u, 31u, 32u, 63u, 64u, 65u, 96u, 127u, 128u, 200u, 768u, 1537u}) {
+            for (std::size_t off : {0, 1}) {
+                CAPTURE(n);
+                const auto data = make_row(n, 77 + n, off ? 0.8f : 0.0f);
+                const float* x = data.data() + off;
+                const mq::RowRange rr = mq::row_range_ref(x, n);
+                auto run = [&]<class S>(S) {
+                    using R = mq::BitRange<8, S>;
+                    using Code = std::conditional_t<S::is_symmetric, std::int8_t, std::uint8_t>;
+                    const mq::QuantParams p = mq::params_from_range<8, S>(rr.lo, rr.hi);
+                    std::vector<Code> a(n + 1, Code{42}), b(n + 1, Code{42});
+                    mq::quantize_row_in_range<R>(arch, x, n, p, a.data());
+                    mq::quantize_row_ref<R>(x, n, p, b.data());
+                    CHECK(a == b);
+                };
+                run(mq::symmetric{});
+                run(mq::asymmetric{});
+            }
+        }
+    });
 }
 
 TEST_CASE("the portable (non-AVX2) vector path equals the reference too (SSE4.2)") {

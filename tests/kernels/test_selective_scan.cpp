@@ -1,6 +1,7 @@
 // Tests of the SIMD selective scan against its scalar reference and a float64 reference.
 #include <mambaquant/kernels/selective_scan.hpp>
 
+#include "kernels/arch_test_util.hpp"
 #include "kernels/scan_test_data.hpp"
 
 #include <doctest/doctest.h>
@@ -99,4 +100,40 @@ TEST_CASE("selective_scan: strided inputs (column blocks of a larger tensor)") {
     mq::selective_scan(mq::default_arch{}, base.args());
     CHECK(strided.y == base.y); // same arithmetic on the same values: bit for bit
     CHECK(strided.state == base.state);
+}
+
+// The wider paths keep the AVX2 block's per-channel arithmetic: outputs and states equal the first
+// arch's bit for bit, for 16-channel blocks, an 8-channel AVX2 block and a reference tail after
+// them (E = 45), every specialized N, softplus, carried state, S-SiLU gate scales, the first-step
+// log scale and one decode token.
+TEST_CASE("selective_scan: every arch gives the first arch's floats bit for bit") {
+    struct Case {
+        std::size_t L, E, N;
+        bool softplus, extras;
+    };
+    for (const Case c : {Case{64, 45, 16, true, false}, Case{33, 48, 4, false, true}, Case{20, 32, 8, true, true},
+                         Case{17, 24, 32, true, false}, Case{1, 1536, 16, true, true}, Case{9, 13, 5, true, false}}) {
+        CAPTURE(c.L); CAPTURE(c.E); CAPTURE(c.N);
+        mqtest::ScanData base(c.L, c.E, c.N, 40 + c.E, c.softplus);
+        base.random_state(41);
+        std::vector<float> gate_scale(c.E), log_scale(c.N);
+        for (std::size_t d = 0; d < c.E; ++d) gate_scale[d] = 0.5f + 0.03f * static_cast<float>(d % 17);
+        for (std::size_t n = 0; n < c.N; ++n) log_scale[n] = -0.1f * static_cast<float>(n);
+        std::vector<mq::MatrixXf> ys, states;
+        mqtest::for_each_arch([&](auto arch) {
+            mqtest::ScanData run = base;
+            auto a = run.args(c.softplus);
+            if (c.extras) {
+                a.gate_scale = gate_scale.data();
+                a.first_step_log_scale = log_scale.data();
+            }
+            mq::selective_scan(arch, a);
+            ys.push_back(run.y);
+            states.push_back(run.state);
+        });
+        for (std::size_t i = 1; i < ys.size(); ++i) {
+            CHECK(ys[i] == ys[0]);
+            CHECK(states[i] == states[0]);
+        }
+    }
 }

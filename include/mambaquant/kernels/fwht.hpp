@@ -803,29 +803,6 @@ inline bool fwht_dense_stage(float* row, const FwhtPlan& plan, bool split, xsimd
 }
 } // namespace detail
 
-// Transform rows of x in place: x_row ← (x_row ⊙ s)·H (see FwhtPlan). Any stride and alignment;
-// 64-byte aligned rows (aligned_vector, stride a multiple of 16) are fastest.
-template <class Arch>
-void fwht(Arch, MatrixView<float> x, const FwhtPlan& plan) noexcept {
-    using B = xsimd::batch<float, Arch>;
-    MQ_ASSERT(x.cols == plan.n, "fwht: row length must equal the plan size");
-    const bool split = detail::fwht_split_last_stage<Arch>(plan);
-    alignas(64) B u_vec[16 * (kHadamardBlockSizes.back() / 4)];
-    alignas(64) float u_scalar[16 * (kHadamardBlockSizes.back() / 4)];
-    for (std::size_t r = 0; r < x.rows; ++r) {
-        float* row = x.row_ptr(r);
-        // The passes over a row run from L1; for long rows (a batch of them is far beyond L2)
-        // ask for the next row now, so that its trip from memory overlaps this row's arithmetic
-        // (measured: helps n = 8192, costs a little on rows that stay in L2).
-        if (plan.n >= 4096 && r + 1 < x.rows) detail::prefetch_row(x.row_ptr(r + 1), plan.n);
-        detail::fwht_chunk_stage<Arch>(row, row, plan, split);
-        detail::fwht_dense_stage<Arch>(row, plan, split, u_vec, u_scalar);
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Fused online rotation + dynamic per-token int8 quantization (the out_proj input).
-// ---------------------------------------------------------------------------------------------
 namespace detail {
 
 template <class Arch>
@@ -858,6 +835,465 @@ inline void reduce_min_max(const FwhtMinMax<xsimd::batch<float, Arch>>& mm, floa
 }
 
 } // namespace detail
+// ---------------------------------------------------------------------------------------------
+// AVX-512 (the avx512vnni tag): the chunks' butterflies on 16-lane registers, 32 of them.
+// ---------------------------------------------------------------------------------------------
+// Intrinsics in a `#pragma GCC target` region rather than xsimd: xsimd 8.1 declares its AVX-512
+// batches only in a TU built with -mavx512f, and a generic template defined outside the region
+// cannot be instantiated with AVX-512 code (GCC refuses to inline target code into it), so the
+// header stays one TU-independent file with the AVX-512 part written out here. Every function is
+// a template on the arch tag (see MQ_AVX512VNNI_BEGIN). The butterflies are the reference's
+// additions (each output the same tree of ±, however the stages are grouped into passes) and the
+// scale the same multiply, so the results equal the AVX2 path's and fwht_ref's bit for bit; the
+// dense m-block runs the AVX2 code, called (AVX2 code may run inside AVX-512 code, not the
+// reverse) for the blocks without a 16-lane form. 16 lanes halve the shuffles and adds per
+// element and 16-register passes need fewer trips over the row (n = 1024: 2 instead of 3).
+#if MQ_HAS_AVX512VNNI_KERNELS
+MQ_AVX512VNNI_BEGIN
+namespace detail {
+
+// x_{i^h} for every lane i (h = 1, 2: within 128-bit lanes; 4, 8: across them). The masked forms
+// with all lanes set: the plain ones pass _mm512_undefined_ps(), on which g++ 12 -O2 warns
+// -Wmaybe-uninitialized (GCC bug 105593).
+template <class Arch, unsigned H>
+MQ_ALWAYS_INLINE __m512 fwht16_swap(__m512 v) noexcept {
+    constexpr __mmask16 all = 0xFFFF;
+    if constexpr (H == 1) return _mm512_mask_permute_ps(v, all, v, 0xB1);
+    else if constexpr (H == 2) return _mm512_mask_permute_ps(v, all, v, 0x4E);
+    else if constexpr (H == 4) return _mm512_mask_shuffle_f32x4(v, all, v, v, 0xB1);
+    else return _mm512_mask_shuffle_f32x4(v, all, v, v, 0x4E);
+}
+
+template <class Arch>
+MQ_ALWAYS_INLINE __m512 fwht16_min(__m512 a, __m512 b) noexcept {
+    return _mm512_mask_min_ps(a, 0xFFFF, a, b);
+}
+template <class Arch>
+MQ_ALWAYS_INLINE __m512 fwht16_max(__m512 a, __m512 b) noexcept {
+    return _mm512_mask_max_ps(a, 0xFFFF, a, b);
+}
+// min (Max = false) or max over the 16 lanes, as a shuffle tree.
+template <class Arch, bool Max>
+MQ_ALWAYS_INLINE float fwht16_reduce(__m512 v) noexcept {
+    // (No lambda: g++ 12 compiles a lambda's body without the enclosing target.)
+    if constexpr (Max) {
+        v = fwht16_max<Arch>(v, fwht16_swap<Arch, 8>(v));
+        v = fwht16_max<Arch>(v, fwht16_swap<Arch, 4>(v));
+        v = fwht16_max<Arch>(v, fwht16_swap<Arch, 2>(v));
+        v = fwht16_max<Arch>(v, fwht16_swap<Arch, 1>(v));
+    } else {
+        v = fwht16_min<Arch>(v, fwht16_swap<Arch, 8>(v));
+        v = fwht16_min<Arch>(v, fwht16_swap<Arch, 4>(v));
+        v = fwht16_min<Arch>(v, fwht16_swap<Arch, 2>(v));
+        v = fwht16_min<Arch>(v, fwht16_swap<Arch, 1>(v));
+    }
+    return _mm512_cvtss_f32(v);
+}
+
+// The ±1 of each in-register stage (−1 where lane bit h is set), kept in registers by the passes.
+template <class Arch>
+struct Fwht16Signs {
+    __m512 s[4];
+    MQ_ALWAYS_INLINE Fwht16Signs() noexcept {
+        const __m512 one = _mm512_set1_ps(1.0f), neg = _mm512_set1_ps(-1.0f);
+        for (unsigned b = 0; b < 4; ++b) {
+            const auto mask = static_cast<__mmask16>(b == 0 ? 0xAAAA : b == 1 ? 0xCCCC : b == 2 ? 0xF0F0 : 0xFF00);
+            s[b] = _mm512_mask_blend_ps(mask, one, neg);
+        }
+    }
+};
+
+// Stages h = 1, 2, 4, 8 in one register: fma(x, ±1, swap(x)), exactly the add or subtract.
+template <class Arch>
+MQ_ALWAYS_INLINE __m512 fwht16_lane_stages(__m512 v, const Fwht16Signs<Arch>& sg) noexcept {
+    v = _mm512_fmadd_ps(v, sg.s[0], fwht16_swap<Arch, 1>(v));
+    v = _mm512_fmadd_ps(v, sg.s[1], fwht16_swap<Arch, 2>(v));
+    v = _mm512_fmadd_ps(v, sg.s[2], fwht16_swap<Arch, 4>(v));
+    return _mm512_fmadd_ps(v, sg.s[3], fwht16_swap<Arch, 8>(v));
+}
+
+// Butterflies across R registers (strides 1 … R/2), unrolled so the values stay in registers.
+template <class Arch, std::size_t H, std::size_t... P>
+MQ_ALWAYS_INLINE void fwht16_reg_stage(__m512* v, std::index_sequence<P...>) noexcept {
+    (([&] {
+         constexpr std::size_t i = (P / H) * 2 * H + P % H;
+         const __m512 a = v[i], b = v[i + H];
+         v[i] = _mm512_add_ps(a, b);
+         v[i + H] = _mm512_sub_ps(a, b);
+     }()),
+     ...);
+}
+template <class Arch, std::size_t R, std::size_t H = 1>
+MQ_ALWAYS_INLINE void fwht16_reg_stages(__m512* v) noexcept {
+    if constexpr (H < R) {
+        fwht16_reg_stage<Arch, H>(v, std::make_index_sequence<R / 2>{});
+        fwht16_reg_stages<Arch, R, 2 * H>(v);
+    }
+}
+
+// Running min/max of a row's final values (as FwhtMinMax, 16 lanes).
+template <class Arch>
+struct Fwht16MinMax {
+    __m512 lo, hi;
+    // Written out: an implicit constructor would be compiled outside the AVX-512 region.
+    MQ_ALWAYS_INLINE Fwht16MinMax() noexcept
+        : lo(_mm512_set1_ps(std::numeric_limits<float>::infinity())),
+          hi(_mm512_set1_ps(-std::numeric_limits<float>::infinity())) {}
+};
+
+// The end of a pass: on the row's last pass scale (and with Track gather min/max as a tree), then
+// store v[t] at dst + t·stride.
+template <class Arch, std::size_t R, bool Track>
+MQ_ALWAYS_INLINE void fwht16_store(__m512* v, float* dst, std::size_t stride, bool scale_out, __m512 sc,
+                                   Fwht16MinMax<Arch>& mm) noexcept {
+    if (scale_out) {
+        for (std::size_t t = 0; t < R; ++t) v[t] = _mm512_mul_ps(v[t], sc);
+        if constexpr (Track) {
+            __m512 l[R], h[R];
+            for (std::size_t t = 0; t < R; ++t) l[t] = h[t] = v[t];
+            for (std::size_t w = R / 2; w >= 1; w /= 2)
+                for (std::size_t i = 0; i < w; ++i) {
+                    l[i] = fwht16_min<Arch>(l[i], l[i + w]);
+                    h[i] = fwht16_max<Arch>(h[i], h[i + w]);
+                }
+            mm.lo = fwht16_min<Arch>(mm.lo, l[0]);
+            mm.hi = fwht16_max<Arch>(mm.hi, h[0]);
+        }
+    }
+    for (std::size_t t = 0; t < R; ++t) _mm512_storeu_ps(dst + t * stride, v[t]);
+}
+
+// First pass over a chunk of P ≥ 16 floats: G = min(16, P/16) registers from src (times the
+// signs), the four in-register stages and log2(G) cross-register stages, stored to dst.
+template <class Arch, std::size_t G, bool Track>
+inline void fwht16_first_pass(const float* src, float* dst, std::size_t P, const float* signs, bool scale_out,
+                              float scale, Fwht16MinMax<Arch>& mm) noexcept {
+    const Fwht16Signs<Arch> sg;
+    const __m512 sc = _mm512_set1_ps(scale);
+    for (std::size_t base = 0; base < P; base += G * 16) {
+        __m512 v[G];
+        for (std::size_t t = 0; t < G; ++t) {
+            v[t] = _mm512_loadu_ps(src + base + t * 16);
+            if (signs) v[t] = _mm512_mul_ps(v[t], _mm512_loadu_ps(signs + base + t * 16));
+            v[t] = fwht16_lane_stages<Arch>(v[t], sg);
+        }
+        fwht16_reg_stages<Arch, G>(v);
+        fwht16_store<Arch, G, Track>(v, dst + base, 16, scale_out, sc, mm);
+    }
+}
+
+// Stages h, 2h, …, (R/2)·h in one pass over a chunk of P floats.
+template <class Arch, std::size_t R, bool Track>
+inline void fwht16_radix_pass(float* x, std::size_t P, std::size_t h, bool scale_out, float scale,
+                              Fwht16MinMax<Arch>& mm) noexcept {
+    const __m512 sc = _mm512_set1_ps(scale);
+    for (std::size_t base = 0; base < P; base += R * h)
+        for (std::size_t j = base; j < base + h; j += 16) {
+            __m512 v[R];
+            for (std::size_t t = 0; t < R; ++t) v[t] = _mm512_loadu_ps(x + j + t * h);
+            fwht16_reg_stages<Arch, R>(v);
+            fwht16_store<Arch, R, Track>(v, x + j, h, scale_out, sc, mm);
+        }
+}
+
+// Passes fwht16_chunk makes over 2^log2P floats: one for up to 2^8 = 16 registers of 16, then
+// radix-16 at most, the remaining stages spread evenly.
+constexpr unsigned fwht16_pass_count(unsigned log2P) noexcept {
+    if (log2P <= 8) return 1;
+    return 1 + (log2P - 8 + 3) / 4;
+}
+
+// FWHT of one chunk of P ≥ 16 floats from src to dst (may be equal), the scale folded into the
+// last pass when asked (and then, with Track, the min/max gathered).
+template <class Arch, bool Track>
+inline void fwht16_chunk(const float* src, float* dst, std::size_t P, unsigned log2P, const float* signs,
+                         bool scale_out, float scale, Fwht16MinMax<Arch>& mm) noexcept {
+    const unsigned cross = log2P - 4;
+    const unsigned first = std::min(cross, 4u);
+    unsigned rest = cross - first;
+    const bool first_last = scale_out && rest == 0;
+    switch (first) {
+    case 0: fwht16_first_pass<Arch, 1, Track>(src, dst, P, signs, first_last, scale, mm); break;
+    case 1: fwht16_first_pass<Arch, 2, Track>(src, dst, P, signs, first_last, scale, mm); break;
+    case 2: fwht16_first_pass<Arch, 4, Track>(src, dst, P, signs, first_last, scale, mm); break;
+    case 3: fwht16_first_pass<Arch, 8, Track>(src, dst, P, signs, first_last, scale, mm); break;
+    default: fwht16_first_pass<Arch, 16, Track>(src, dst, P, signs, first_last, scale, mm); break;
+    }
+    std::size_t h = std::size_t{16} << first;
+    unsigned passes = (rest + 3) / 4;
+    while (rest > 0) {
+        const unsigned take = (rest + passes - 1) / passes;
+        rest -= take;
+        --passes;
+        const bool last = scale_out && rest == 0;
+        switch (take) {
+        case 1: fwht16_radix_pass<Arch, 2, Track>(dst, P, h, last, scale, mm); break;
+        case 2: fwht16_radix_pass<Arch, 4, Track>(dst, P, h, last, scale, mm); break;
+        case 3: fwht16_radix_pass<Arch, 8, Track>(dst, P, h, last, scale, mm); break;
+        default: fwht16_radix_pass<Arch, 16, Track>(dst, P, h, last, scale, mm); break;
+        }
+        h <<= take;
+    }
+}
+
+// The dense m-block at 16 lanes for the compile-time blocks m = 12, 20, 28, 36 (the Mamba sizes'
+// factors), the AVX2 code's arithmetic in its order: each group's 8 signed sums, then every output
+// the sum of its groups' terms in group order, times ±1/√n. m = 12 from registers, the others
+// through the stack buffer u (with the chunks' last stage folded in when split); see
+// fwht_dense_fixed_row and fwht_dense_buffered_row for why each form.
+template <class Arch>
+MQ_ALWAYS_INLINE void fwht16_group_sums(__m512 z0, __m512 z1, __m512 z2, __m512 z3, __m512* s) noexcept {
+    const __m512 a0 = _mm512_add_ps(z0, z1), a1 = _mm512_sub_ps(z0, z1);
+    const __m512 c0 = _mm512_add_ps(z2, z3), c1 = _mm512_sub_ps(z2, z3);
+    s[0] = _mm512_add_ps(a0, c0), s[1] = _mm512_add_ps(a1, c0);
+    s[2] = _mm512_sub_ps(a0, c1), s[3] = _mm512_sub_ps(a1, c1);
+    s[4] = _mm512_add_ps(a0, c1), s[5] = _mm512_add_ps(a1, c1);
+    s[6] = _mm512_sub_ps(a0, c0), s[7] = _mm512_sub_ps(a1, c0);
+}
+
+template <class Arch>
+MQ_ALWAYS_INLINE void fwht16_group_sums_at(const float* c, std::size_t P, __m512* s) noexcept {
+    fwht16_group_sums<Arch>(_mm512_loadu_ps(c), _mm512_loadu_ps(c + P), _mm512_loadu_ps(c + 2 * P),
+                            _mm512_loadu_ps(c + 3 * P), s);
+}
+
+// acc (+|−)= group G's term of output J (the first group sets it); ug: group G's 8 sums.
+template <class Arch, std::size_t M, bool T, std::size_t G, std::size_t J>
+MQ_ALWAYS_INLINE void fwht16_term(__m512& acc, const __m512* ug) noexcept {
+    using F = FixedBlock<M, T>;
+    constexpr unsigned p = F::pattern(G, J);
+    if constexpr (G == 0) acc = ug[p];
+    else if constexpr (F::lead(G, J) * F::lead(0, J) > 0) acc = _mm512_add_ps(acc, ug[p]);
+    else acc = _mm512_sub_ps(acc, ug[p]);
+}
+template <class Arch, std::size_t M, bool T, std::size_t G, std::size_t... J>
+MQ_ALWAYS_INLINE void fwht16_group_terms(const __m512* ug, __m512* acc, std::index_sequence<J...>) noexcept {
+    (fwht16_term<Arch, M, T, G, J>(acc[J], ug), ...);
+}
+// Output J from the buffer: its terms in group order.
+template <class Arch, std::size_t M, bool T, std::size_t J, std::size_t... G>
+MQ_ALWAYS_INLINE void fwht16_output_terms(const __m512* u, __m512& acc, std::index_sequence<G...>) noexcept {
+    (fwht16_term<Arch, M, T, G, J>(acc, u + 8 * G), ...);
+}
+
+// Final value of output J: times lead(0, J)/√n, min/max gathered in four chains, stored.
+template <class Arch, std::size_t M, bool T, bool Track, std::size_t J>
+MQ_ALWAYS_INLINE void fwht16_emit(__m512 y, __m512 pos, __m512 neg, float* dst, std::size_t P, __m512* lo,
+                                  __m512* hi) noexcept {
+    y = _mm512_mul_ps(y, FixedBlock<M, T>::lead(0, J) > 0 ? pos : neg);
+    if constexpr (Track) {
+        if constexpr (J < 4) lo[J] = y, hi[J] = y;
+        else lo[J % 4] = fwht16_min<Arch>(lo[J % 4], y), hi[J % 4] = fwht16_max<Arch>(hi[J % 4], y);
+    }
+    _mm512_storeu_ps(dst + J * P, y);
+}
+template <class Arch, bool Track>
+MQ_ALWAYS_INLINE void fwht16_merge(const __m512* lo, const __m512* hi, Fwht16MinMax<Arch>& mm) noexcept {
+    if constexpr (Track) {
+        mm.lo = fwht16_min<Arch>(mm.lo, fwht16_min<Arch>(fwht16_min<Arch>(lo[0], lo[1]), fwht16_min<Arch>(lo[2], lo[3])));
+        mm.hi = fwht16_max<Arch>(mm.hi, fwht16_max<Arch>(fwht16_max<Arch>(hi[0], hi[1]), fwht16_max<Arch>(hi[2], hi[3])));
+    }
+}
+
+// Register form, lanes [b, b + 16) of every chunk: all M outputs accumulate while the groups pass.
+template <class Arch, std::size_t M, bool T, bool Track, std::size_t... G, std::size_t... J>
+MQ_ALWAYS_INLINE void fwht16_fixed_lanes(float* row, std::size_t P, std::size_t b, __m512 pos, __m512 neg,
+                                         Fwht16MinMax<Arch>& mm, std::index_sequence<G...>,
+                                         std::index_sequence<J...> js) noexcept {
+    __m512 acc[M], u[8 * sizeof...(G)];
+    ((fwht16_group_sums_at<Arch>(row + 4 * G * P + b, P, u + 8 * G),
+      fwht16_group_terms<Arch, M, T, G>(u + 8 * G, acc, js)),
+     ...);
+    __m512 lo[4], hi[4];
+    (fwht16_emit<Arch, M, T, Track, J>(acc[J], pos, neg, row + b, P, lo, hi), ...);
+    fwht16_merge<Arch, Track>(lo, hi, mm);
+}
+
+// Buffered form: all groups' sums stored to u first (the fence keeps them there, as in
+// fwht_dense_buffered_row), then each output reads its M/4 terms back. Split: the chunks' last
+// butterfly stage on the way (z = lo + hi for lanes b, lo − hi for lanes b + P/2 into u + 2M).
+template <class Arch, std::size_t M, bool Split, std::size_t G>
+MQ_ALWAYS_INLINE void fwht16_buffered_group(const float* row, std::size_t P, std::size_t b, __m512* u) noexcept {
+    const float* c = row + 4 * G * P + b;
+    if constexpr (Split) {
+        const std::size_t h = P / 2;
+        __m512 z[4], d[4];
+        for (std::size_t t = 0; t < 4; ++t) {
+            const __m512 lo = _mm512_loadu_ps(c + t * P), hi = _mm512_loadu_ps(c + t * P + h);
+            z[t] = _mm512_add_ps(lo, hi);
+            d[t] = _mm512_sub_ps(lo, hi);
+        }
+        fwht16_group_sums<Arch>(z[0], z[1], z[2], z[3], u + 8 * G);
+        fwht16_group_sums<Arch>(d[0], d[1], d[2], d[3], u + 2 * M + 8 * G);
+    } else {
+        fwht16_group_sums_at<Arch>(c, P, u + 8 * G);
+    }
+}
+template <class Arch, std::size_t M, bool T, bool Track, std::size_t... J>
+MQ_ALWAYS_INLINE void fwht16_buffered_outputs(const __m512* u, __m512 pos, __m512 neg, float* dst, std::size_t P,
+                                              Fwht16MinMax<Arch>& mm, std::index_sequence<J...>) noexcept {
+    __m512 lo[4], hi[4];
+    (([&] {
+         __m512 acc;
+         fwht16_output_terms<Arch, M, T, J>(u, acc, std::make_index_sequence<M / 4>{});
+         fwht16_emit<Arch, M, T, Track, J>(acc, pos, neg, dst, P, lo, hi);
+     }()),
+     ...);
+    fwht16_merge<Arch, Track>(lo, hi, mm);
+}
+template <class Arch, std::size_t M, bool T, bool Split, bool Track, std::size_t... G>
+inline void fwht16_dense_buffered_row(float* row, std::size_t P, float scale, Fwht16MinMax<Arch>& mm,
+                                      std::index_sequence<G...>) noexcept {
+    alignas(64) __m512 u[4 * M];
+    const __m512 pos = _mm512_set1_ps(scale), neg = _mm512_set1_ps(-scale);
+    const std::size_t end = Split ? P / 2 : P;
+    for (std::size_t b = 0; b < end; b += 16) {
+        (fwht16_buffered_group<Arch, M, Split, G>(row, P, b, u), ...);
+        compiler_fence();
+        fwht16_buffered_outputs<Arch, M, T, Track>(u, pos, neg, row + b, P, mm, std::make_index_sequence<M>{});
+        if constexpr (Split)
+            fwht16_buffered_outputs<Arch, M, T, Track>(u + 2 * M, pos, neg, row + b + P / 2, P, mm,
+                                                       std::make_index_sequence<M>{});
+        compiler_fence();
+    }
+}
+
+// The dense stage of a row at 16 lanes, when m is a compile-time block and 16 divides 2^k (false:
+// not done, the caller runs the AVX2 code).
+template <class Arch, bool Track>
+inline bool fwht16_dense_stage(float* row, const FwhtPlan& plan, bool split, Fwht16MinMax<Arch>& mm) noexcept {
+    const std::size_t m = plan.factors.m, P = plan.factors.pow2;
+    if (P % 16 != 0 || !(m == 12 || m == 20 || m == 28 || m == 36)) return false;
+    auto fixed = [&]<std::size_t M, bool T>(std::integral_constant<std::size_t, M>, std::bool_constant<T>) {
+        if constexpr (M <= kFwhtRegisterBlockMax) {
+            const __m512 pos = _mm512_set1_ps(plan.scale), neg = _mm512_set1_ps(-plan.scale);
+            for (std::size_t b = 0; b < P; b += 16)
+                fwht16_fixed_lanes<Arch, M, T, Track>(row, P, b, pos, neg, mm, std::make_index_sequence<M / 4>{},
+                                                      std::make_index_sequence<M>{});
+        } else if (split) {
+            fwht16_dense_buffered_row<Arch, M, T, true, Track>(row, P, plan.scale, mm, std::make_index_sequence<M / 4>{});
+        } else {
+            fwht16_dense_buffered_row<Arch, M, T, false, Track>(row, P, plan.scale, mm, std::make_index_sequence<M / 4>{});
+        }
+    };
+    auto block = [&]<std::size_t M>(std::integral_constant<std::size_t, M> mc) {
+        if (plan.inverse) fixed(mc, std::true_type{});
+        else fixed(mc, std::false_type{});
+    };
+    switch (m) {
+    case 12: block(std::integral_constant<std::size_t, 12>{}); break;
+    case 20: block(std::integral_constant<std::size_t, 20>{}); break;
+    case 28: block(std::integral_constant<std::size_t, 28>{}); break;
+    default: block(std::integral_constant<std::size_t, 36>{}); break;
+    }
+    return true;
+}
+
+// Whether the dense stage takes over the chunks' last butterfly stage (fwht_split_last_stage's
+// rule with 16-lane passes): only when that saves a pass over the row.
+template <class Arch>
+inline bool fwht16_split_last_stage(const FwhtPlan& plan) noexcept {
+    const std::size_t m = plan.factors.m, P = plan.factors.pow2;
+    const bool fixed = m == 20 || m == 28 || m == 36;
+    return fixed && P >= 32 && fwht16_pass_count(plan.factors.log2_pow2 - 1) < fwht16_pass_count(plan.factors.log2_pow2);
+}
+
+// One row, src → dst (may be equal): chunks at 16 lanes, then the dense stage and the inverse
+// signs (the AVX2 code). With Track, returns true and the row's min/max in lo, hi when the last
+// pass could gather them (else the caller finds them).
+template <class Arch, bool Track>
+inline bool fwht16_row(const float* src, float* dst, const FwhtPlan& plan, bool split,
+                       xsimd::batch<float, avx2>* u_vec, float* u_scalar, float& lo, float& hi) noexcept {
+    const std::size_t m = plan.factors.m;
+    const std::size_t chunks = split ? 2 * m : m, C = split ? plan.factors.pow2 / 2 : plan.factors.pow2;
+    const unsigned log2C = split ? plan.factors.log2_pow2 - 1 : plan.factors.log2_pow2;
+    const float* signs = plan.randomized() && !plan.inverse ? plan.signs.data() : nullptr;
+    Fwht16MinMax<Arch> mm;
+    if (C >= 16) {
+        for (std::size_t a = 0; a < chunks; ++a)
+            fwht16_chunk<Arch, Track>(src + a * C, dst + a * C, C, log2C, signs ? signs + a * C : nullptr, m == 1,
+                                      plan.scale, mm);
+    } else {
+        // Chunks shorter than a register (n < 16, or m·2^k with 2^k < 16): the AVX2 code.
+        fwht_chunk_stage<avx2>(src, dst, plan, split);
+    }
+    if (m == 1) {
+        if (plan.randomized() && plan.inverse) {
+            fwht_dense_stage<avx2>(dst, plan, split, u_vec, u_scalar); // the signs, applied last
+            return false;
+        }
+        if (!Track || C < 16) return false;
+        lo = fwht16_reduce<Arch, false>(mm.lo);
+        hi = fwht16_reduce<Arch, true>(mm.hi);
+        return true;
+    }
+    if (fwht16_dense_stage<Arch, Track>(dst, plan, split, mm)) {
+        if (plan.randomized() && plan.inverse) {
+            const std::size_t n = plan.n, vec_end = n - n % 16;
+            for (std::size_t i = 0; i < vec_end; i += 16)
+                _mm512_storeu_ps(dst + i, _mm512_mul_ps(_mm512_loadu_ps(dst + i), _mm512_loadu_ps(plan.signs.data() + i)));
+            for (std::size_t i = vec_end; i < n; ++i) dst[i] *= plan.signs[i];
+            return false;
+        }
+        if (!Track) return false;
+        lo = fwht16_reduce<Arch, false>(mm.lo);
+        hi = fwht16_reduce<Arch, true>(mm.hi);
+        return true;
+    }
+    // Other blocks, or 2^k not a multiple of 16: the AVX2 code.
+    FwhtMinMax<xsimd::batch<float, avx2>> mm8;
+    const bool tracked = fwht_dense_stage<avx2, Track>(dst, plan, split, u_vec, u_scalar, &mm8);
+    if (tracked) reduce_min_max<avx2>(mm8, lo, hi);
+    return tracked;
+}
+
+// All rows of x in place (fwht's AVX-512 path).
+template <class Arch>
+inline void fwht16_rows(MatrixView<float> x, const FwhtPlan& plan) noexcept {
+    const bool split = fwht16_split_last_stage<Arch>(plan);
+    alignas(64) xsimd::batch<float, avx2> u_vec[16 * (kHadamardBlockSizes.back() / 4)];
+    alignas(64) float u_scalar[16 * (kHadamardBlockSizes.back() / 4)];
+    float lo, hi;
+    for (std::size_t r = 0; r < x.rows; ++r) {
+        float* row = x.row_ptr(r);
+        if (plan.n >= 4096 && r + 1 < x.rows) prefetch_row(x.row_ptr(r + 1), plan.n);
+        fwht16_row<Arch, false>(row, row, plan, split, u_vec, u_scalar, lo, hi);
+    }
+}
+
+} // namespace detail
+MQ_AVX512VNNI_END
+#endif // MQ_HAS_AVX512VNNI_KERNELS
+
+// Transform rows of x in place: x_row ← (x_row ⊙ s)·H (see FwhtPlan). Any stride and alignment;
+// 64-byte aligned rows (aligned_vector, stride a multiple of 16) are fastest.
+template <class Arch>
+void fwht(Arch, MatrixView<float> x, const FwhtPlan& plan) noexcept {
+    using B = xsimd::batch<float, Arch>;
+    MQ_ASSERT(x.cols == plan.n, "fwht: row length must equal the plan size");
+#if MQ_HAS_AVX512VNNI_KERNELS
+    if constexpr (is_avx512vnni_v<Arch>) {
+        detail::fwht16_rows<Arch>(x, plan);
+        return;
+    }
+#endif
+    const bool split = detail::fwht_split_last_stage<Arch>(plan);
+    alignas(64) B u_vec[16 * (kHadamardBlockSizes.back() / 4)];
+    alignas(64) float u_scalar[16 * (kHadamardBlockSizes.back() / 4)];
+    for (std::size_t r = 0; r < x.rows; ++r) {
+        float* row = x.row_ptr(r);
+        // The passes over a row run from L1; for long rows (a batch of them is far beyond L2)
+        // ask for the next row now, so that its trip from memory overlaps this row's arithmetic
+        // (measured: helps n = 8192, costs a little on rows that stay in L2).
+        if (plan.n >= 4096 && r + 1 < x.rows) detail::prefetch_row(x.row_ptr(r + 1), plan.n);
+        detail::fwht_chunk_stage<Arch>(row, row, plan, split);
+        detail::fwht_dense_stage<Arch>(row, plan, split, u_vec, u_scalar);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fused online rotation + dynamic per-token int8 quantization (the out_proj input).
+// ---------------------------------------------------------------------------------------------
 
 // Rotation fused with whatever consumes the rotated rows (quantization, here or in
 // kernels/quantized_activations.hpp), one pass over the data: each row y = (x_r ⊙ s)·H is written
@@ -879,21 +1315,38 @@ void fwht_rows(Arch, ConstMatrixView<float> x, const FwhtPlan& plan, std::span<f
     MQ_ASSERT(x.cols == plan.n, "fwht_rows: row length must equal the plan size");
     MQ_ASSERT(scratch.size() >= plan.n, "fwht_rows: scratch needs at least n floats");
     const std::size_t n = plan.n, m = plan.factors.m, P = plan.factors.pow2;
-    const bool split = detail::fwht_split_last_stage<Arch>(plan);
+    constexpr bool wide = is_avx512vnni_v<Arch> && MQ_HAS_AVX512VNNI_KERNELS;
+    bool split;
+#if MQ_HAS_AVX512VNNI_KERNELS
+    if constexpr (wide) split = detail::fwht16_split_last_stage<Arch>(plan);
+    else
+#endif
+        split = detail::fwht_split_last_stage<Arch>(plan);
     // Two rows of scratch must stay in L1 with the data in flight: pipeline up to n = 4096.
     const bool pipelined = scratch.size() >= 2 * n && n <= 4096;
     const bool chunk_tracks = m == 1 && P >= W && !(plan.randomized() && plan.inverse);
-    alignas(64) B u_vec[16 * (kHadamardBlockSizes.back() / 4)];
+    // The dense stage's buffer (on AVX-512 the dense stage runs the AVX2 code).
+    using UB = xsimd::batch<float, std::conditional_t<wide, avx2, Arch>>;
+    alignas(64) UB u_vec[16 * (kHadamardBlockSizes.back() / 4)];
     alignas(64) float u_scalar[16 * (kHadamardBlockSizes.back() / 4)];
     auto transform = [&](std::size_t r, float* y) {
         const float* row = x.row_ptr(r);
         if (n >= 4096 && r + 1 < x.rows) detail::prefetch_row(x.row_ptr(r + 1), n);
-        detail::FwhtMinMax<B> mm;
-        detail::fwht_chunk_stage<Arch, true>(row, y, plan, split, &mm);
-        const bool dense_tracks = detail::fwht_dense_stage<Arch, true>(y, plan, split, u_vec, u_scalar, &mm);
-        float lo, hi;
-        if (chunk_tracks || dense_tracks) detail::reduce_min_max<Arch>(mm, lo, hi);
-        else {
+        float lo = 0, hi = 0;
+        bool tracked;
+#if MQ_HAS_AVX512VNNI_KERNELS
+        if constexpr (wide) {
+            tracked = detail::fwht16_row<Arch, true>(row, y, plan, split, u_vec, u_scalar, lo, hi);
+        } else
+#endif
+        {
+            detail::FwhtMinMax<B> mm;
+            detail::fwht_chunk_stage<Arch, true>(row, y, plan, split, &mm);
+            const bool dense_tracks = detail::fwht_dense_stage<Arch, true>(y, plan, split, u_vec, u_scalar, &mm);
+            tracked = chunk_tracks || dense_tracks;
+            if (tracked) detail::reduce_min_max<Arch>(mm, lo, hi);
+        }
+        if (!tracked) {
             const RowRange rr = row_range(Arch{}, y, n);
             lo = rr.lo;
             hi = rr.hi;

@@ -108,9 +108,96 @@ inline RowRange row_range_ref(const float* x, std::size_t n) noexcept {
     return r;
 }
 
+#if MQ_HAS_AVX512VNNI_KERNELS
+MQ_AVX512VNNI_BEGIN
+namespace detail {
+// The avx512vnni tag's per-token quantization: 16-lane min/max and 64 codes per step. Intrinsics
+// in a target region (xsimd 8.1 has no AVX-512 batch in an AVX2 TU); min/max are exact and the
+// codes are the same integer-domain formula as the AVX2 form, so both give the same bits. min/max,
+// vcvtps2dq and vpermd in their all-lanes masked forms: the plain intrinsics pass an undefined
+// vector on which g++ 12 warns -Wmaybe-uninitialized (GCC bug 105593).
+template <class Arch>
+MQ_ALWAYS_INLINE __m512 min16(__m512 a, __m512 b) noexcept { return _mm512_mask_min_ps(a, 0xFFFF, a, b); }
+template <class Arch>
+MQ_ALWAYS_INLINE __m512 max16(__m512 a, __m512 b) noexcept { return _mm512_mask_max_ps(a, 0xFFFF, a, b); }
+
+// Min/max of x[0, 64·⌊n/64⌋) into lo/hi and whether a NaN was seen; returns the count covered.
+template <class Arch>
+inline std::size_t row_range64(const float* x, std::size_t n, float& lo, float& hi, bool& nan) noexcept {
+    const __m512 inf = _mm512_set1_ps(std::numeric_limits<float>::infinity()), ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    __m512 lo0 = inf, lo1 = inf, lo2 = inf, lo3 = inf, hi0 = ninf, hi1 = ninf, hi2 = ninf, hi3 = ninf;
+    __mmask16 bad = 0;
+    std::size_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        const __m512 a = _mm512_loadu_ps(x + i), b = _mm512_loadu_ps(x + i + 16);
+        const __m512 c = _mm512_loadu_ps(x + i + 32), d = _mm512_loadu_ps(x + i + 48);
+        lo0 = min16<Arch>(lo0, a), hi0 = max16<Arch>(hi0, a);
+        lo1 = min16<Arch>(lo1, b), hi1 = max16<Arch>(hi1, b);
+        lo2 = min16<Arch>(lo2, c), hi2 = max16<Arch>(hi2, c);
+        lo3 = min16<Arch>(lo3, d), hi3 = max16<Arch>(hi3, d);
+        bad |= _mm512_cmp_ps_mask(a, b, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(c, d, _CMP_UNORD_Q);
+    }
+    alignas(64) float ls[16], hs[16];
+    _mm512_store_ps(ls, min16<Arch>(min16<Arch>(lo0, lo1), min16<Arch>(lo2, lo3)));
+    _mm512_store_ps(hs, max16<Arch>(max16<Arch>(hi0, hi1), max16<Arch>(hi2, hi3)));
+    for (std::size_t k = 0; k < 16; ++k) lo = std::min(lo, ls[k]), hi = std::max(hi, hs[k]);
+    nan = nan || bad != 0;
+    return i;
+}
+
+// 64 floats → 64 codes of an 8-bit Range, in order: quantize32_in_range's arithmetic on 512 bits
+// (vcvtps2dq rounds half to even; saturating packs clamp; packs work per 128-bit lane, so a
+// dword permute restores the order).
+template <class Arch>
+MQ_ALWAYS_INLINE __m512i round16(const float* x, __m512 inv) noexcept {
+    return _mm512_mask_cvtps_epi32(_mm512_setzero_si512(), 0xFFFF, _mm512_mul_ps(_mm512_loadu_ps(x), inv));
+}
+template <class Arch, class Range>
+MQ_ALWAYS_INLINE __m512i quantize64_in_range(const float* x, __m512 inv, __m512i zero16) noexcept {
+    const __m512i ab = _mm512_packs_epi32(round16<Arch>(x, inv), round16<Arch>(x + 16, inv));
+    const __m512i cd = _mm512_packs_epi32(round16<Arch>(x + 32, inv), round16<Arch>(x + 48, inv));
+    __m512i bytes;
+    if constexpr (Range::min < 0)
+        bytes = _mm512_max_epi8(_mm512_packs_epi16(ab, cd), _mm512_set1_epi8(static_cast<char>(Range::min)));
+    else
+        bytes = _mm512_packus_epi16(_mm512_adds_epi16(ab, zero16), _mm512_adds_epi16(cd, zero16));
+    // Lane l holds dwords (a_l, b_l, c_l, d_l); output dword 4k + l comes from 4l + k.
+    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    return _mm512_mask_permutexvar_epi32(bytes, 0xFFFF, order, bytes);
+}
+
+template <class Arch, class Range, class Code>
+inline std::size_t quantize_row_in_range64(const float* x, std::size_t n, const QuantParams& p, Code* q) noexcept {
+    const __m512 inv = _mm512_set1_ps(p.inv_scale);
+    const __m512i zero16 = _mm512_set1_epi16(static_cast<short>(p.zero));
+    std::size_t i = 0;
+    for (; i + 64 <= n; i += 64) _mm512_storeu_si512(q + i, quantize64_in_range<Arch, Range>(x + i, inv, zero16));
+    return i;
+}
+} // namespace detail
+MQ_AVX512VNNI_END
+#endif // MQ_HAS_AVX512VNNI_KERNELS
+
 template <class Arch>
 inline RowRange row_range(Arch, const float* x, std::size_t n) noexcept {
     MQ_ASSERT(x != nullptr || n == 0, "row_range: null input");
+#if MQ_HAS_AVX512VNNI_KERNELS
+    if constexpr (is_avx512vnni_v<Arch>) {
+        RowRange r;
+        bool nan = false;
+        const std::size_t i = detail::row_range64<Arch>(x, n, r.lo, r.hi, nan);
+        if (i < n) { // the rest on AVX2
+            const RowRange t = row_range(avx2{}, x + i, n - i);
+            if (!t.finite) return t;
+            r.lo = std::min(r.lo, t.lo);
+            r.hi = std::max(r.hi, t.hi);
+        }
+        // As below: an empty row keeps lo = +inf, hi = -inf and is finite.
+        if (nan || !(std::isfinite(r.lo) && std::isfinite(r.hi)))
+            if (n != 0) r.finite = false, r.lo = r.hi = std::numeric_limits<float>::quiet_NaN();
+        return r;
+    }
+#endif
     using B = xsimd::batch<float, Arch>;
     constexpr std::size_t W = B::size;
     constexpr float kInf = std::numeric_limits<float>::infinity();
@@ -257,6 +344,9 @@ inline void quantize_row_in_range(Arch, const float* x, std::size_t n, const Qua
     static_assert(detail::code_fits_v<Range, Code>, "quantize_row_in_range: codes of Range do not fit Code");
     MQ_ASSERT(Range::min >= 0 || p.zero == 0, "quantize_row_in_range: a signed range has zero point 0");
     std::size_t i = 0;
+#if MQ_HAS_AVX512VNNI_KERNELS
+    if constexpr (is_avx512vnni_v<Arch>) i = detail::quantize_row_in_range64<Arch, Range>(x, n, p, q);
+#endif
 #if defined(__AVX2__)
     if constexpr (detail::is_avx2_arch_v<Arch>) {
         const __m256 inv = _mm256_set1_ps(p.inv_scale);
@@ -333,7 +423,11 @@ inline DynamicQuantResult quantize_row_dynamic(Arch arch, const float* x, std::s
     r.range = row_range(arch, x, n);
     if (!r.range.finite || n == 0) return r;
     r.params = params_from_range<Bits, S>(r.range.lo, r.range.hi);
-    quantize_row<BitRange<Bits, S>>(arch, x, n, r.params, q);
+    // 8 bits: the in-range form (the same codes, fewer ops; 64 at a time on AVX-512).
+    if constexpr (Bits == 8 && detail::code_fits_v<BitRange<8, S>, Code>)
+        quantize_row_in_range<BitRange<Bits, S>>(arch, x, n, r.params, q);
+    else
+        quantize_row<BitRange<Bits, S>>(arch, x, n, r.params, q);
     return r;
 }
 

@@ -186,6 +186,17 @@ void selective_scan_ref_range(const SelectiveScanArgs<State>& a, std::size_t d_b
     }
 }
 
+// Token t + kAhead's rows of the channel block at d0: consecutive tokens of one block are a row
+// stride apart (6 KiB for E = 1536), beyond what the hardware prefetchers follow across pages.
+MQ_ALWAYS_INLINE void prefetch_scan_rows(const SelectiveScanArgs<float>& a, std::size_t t, std::size_t d0) noexcept {
+    constexpr std::size_t kAhead = 8;
+    if (t + kAhead >= a.length()) return;
+    prefetch_read(a.x.data + (t + kAhead) * a.x.stride + d0);
+    prefetch_read(a.delta.data + (t + kAhead) * a.delta.stride + d0);
+    if (a.z.data) prefetch_read(a.z.data + (t + kAhead) * a.z.stride + d0);
+    prefetch_read(a.y.data + (t + kAhead) * a.y.stride + d0);
+}
+
 // A's columns of the W-channel block at d0, pre-multiplied by log2(e) so that the decay
 // exp(Δ·A) = 2^(Δ·A·log2 e), written to a stack tile of N·W floats (16 more registers would
 // spill; the tile stays in L1). Shared by the float and the quantized scan kernels.
@@ -212,18 +223,10 @@ void selective_scan_block(const SelectiveScanArgs<float>& a, std::size_t d0) noe
     load_columns<Arch, N>(a.state.data + d0 * a.state.stride, a.state.stride, s);
     const Bt bias = a.delta_bias ? Bt::load_unaligned(a.delta_bias + d0) : Bt(0.0f);
     const Bt dskip = a.D ? Bt::load_unaligned(a.D + d0) : Bt(0.0f);
-    // Rows ahead to prefetch: consecutive tokens of one channel block are a row stride apart
-    // (6 KiB for E = 1536), beyond what the hardware prefetchers follow across pages.
-    constexpr std::size_t kAhead = 8;
     for (std::size_t t = 0; t < L; ++t) {
         const float* xr = a.x.data + t * a.x.stride + d0;
         const float* dr = a.delta.data + t * a.delta.stride + d0;
-        if (t + kAhead < L) {
-            prefetch_read(xr + kAhead * a.x.stride);
-            prefetch_read(dr + kAhead * a.delta.stride);
-            if (a.z.data) prefetch_read(a.z.data + (t + kAhead) * a.z.stride + d0);
-            prefetch_read(a.y.data + (t + kAhead) * a.y.stride + d0);
-        }
+        prefetch_scan_rows(a, t, d0);
         const Bt xv = Bt::load_unaligned(xr);
         Bt dt = Bt::load_unaligned(dr);
         if (a.delta_softplus) dt = softplus<Arch>(dt + bias);
@@ -258,8 +261,120 @@ void selective_scan_block(const SelectiveScanArgs<float>& a, std::size_t d0) noe
     store_columns<Arch, N>(s, a.state.data + d0 * a.state.stride, a.state.stride);
 }
 
+// The scan at 16 lanes (the avx512vnni tag): 16 channels per block, the N = 16 state vectors in
+// 16 of the 32 zmm registers. Intrinsics in a target region (xsimd 8.1 has no AVX-512 batch in
+// an AVX2 TU); the per-channel arithmetic is the AVX2 block's, operation for operation (exp2 on
+// 16 lanes is exp2_approx's sequence; softplus and the gate, once per token, run the AVX2 code
+// on each half), so every output and state equals the AVX2 path's bit for bit.
+#if MQ_HAS_AVX512VNNI_KERNELS
+MQ_AVX512VNNI_BEGIN
+// The halves through extractf32x8 (_mm512_castps512_ps256 passes an undefined vector on which
+// g++ 12 warns -Wmaybe-uninitialized, GCC bug 105593).
+template <class Arch>
+MQ_ALWAYS_INLINE __m512 join_halves(__m256 lo, __m256 hi) noexcept {
+    return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
+}
+template <class Arch>
+MQ_ALWAYS_INLINE __m512 softplus16(__m512 v) noexcept {
+    using B8 = xsimd::batch<float, avx2>;
+    return join_halves<Arch>(softplus<avx2>(B8(_mm512_extractf32x8_ps(v, 0))),
+                             softplus<avx2>(B8(_mm512_extractf32x8_ps(v, 1))));
+}
+template <class Arch>
+MQ_ALWAYS_INLINE __m512 gate16(__m512 z, const float* g) noexcept {
+    using B8 = xsimd::batch<float, avx2>;
+    return join_halves<Arch>(gate<avx2>(B8(_mm512_extractf32x8_ps(z, 0)), g),
+                             gate<avx2>(B8(_mm512_extractf32x8_ps(z, 1)), g ? g + 8 : nullptr));
+}
+
+template <class Arch, std::size_t N>
+void selective_scan_block16(const SelectiveScanArgs<float>& a, std::size_t d0) noexcept {
+    constexpr std::size_t W = 16;
+    const std::size_t L = a.length();
+    // A·log2 e (into an L1 tile, as the AVX2 block) and the state, column by column: two AVX2
+    // 8-channel transposes per block joined into 16 lanes (decode runs this for every token).
+    using B8 = xsimd::batch<float, avx2>;
+    alignas(64) float a_tile[N * W];
+    B8 lo8[N], hi8[N];
+    load_columns<avx2, N>(a.A.data + d0 * a.A.stride, a.A.stride, lo8);
+    load_columns<avx2, N>(a.A.data + (d0 + 8) * a.A.stride, a.A.stride, hi8);
+    for (std::size_t n = 0; n < N; ++n) {
+        (lo8[n] * B8(kLog2e)).store_aligned(a_tile + n * W);
+        (hi8[n] * B8(kLog2e)).store_aligned(a_tile + n * W + 8);
+    }
+    load_columns<avx2, N>(a.state.data + d0 * a.state.stride, a.state.stride, lo8);
+    load_columns<avx2, N>(a.state.data + (d0 + 8) * a.state.stride, a.state.stride, hi8);
+    // Unrolled, so that s[] is only ever indexed by constants and lives in registers.
+    __m512 s[N];
+#pragma GCC unroll 32
+    for (std::size_t n = 0; n < N; ++n) s[n] = join_halves<Arch>(lo8[n], hi8[n]);
+    const __m512 bias = a.delta_bias ? _mm512_loadu_ps(a.delta_bias + d0) : _mm512_setzero_ps();
+    const __m512 dskip = a.D ? _mm512_loadu_ps(a.D + d0) : _mm512_setzero_ps();
+    for (std::size_t t = 0; t < L; ++t) {
+        const float* xr = a.x.data + t * a.x.stride + d0;
+        const float* dr = a.delta.data + t * a.delta.stride + d0;
+        prefetch_scan_rows(a, t, d0);
+        const __m512 xv = _mm512_loadu_ps(xr);
+        __m512 dt = _mm512_loadu_ps(dr);
+        if (a.delta_softplus) dt = softplus16<Arch>(_mm512_add_ps(dt, bias));
+        const __m512 dx = _mm512_mul_ps(dt, xv);
+        const float* brow = a.B.data + t * a.B.stride;
+        const float* crow = a.C.data + t * a.C.stride;
+        __m512 acc = _mm512_setzero_ps(), acc_odd = _mm512_setzero_ps();
+        if (t == 0 && a.first_step_log_scale) {
+#pragma GCC unroll 32
+            for (std::size_t n = 0; n < N; ++n) {
+                const __m512 dA = exp2_approx16<Arch>(_mm512_fmadd_ps(
+                    dt, _mm512_load_ps(a_tile + n * W), _mm512_set1_ps(a.first_step_log_scale[n] * kLog2e)));
+                s[n] = _mm512_fmadd_ps(dA, s[n], _mm512_mul_ps(dx, _mm512_set1_ps(brow[n])));
+                if (n % 2 == 0) acc = _mm512_fmadd_ps(s[n], _mm512_set1_ps(crow[n]), acc);
+                else acc_odd = _mm512_fmadd_ps(s[n], _mm512_set1_ps(crow[n]), acc_odd);
+            }
+        } else {
+#pragma GCC unroll 32
+            for (std::size_t n = 0; n < N; ++n) {
+                const __m512 dA = exp2_approx16<Arch>(_mm512_mul_ps(dt, _mm512_load_ps(a_tile + n * W)));
+                s[n] = _mm512_fmadd_ps(dA, s[n], _mm512_mul_ps(dx, _mm512_set1_ps(brow[n])));
+                if (n % 2 == 0) acc = _mm512_fmadd_ps(s[n], _mm512_set1_ps(crow[n]), acc);
+                else acc_odd = _mm512_fmadd_ps(s[n], _mm512_set1_ps(crow[n]), acc_odd);
+            }
+        }
+        __m512 out = _mm512_fmadd_ps(dskip, xv, _mm512_add_ps(acc, acc_odd));
+        if (a.z.data)
+            out = _mm512_mul_ps(out, gate16<Arch>(_mm512_loadu_ps(a.z.data + t * a.z.stride + d0),
+                                                  a.gate_scale ? a.gate_scale + d0 : nullptr));
+        _mm512_storeu_ps(a.y.data + t * a.y.stride + d0, out);
+    }
+#pragma GCC unroll 32
+    for (std::size_t n = 0; n < N; ++n) {
+        lo8[n] = B8(_mm512_extractf32x8_ps(s[n], 0));
+        hi8[n] = B8(_mm512_extractf32x8_ps(s[n], 1));
+    }
+    store_columns<avx2, N>(lo8, a.state.data + d0 * a.state.stride, a.state.stride);
+    store_columns<avx2, N>(hi8, a.state.data + (d0 + 8) * a.state.stride, a.state.stride);
+}
+
+// Blocks of 16, then one AVX2 block of 8 if 8 channels remain, then the reference's tail: every
+// channel runs the arithmetic it runs on AVX2.
+template <class Arch, std::size_t N>
+void selective_scan_blocks16(const SelectiveScanArgs<float>& a) noexcept {
+    const std::size_t E = a.channels();
+    const std::size_t end16 = E - E % 16, end8 = E - E % 8;
+    for (std::size_t d0 = 0; d0 < end16; d0 += 16) selective_scan_block16<Arch, N>(a, d0);
+    if (end8 > end16) selective_scan_block<avx2, N>(a, end16);
+    if (end8 < E) selective_scan_ref_range(a, end8, E);
+}
+MQ_AVX512VNNI_END
+#endif // MQ_HAS_AVX512VNNI_KERNELS
+
 template <class Arch, std::size_t N>
 void selective_scan_blocks(const SelectiveScanArgs<float>& a) noexcept {
+#if MQ_HAS_AVX512VNNI_KERNELS
+    if constexpr (is_avx512vnni_v<Arch>) {
+        selective_scan_blocks16<Arch, N>(a);
+        return;
+    }
+#endif
     constexpr std::size_t W = simd_width_v<Arch>;
     const std::size_t E = a.channels();
     const std::size_t vec_end = E - E % W;

@@ -175,7 +175,7 @@ public:
             tap->on_activation(layer, TapPoint::scan_C, in.C);
             tap->on_activation(layer, TapPoint::scan_z, in.z);
         }
-        selective_scan(scan_, scan_w_, in, cache.scan, view(ws.y));
+        dispatch(scan_arch_, [&](auto arch) { selective_scan(scan_, scan_w_, in, cache.scan, view(ws.y), arch); });
         detail::tap(tap, layer, TapPoint::out_proj_input, view(std::as_const(ws.y)));
         out_proj_.forward(view(std::as_const(ws.y)), view(ws.out), ws.out_lin);
     }
@@ -189,6 +189,8 @@ protected:
     ConvWeights conv_;
     ScanWeights scan_w_;
     Scan scan_;
+    // The scan's SIMD arch, picked once at construction (mq::active_arch(); README "SIMD arch").
+    arch_id scan_arch_ = runnable_arch(active_arch());
 };
 
 namespace detail {

@@ -283,10 +283,13 @@ public:
     const FwhtPlan& plan() const noexcept { return plan_; }
     std::size_t scratch_size() const noexcept { return fwht_quantize_scratch_size(block_); }
 
+    // The SIMD arch its kernels run on: mq::active_arch() when it was constructed.
+    arch_id arch() const noexcept { return arch_; }
+
     // x ← x·Q on every row.
     void apply(MatrixView<float> x) const noexcept {
         MQ_ASSERT(x.cols == n_, "HadamardOnline::apply: row length must equal the rotation size");
-        fwht(default_arch{}, blocks_of(x), plan_);
+        dispatch(arch_, [&](auto arch) { fwht(arch, blocks_of(x), plan_); });
     }
 
     // Rotate and quantize each token in one pass, only for block == n (a per-token range needs the
@@ -297,14 +300,14 @@ public:
     void apply_quantize(ConstMatrixView<float> x, MatrixView<int8_code_t<S>> q, std::span<QuantParams> p,
                         std::span<float> scratch) const noexcept {
         MQ_ASSERT(fuses_quantization(), "HadamardOnline::apply_quantize: needs a full (not block-diagonal) rotation");
-        fwht_quantize<S>(default_arch{}, x, plan_, q, p, scratch);
+        dispatch(arch_, [&](auto arch) { fwht_quantize<S>(arch, x, plan_, q, p, scratch); });
     }
     // Into the integer GEMM's activation layout (kernels/quantized_activations.hpp).
     template <A8Policy Q, class Code>
         requires std::same_as<typename Q::granularity, per_token>
     void apply_quantize(ConstMatrixView<float> x, ActBuffer<Code>& act, std::span<float> scratch) const noexcept {
         MQ_ASSERT(fuses_quantization(), "HadamardOnline::apply_quantize: needs a full (not block-diagonal) rotation");
-        fwht_quantize_activations<Q>(default_arch{}, x, plan_, scratch, act);
+        dispatch(arch_, [&](auto arch) { fwht_quantize_activations<Q>(arch, x, plan_, scratch, act); });
     }
 
     // W ← W·Q in double precision (W: [out × n], rows transformed by the reference transform).
@@ -326,6 +329,8 @@ private:
         return MatrixView<T>(x.data, x.rows * (n_ / block_), block_);
     }
 
+    // Picked once, here, not per call (README "SIMD arch").
+    arch_id arch_ = active_arch();
     std::size_t n_ = 0;
     std::size_t block_ = 0;
     FwhtPlan plan_;
