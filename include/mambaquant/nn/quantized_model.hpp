@@ -176,21 +176,16 @@ private:
             require(tokens[t] < config_.padded_vocab, "QuantizedMambaModel: token ", tokens[t], " at position ", t,
                     " is outside the vocabulary of ", config_.padded_vocab);
         const auto L = static_cast<Eigen::Index>(tokens.size());
-        const auto D = static_cast<Eigen::Index>(config_.d_model), V = static_cast<Eigen::Index>(config_.padded_vocab);
+        const auto V = static_cast<Eigen::Index>(config_.padded_vocab);
         if (which == Logits::all) state.logits.resize(L, V);
         for (Eigen::Index begin = 0; begin < L;) {
-            const auto chunk = static_cast<Eigen::Index>(state.chunk_tokens);
-            const Eigen::Index n = L - begin <= chunk + 1 ? L - begin : chunk; // never leave a 1-row tail
+            const Eigen::Index n = detail::prefill_chunk_rows(L, begin, state.chunk_tokens);
             embed(tokens.subspan(static_cast<std::size_t>(begin), static_cast<std::size_t>(n)), state.h);
             for (std::size_t i = 0; i < layers_.size(); ++i) layers_[i].forward(state.h, state.caches[i], state.workspace, tap, i);
             begin += n;
             if (which == Logits::none || (which == Logits::last && begin < L)) continue;
             const Eigen::Index first = which == Logits::all ? 0 : n - 1; // rows of this chunk that need logits
-            state.normed.resize(n - first, D);
-            rms_norm(ConstMatrixView<float>(state.h.data() + first * D, static_cast<std::size_t>(n - first),
-                                            static_cast<std::size_t>(D)),
-                     norm_f_, config_.norm_eps, view(state.normed));
-            detail::tap(tap, layers_.size(), TapPoint::lm_head_input, view(std::as_const(state.normed)));
+            detail::final_norm_rows(state.h, first, norm_f_, config_.norm_eps, state.normed, tap, layers_.size());
             if (which == Logits::last) state.logits.resize(1, V);
             const Eigen::Index row0 = which == Logits::all ? begin - n : 0;
             head_.forward(view(std::as_const(state.normed)),
@@ -711,9 +706,8 @@ inline QuantizedMambaModel QuantizedMambaModel::load(const std::filesystem::path
             linear(mx + "x_proj", Site::x_proj, R + 2 * N, E, xb, lp[Site::x_proj], std::nullopt),
             linear(mx + "dt_proj", Site::dt_proj, E, R, {}, lp[Site::dt_proj], std::nullopt),
             linear(mx + "out_proj", Site::out_proj, D, E, {}, lp[Site::out_proj], qc.out_rotation),
-            qc[Site::conv1d].weight ? detail::conv_weights(conv_w, m.conv_codes_[i].codes, m.conv_codes_[i].scale, conv_b,
-                                                           qc[Site::conv1d], lp[Site::conv1d])
-                                    : ConvWeights::from(view(conv_w), conv_b),
+            detail::conv_weights(conv_w, m.conv_codes_[i].codes, m.conv_codes_[i].scale, conv_b, qc[Site::conv1d],
+                                 lp[Site::conv1d]),
             std::move(sw),
             detail::make_runtime_scan(extras, qc, i)};
         m.layers_.emplace_back(D, E, N, R, K, cfg.norm_eps, std::move(parts));
