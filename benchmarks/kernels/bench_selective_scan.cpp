@@ -100,14 +100,14 @@ void BM_f32_selective_scan_step_ref(benchmark::State& st) {
     set_tokens(st, 1);
 }
 
-// The scan with the int8 per-token output matmul (two passes over the recurrence), with the
+// The scan with the int8 per-token output matmul (chunks of 8 tokens: recurrence, then quantize), with the
 // 16×16 Hadamard on the state dimension (R4).
 template <bool kRef>
 void quantized_scan(benchmark::State& st) {
     const auto E = static_cast<std::size_t>(st.range(0)), L = static_cast<std::size_t>(st.range(1));
     ScanData data(E, L);
     auto a = data.args();
-    mq::aligned_vector<float> ws(mq::quantized_scan_workspace_size(L, kN)), h(kN * kN);
+    mq::aligned_vector<float> ws(mq::quantized_scan_workspace_size(L, E, kN)), h(kN * kN);
     for (std::size_t i = 0; i < kN; ++i)
         for (std::size_t j = 0; j < kN; ++j) h[i * kN + j] = __builtin_popcount(static_cast<unsigned>(i & j)) % 2 ? -0.25f : 0.25f;
     const mq::QuantizedScanArgs q{h.data(), ws.data(), ws.size()};

@@ -5,7 +5,9 @@
 #include <doctest/doctest.h>
 
 #include <cstdint>
+#include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -105,6 +107,20 @@ TEST_CASE("pack_w8 from codes: round trip, sums, padding") {
             for (std::size_t c = (r < rows ? cols : 0); c < p.k_pad; ++c) pad &= p.code(r, c) == 0;
         CHECK(pad);
         CHECK(p.bytes() >= rows * cols);
+    }
+}
+
+TEST_CASE("pack_w8: with_layout moves the bytes to the other layout, exactly as packing in it") {
+    const std::size_t rows = 13, cols = 37;
+    const auto codes = random_codes<mq::W8PerChannel>(rows, cols, 5);
+    const auto params = random_params<mq::W8PerChannel>(rows, 6);
+    const mq::ConstMatrixView<std::int8_t> cv(codes.data(), rows, cols);
+    for (auto [from, to] : {std::pair{mq::W8Layout::pairs, mq::W8Layout::quads}, std::pair{mq::W8Layout::quads, mq::W8Layout::pairs}}) {
+        const auto direct = mq::pack_w8(cv, params, to);
+        const auto moved = mq::with_layout(mq::pack_w8(cv, params, from), to);
+        CHECK(moved.layout == to);
+        CHECK(std::memcmp(moved.blocks.data(), direct.blocks.data(), direct.blocks.size() * sizeof(mq::BlockW8x2)) == 0);
+        CHECK((moved.scale == direct.scale && moved.qsum == direct.qsum));
     }
 }
 

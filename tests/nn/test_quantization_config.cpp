@@ -55,6 +55,16 @@ TEST_CASE("QuantizationConfig: what the run-time set cannot run is refused by fi
     c = mq::QuantizationConfig{};
     c.state_rotation = mq::RotationSpec{mq::RotationKind::hadamard, 16, 0, 0};
     CHECK_THROWS_WITH_AS(c.validate(), Contains("state_rotation: the R4 rotation needs a quantized scan_output"), mq::error);
+    // conv1d: input static per tensor (METHOD.md §2) on int8 weights, never per token.
+    c = mq::uniform_quantization_config(8, 0, mq::ActMode::dynamic_per_token);
+    c[mq::Site::conv1d].act = mq::ActQuant{mq::ActMode::dynamic_per_token, 8, false};
+    CHECK_THROWS_WITH_AS(c.validate(), Contains("sites.conv1d.act: the conv1d input is quantized static per tensor"), mq::error);
+    c[mq::Site::conv1d].act.mode = mq::ActMode::static_per_tensor;
+    CHECK_NOTHROW(c.validate());
+    c.layers.resize(2);
+    CHECK_THROWS_WITH_AS(c.validate(2), Contains("layer 0 site conv1d: static activation params missing"), mq::error);
+    c[mq::Site::conv1d].weight.reset();
+    CHECK_THROWS_WITH_AS(c.validate(), Contains("sites.conv1d.act: a quantized conv1d input needs int8 conv1d weights"), mq::error);
 }
 
 TEST_CASE("QuantizationConfig: bad JSON is refused by field") {

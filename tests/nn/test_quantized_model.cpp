@@ -18,6 +18,8 @@
 #include <limits>
 #include <cstdint>
 #include <filesystem>
+#include <string>
+#include <utility>
 #include <vector>
 
 // GCC 12 flags the replaced operator delete's free() as "mismatched" wherever it inlines a library
@@ -158,8 +160,8 @@ TEST_CASE("quantized model: same output on 1 and 2 threads") {
 
 namespace {
 
-// A W4A8 (per group 128, static per-tensor activations) + R2 + S-SiLU + S4 + dt shift model: every
-// part save() must carry. Static params from a float pass's ranges (a stand-in for calibration).
+// A W4A8 (per group 128, static per-tensor activations, the integer conv) + R2 + S-SiLU + S4 + dt
+// shift model: every part save() must carry. Static params from a float pass's ranges (a stand-in for calibration).
 struct Everything {
     mq::MambaConfig cfg;
     mq::MambaWeights w;
@@ -179,15 +181,17 @@ Everything everything_model() {
         l = mq::rotate_out_proj_input(l, mq::detail::online_rotation_matrix(mq::HadamardOnline(e.cfg.d_inner, 77), e.cfg.d_inner).cast<double>());
     }
     e.qc = mq::uniform_quantization_config(4, 0, mq::ActMode::static_per_tensor, false, "mambaquant");
+    e.qc[mq::Site::conv1d].act = mq::ActQuant{mq::ActMode::static_per_tensor, 8, false}; // the integer conv
     e.qc[mq::Site::out_proj].weight = mq::QuantSpec{4, mq::GranularityKind::per_group, false, 128}; // E = 128
     e.qc.out_rotation = mq::RotationSpec{mq::RotationKind::randomized_hadamard, e.cfg.d_inner, 77, 0};
     // Static params: the float model's per-tensor ranges at each site (what calibration would give).
     struct Ranges : mq::ActivationTap {
-        std::vector<std::array<std::pair<float, float>, 4>> r;
+        std::vector<std::array<std::pair<float, float>, 5>> r;
         std::pair<float, float> head{0.0f, 0.0f};
         void on_activation(std::size_t layer, mq::TapPoint p, mq::ConstMatrixView<float> v) override {
             int k = p == mq::TapPoint::in_proj_input ? 0 : p == mq::TapPoint::x_proj_input ? 1
-                  : p == mq::TapPoint::dt_proj_input ? 2 : p == mq::TapPoint::out_proj_input ? 3 : -1;
+                  : p == mq::TapPoint::dt_proj_input ? 2 : p == mq::TapPoint::out_proj_input ? 3
+                  : p == mq::TapPoint::conv_input ? 4 : -1;
             auto* dst = p == mq::TapPoint::lm_head_input ? &head : nullptr;
             if (k >= 0) {
                 if (r.size() <= layer) r.resize(layer + 1, {});
@@ -207,9 +211,9 @@ Everything everything_model() {
     auto s = fm.make_state();
     fm.prefill(some_tokens(64, 5), s, mq::Logits::all, &ranges);
     e.qc.layers.resize(e.cfg.n_layer);
-    const mq::Site sites[4] = {mq::Site::in_proj, mq::Site::x_proj, mq::Site::dt_proj, mq::Site::out_proj};
+    const mq::Site sites[5] = {mq::Site::in_proj, mq::Site::x_proj, mq::Site::dt_proj, mq::Site::out_proj, mq::Site::conv1d};
     for (std::size_t i = 0; i < e.cfg.n_layer; ++i)
-        for (int k = 0; k < 4; ++k)
+        for (int k = 0; k < 5; ++k)
             e.qc.layers[i][sites[k]] = mq::A8PerTensor::params(ranges.r[i][static_cast<std::size_t>(k)].first,
                                                                ranges.r[i][static_cast<std::size_t>(k)].second);
     e.qc.head_act = mq::A8PerTensor::params(ranges.head.first, ranges.head.second);
@@ -322,6 +326,10 @@ TEST_CASE("quantized model: bad checkpoints are refused by name") {
         set_float(L0 + "out_proj.scales", 3, bad);
         CHECK_THROWS_WITH_AS(mq::QuantizedMambaModel::load(dir), Contains((L0 + "out_proj.scales\": scale[").c_str()), mq::error);
         fresh();
+        set_float(L0 + "conv1d.input_quant", 0, bad);
+        CHECK_THROWS_WITH_AS(mq::QuantizedMambaModel::load(dir), Contains((L0 + "conv1d.input_quant\": activation scale").c_str()),
+                             mq::error);
+        fresh();
         set_float(L0 + "dt_proj.input_quant", 0, bad);
         CHECK_THROWS_WITH_AS(mq::QuantizedMambaModel::load(dir), Contains((L0 + "dt_proj.input_quant\": activation scale").c_str()),
                              mq::error);
@@ -378,4 +386,180 @@ TEST_CASE("quantized model: the steady-state decode step allocates nothing") {
             CHECK(g_allocations.load() == 0);
         }
     }
+}
+
+namespace {
+
+// max |a − b| / max |b|
+double rel_diff(const mq::MatrixXf& a, const mq::MatrixXf& b) {
+    REQUIRE(a.rows() == b.rows());
+    return static_cast<double>((a - b).cwiseAbs().maxCoeff()) / static_cast<double>(b.cwiseAbs().maxCoeff());
+}
+
+mq::MatrixXf all_logits(const mq::QuantizedMambaModel& m, const std::vector<std::uint32_t>& tokens, std::size_t chunk = 256) {
+    auto s = m.make_state();
+    s.chunk_tokens = chunk;
+    return m.prefill(tokens, s);
+}
+
+} // namespace
+
+TEST_CASE("quantized model: chunked prefill is bit-identical to one pass (per-token and static activations)") {
+    const auto cfg = tiny_config();
+    const auto w = mq::mamba_weights(mq::MambaModel::random(cfg, 8));
+    const auto e = everything_model(); // static per tensor, R2, S-SiLU, S4, dt shift
+    const auto tokens = some_tokens(45, 3); // chunks of 8: five of them and a 5-row tail
+    const std::vector<std::pair<std::string, mq::QuantizedMambaModel>> models = [&] {
+        std::vector<std::pair<std::string, mq::QuantizedMambaModel>> v;
+        v.emplace_back("float", mq::build_quantized_model(w, cfg, {}));
+        v.emplace_back("W8A8 per token", mq::build_quantized_model(w, cfg, mq::uniform_quantization_config(8, 0, mq::ActMode::dynamic_per_token)));
+        v.emplace_back("W4A8 static + extras", mq::build_quantized_model(e.w, e.cfg, e.qc));
+        return v;
+    }();
+    for (const auto& [name, m] : models) {
+        CAPTURE(name);
+        auto one = m.make_state();
+        auto chunked = m.make_state();
+        chunked.chunk_tokens = 8;
+        const mq::MatrixXf a = m.prefill(tokens, one);
+        const mq::MatrixXf b = m.prefill(tokens, chunked);
+        CHECK((a.array() == b.array()).all());
+        // The caches carried across chunks: the next decode step agrees too, and so does Logits::last.
+        std::vector<float> la(256), lb(256);
+        m.decode(7, one, la);
+        m.decode(7, chunked, lb);
+        CHECK(la == lb);
+        auto last_one = m.make_state();
+        auto last_chunked = m.make_state();
+        last_chunked.chunk_tokens = 8;
+        CHECK((m.prefill(tokens, last_one, mq::Logits::last).array() == m.prefill(tokens, last_chunked, mq::Logits::last).array()).all());
+    }
+    auto s = models[0].second.make_state();
+    s.chunk_tokens = 6;
+    CHECK_THROWS_WITH_AS(models[0].second.prefill(tokens, s), doctest::Contains("chunk_tokens must be a positive multiple of 4"),
+                         mq::error);
+}
+
+// The transforms are exact in real arithmetic; in float each rescaled or rotated weight carries one
+// rounding (2⁻²⁴ relative) and each output is a sum of ≤ E·N ≈ 2e3 such terms, so a layer's output
+// agrees to ~1e-5 of its magnitude (tests/nn/test_mamba_block.cpp), and two layers and the head add
+// as much again: 1e-4 of the largest |logit| leaves room without hiding a mistake. Each case also
+// runs a wrong model (one part of the transform left out) that must miss by 10× that tolerance.
+constexpr double kTransformTol = 1e-4;
+
+TEST_CASE("quantized model: the dt shift is folded (x_proj's dt bias), so the model equals the unshifted one") {
+    const auto cfg = tiny_config();
+    const auto w = mq::mamba_weights(mq::MambaModel::random(cfg, 10));
+    auto shifted = w;
+    for (auto& l : shifted.layers) l = mq::apply_dt_shift(l, Eigen::VectorXd::LinSpaced(static_cast<Eigen::Index>(cfg.dt_rank), -0.4, 0.7));
+    const auto tokens = some_tokens(24, 4);
+    const mq::MatrixXf ref = all_logits(mq::build_quantized_model(w, cfg, {}), tokens);
+    const auto m = mq::build_quantized_model(shifted, cfg, {});
+    // No run-time shift: −μ is x_proj's bias on its dt rows, added in the GEMM's epilogue.
+    REQUIRE(m.layers()[0].x_proj().bias().size() == cfg.dt_rank + 2 * cfg.d_state);
+    CHECK(m.layers()[0].x_proj().bias()[0] == doctest::Approx(0.4));
+    const double err = rel_diff(all_logits(m, tokens), ref);
+    MESSAGE("dt shift folded vs unshifted: max |logit difference| / max |logit| = ", err);
+    CHECK(err <= kTransformTol);
+    // b_dt holds W_dt·μ; without x_proj's −μ the model is not the same model.
+    auto unfolded = shifted;
+    for (auto& l : unfolded.layers) l.dt_shift.setZero();
+    const double wrong = rel_diff(all_logits(mq::build_quantized_model(unfolded, cfg, {}), tokens), ref);
+    MESSAGE("without the x_proj bias: ", wrong);
+    CHECK(wrong > 10 * kTransformTol);
+}
+
+TEST_CASE("quantized model: S-SiLU, the state scale (S4) and R2 transform the float model without changing it") {
+    const auto cfg = tiny_config();
+    const auto w = mq::mamba_weights(mq::MambaModel::random(cfg, 11));
+    const auto E = static_cast<Eigen::Index>(cfg.d_inner), N = static_cast<Eigen::Index>(cfg.d_state);
+    const mq::RotationSpec r2{mq::RotationKind::randomized_hadamard, cfg.d_inner, 77, 0};
+    auto t = w;
+    for (auto& l : t.layers) {
+        l = mq::apply_gate_smoothing(l, Eigen::VectorXd::LinSpaced(E, 0.25, 4.0));
+        l = mq::apply_state_smoothing(l, Eigen::VectorXd::LinSpaced(N, 0.3, 5.0));
+        l = mq::rotate_out_proj_input(l, mq::detail::online_rotation_matrix(mq::HadamardOnline::from_spec(r2), cfg.d_inner).cast<double>());
+    }
+    mq::QuantizationConfig qc; // float sites: the transform alone
+    qc.out_rotation = r2;
+    const auto tokens = some_tokens(24, 5);
+    const mq::MatrixXf ref = all_logits(mq::build_quantized_model(w, cfg, {}), tokens);
+    const double err = rel_diff(all_logits(mq::build_quantized_model(t, cfg, qc), tokens), ref);
+    MESSAGE("S-SiLU + S4 + R2 vs float: ", err);
+    CHECK(err <= kTransformTol);
+    auto no_gate = t; // W_gate still divided by s, but a plain SiLU gate: SiLU(z/s) ≠ SiLU(z)/s
+    for (auto& l : no_gate.layers) l.gate_scale.setOnes();
+    const double wrong = rel_diff(all_logits(mq::build_quantized_model(no_gate, cfg, qc), tokens), ref);
+    MESSAGE("without the S-SiLU gate: ", wrong);
+    CHECK(wrong > 10 * kTransformTol);
+}
+
+namespace {
+// Layer 0's out_proj input (the gated scan output y ⊙ gate), as the model runs it.
+struct ScanOutputTap : mq::ActivationTap {
+    mq::MatrixXf y;
+    void on_activation(std::size_t layer, mq::TapPoint p, mq::ConstMatrixView<float> v) override {
+        if (layer == 0 && p == mq::TapPoint::out_proj_input) y = mq::as_eigen(v);
+    }
+};
+mq::MatrixXf layer0_scan_output(const mq::QuantizedMambaModel& m, const std::vector<std::uint32_t>& tokens) {
+    ScanOutputTap tap;
+    auto s = m.make_state();
+    m.prefill(tokens, s, mq::Logits::none, &tap);
+    return tap.y;
+}
+} // namespace
+
+TEST_CASE("quantized model: R4 with the int8 state·C, on top of S-SiLU, S4 and R2") {
+    // Only the scan output is quantized (A8 per token, both operands; D = 0 so that y is the state·C
+    // term alone), so layer 0 of the transformed model differs from the float model by that
+    // quantization only (its inputs agree to float rounding, kTransformTol). Per token, with
+    // M_S = max|S|, M_C = max|C| and steps s ≤ 2M/255 (asymmetric, round to nearest: error ≤ s/2),
+    //   |ŷ − y| ≤ Σ_n (|S_n|·s_C/2 + |C_n|·s_S/2 + s_S·s_C/4) ≤ N·M_S·M_C·(2/255 + 1/255²),
+    // while max_d |y| ≳ M_S·M_C·√N (N terms of random sign: a typical size, not a worst case), so
+    // relative to the largest output the error is ≲ 2√N/255 ≈ 0.031 (N = 16; measured 0.026). y ⊙ S-SiLU is compared as (y/s)·s. With C rotated
+    // by one Hadamard and the state by another, state·(C·H₁)ᵀ·… loses C·Hᵀ·H = C: an O(1) error.
+    const auto cfg = tiny_config();
+    auto w = mq::mamba_weights(mq::MambaModel::random(cfg, 12));
+    for (auto& l : w.layers) l.D.setZero();
+    const auto E = static_cast<Eigen::Index>(cfg.d_inner), N = static_cast<Eigen::Index>(cfg.d_state);
+    const Eigen::VectorXd gate = Eigen::VectorXd::LinSpaced(E, 0.5, 2.0);
+    const mq::RotationSpec r2{mq::RotationKind::randomized_hadamard, cfg.d_inner, 77, 0};
+    const mq::RotationSpec r4{mq::RotationKind::randomized_hadamard, cfg.d_state, 5, 0};
+    auto transformed = [&](const mq::RotationSpec& c_rotation) {
+        auto t = w;
+        for (auto& l : t.layers) {
+            l = mq::apply_gate_smoothing(l, gate);
+            l = mq::apply_state_smoothing(l, Eigen::VectorXd::LinSpaced(N, 0.5, 4.0));
+            l = mq::rotate_out_proj_input(l, mq::detail::online_rotation_matrix(mq::HadamardOnline::from_spec(r2), cfg.d_inner).cast<double>());
+            l = mq::rotate_state(l, mq::rotation_matrix<double>(c_rotation));
+            l.state_rotation = mq::rotation_matrix<double>(r4).cast<float>(); // what the scan applies
+        }
+        return t;
+    };
+    mq::QuantizationConfig qc;
+    qc[mq::Site::scan_output].act = mq::ActQuant{mq::ActMode::dynamic_per_token, 8, false};
+    qc.out_rotation = r2;
+    qc.state_rotation = r4;
+    const auto tokens = some_tokens(24, 6);
+    const auto ref_model = mq::build_quantized_model(w, cfg, {});
+    const mq::MatrixXf ref = layer0_scan_output(ref_model, tokens);
+    auto unsmoothed = [&](mq::MatrixXf y) { // (y/s)·s
+        for (Eigen::Index d = 0; d < E; ++d) y.col(d) *= static_cast<float>(gate[d]);
+        return y;
+    };
+    const double tol = 2.0 * std::sqrt(static_cast<double>(N)) / 255.0;
+    const auto m = mq::build_quantized_model(transformed(r4), cfg, qc);
+    const double err = rel_diff(unsmoothed(layer0_scan_output(m, tokens)), ref);
+    MESSAGE("S-SiLU + S4 + R2 + R4, int8 state·C vs float, layer 0 scan output: ", err, " (bound ", tol, ")");
+    CHECK(err <= tol);
+    const double logit_err = rel_diff(all_logits(m, tokens), all_logits(ref_model, tokens));
+    MESSAGE("logits (both layers): ", logit_err);
+    // The twin runs the same quantized scan: identical (all other sites are float).
+    const auto twin = mq::build_quantized_model(transformed(r4), cfg, qc, mq::FakeQuant::yes);
+    CHECK((all_logits(twin, tokens).array() == all_logits(m, tokens).array()).all());
+    const mq::RotationSpec other{mq::RotationKind::randomized_hadamard, cfg.d_state, 6, 0};
+    const double wrong = rel_diff(unsmoothed(layer0_scan_output(mq::build_quantized_model(transformed(other), cfg, qc), tokens)), ref);
+    MESSAGE("C rotated by another Hadamard than the state: ", wrong);
+    CHECK(wrong > 10 * tol);
 }

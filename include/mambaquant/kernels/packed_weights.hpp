@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <span>
 #include <type_traits>
+#include <utility>
 
 MQ_NAMESPACE_BEGIN
 
@@ -245,6 +246,26 @@ inline PackedW8 pack_w8(ConstMatrixView<std::int8_t> codes, std::span<const Quan
         p.qsum[r] = sum;
     }
     return p;
+}
+
+// The same weight in another tile byte order: a permutation of the code bytes (codes, scales and
+// sums unchanged), e.g. a weight packed or loaded as pairs, for the VNNI kernel that reads quads.
+inline PackedW8 with_layout(PackedW8 p, W8Layout layout) {
+    if (p.layout == layout) return p;
+    PackedW8 out;
+    out.n = p.n;
+    out.k = p.k;
+    out.k_pad = p.k_pad;
+    out.n_blocks = p.n_blocks;
+    out.layout = layout;
+    out.blocks.assign(p.blocks.size(), BlockW8x2{});
+    const auto* src = reinterpret_cast<const std::int8_t*>(p.blocks.data());
+    auto* dst = reinterpret_cast<std::int8_t*>(out.blocks.data());
+    for (std::size_t r = 0; r < p.n_pad(); ++r)
+        for (std::size_t c = 0; c < p.k_pad; ++c) dst[out.code_offset(r, c)] = src[p.code_offset(r, c)];
+    out.scale = std::move(p.scale);
+    out.qsum = std::move(p.qsum);
+    return out;
 }
 
 // Quantizes a float weight W[n][k] per channel with policy Q (Q::params of each row's [min, max];

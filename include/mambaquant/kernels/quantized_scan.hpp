@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <limits>
 
 MQ_NAMESPACE_BEGIN
@@ -27,20 +28,29 @@ MQ_NAMESPACE_BEGIN
 // S_t·(C_t H)ᵀ = state_t·C_t in exact arithmetic. The integer sum is exact in float too: each
 // product is ≤ 255² and N ≤ 256 terms stay below 2^24, so the SIMD kernel accumulates the code
 // products in float and matches the reference's int32 sum exactly for equal codes.
-// The per-token range of S_t spans all E channels, so the SIMD kernel runs the recurrence twice:
-// pass 1 finds each token's range, pass 2 recomputes the states (bit-identical) and quantizes.
+// The per-token range of S_t spans all E channels, so the SIMD kernel runs in chunks of
+// kQuantizedScanChunk tokens: pass 1 runs the recurrence of every channel block over the chunk,
+// keeping S_t in the workspace and each token's range; pass 2 quantizes the kept S_t and forms y.
+// (Recomputing the states in pass 2 instead, as an earlier version did, ran the exp-heavy
+// recurrence twice: the quantized scan cost 2.8× the float scan, more than all four quantized
+// GEMMs of a W4A8 prefill.)
 struct QuantizedScanArgs {
     const float* rotation = nullptr; // [N, N] row-major (state·H), or null
-    float* workspace = nullptr;      // quantized_scan_workspace_size(L, N) floats
+    float* workspace = nullptr;      // quantized_scan_workspace_size(L, E, N) floats
     std::size_t workspace_size = 0;
 };
 
 inline constexpr std::size_t kQuantizedScanMaxLanes = 16;
+// Tokens per chunk: the chunk's states [T, E, N] stay in L2 (8 × 1536 × 16 floats: 768 KiB), and
+// each channel block reloads its state once per T tokens (two 8×8 transposes per 16 columns).
+inline constexpr std::size_t kQuantizedScanChunk = 8;
 
-// Floats of scratch for a sequence of L tokens and state size N: C codes [L, N], C scales [L],
-// state scales, zeros and inverse scales [3L], per-lane minima and maxima [2L × 16].
-constexpr std::size_t quantized_scan_workspace_size(std::size_t L, std::size_t N) noexcept {
-    return L * (N + 4 + 2 * kQuantizedScanMaxLanes);
+// Floats of scratch for L tokens, E channels and state size N: C codes [L, N], C scales [L]; per
+// chunk token: state scale, inverse scale, code bounds [4T], per-lane minima and maxima [2T × 16];
+// the chunk's states [T, E, N] (64-byte aligned within the workspace: 16 floats of slack).
+constexpr std::size_t quantized_scan_workspace_size(std::size_t L, std::size_t E, std::size_t N) noexcept {
+    const std::size_t T = L < kQuantizedScanChunk ? L : kQuantizedScanChunk;
+    return L * (N + 1) + T * (4 + 2 * kQuantizedScanMaxLanes + E * N) + 16;
 }
 
 namespace detail {
@@ -69,7 +79,7 @@ template <QuantizerPolicy Q, class State>
 void quantized_selective_scan_ref(const SelectiveScanArgs<State>& a, const QuantizedScanArgs& q) noexcept {
     MQ_ASSERT(detail::scan_args_consistent(a), "quantized_selective_scan_ref: inconsistent shapes");
     const std::size_t L = a.length(), E = a.channels(), N = a.state_size();
-    MQ_ASSERT(q.workspace && q.workspace_size >= quantized_scan_workspace_size(L, N),
+    MQ_ASSERT(q.workspace && q.workspace_size >= quantized_scan_workspace_size(L, E, N),
               "quantized_selective_scan_ref: workspace too small");
     float* ws_c = q.workspace;
     float* ws_cs = ws_c + L * N;
@@ -117,28 +127,57 @@ void quantized_selective_scan_ref(const SelectiveScanArgs<State>& a, const Quant
 }
 
 namespace detail {
-// One channel block over the sequence. Pass 1 (kWrite = false) records each token's per-lane
-// min/max of S_t; pass 2 (kWrite = true) quantizes, writes y and the final state.
-template <class Arch, std::size_t N, QuantizerPolicy Q, bool kWrite>
-void quantized_scan_block(const SelectiveScanArgs<float>& a, const QuantizedScanArgs& q, std::size_t d0) noexcept {
+// The workspace of quantized_scan_workspace_size, by part.
+struct QuantizedScanScratch {
+    float* c;      // [L, N] q(C_t) − z_C
+    float* cs;     // [L] s_C
+    float* ss;     // [T] s_S of each chunk token
+    float* si;     // [T] 1/s_S
+    float* qlo;    // [T] qmin − z_S
+    float* qhi;    // [T] qmax − z_S
+    float* lo;     // [T × 16] per-lane minima of S_t
+    float* hi;     // [T × 16] per-lane maxima
+    float* states; // [T][E/W][N][W] the chunk's S_t, channel block by block
+
+    QuantizedScanScratch(float* ws, std::size_t L, std::size_t N) noexcept {
+        const std::size_t T = std::min(L, kQuantizedScanChunk);
+        c = ws;
+        cs = c + L * N;
+        ss = cs + L;
+        si = ss + T;
+        qlo = si + T;
+        qhi = qlo + T;
+        lo = qhi + T;
+        hi = lo + T * kQuantizedScanMaxLanes;
+        const auto end = reinterpret_cast<std::uintptr_t>(hi + T * kQuantizedScanMaxLanes);
+        states = reinterpret_cast<float*>((end + 63) / 64 * 64); // within the 16 floats of slack
+    }
+};
+
+// Pass 1, one channel block over chunk tokens [t0, t0 + T): the recurrence from the block's
+// state, S_t = state_t·H into the chunk buffer, each token's per-lane min/max; the state is
+// stored back for the next chunk (exact moves: chunking never changes a bit).
+template <class Arch, std::size_t N>
+void quantized_scan_states(const SelectiveScanArgs<float>& a, const QuantizedScanArgs& q, const QuantizedScanScratch& w,
+                           std::size_t d0, std::size_t t0, std::size_t T) noexcept {
     using Bt = xsimd::batch<float, Arch>;
     constexpr std::size_t W = Bt::size;
-    const std::size_t L = a.length();
-    float* ws_c = q.workspace;
-    float* ws_cs = ws_c + L * N;
-    float* ws_ss = ws_cs + L;           // state scale s_S per token
-    float* ws_sz = ws_ss + L;           // state zero z_S per token
-    float* ws_si = ws_sz + L;           // state inverse scale per token
-    float* ws_lo = ws_si + L;           // [L × W] per-lane minima
-    float* ws_hi = ws_lo + L * kQuantizedScanMaxLanes;
+    const std::size_t E = a.channels();
+    // The next block's rows of A and of the state: a decode step does little work per block,
+    // and these rows come from outside L2 (24 layers' A and states do not fit).
+    if (d0 + W < E)
+        for (std::size_t j = d0 + W; j < d0 + 2 * W; ++j)
+            for (std::size_t n = 0; n < N; n += 64 / sizeof(float)) {
+                prefetch_read(a.A.data + j * a.A.stride + n);
+                prefetch_read(a.state.data + j * a.state.stride + n);
+            }
     alignas(64) float a_tile[N * W];
     load_scan_block_A<Arch, N>(a, d0, a_tile);
     Bt s[N];
     load_columns<Arch, N>(a.state.data + d0 * a.state.stride, a.state.stride, s);
     const Bt bias = a.delta_bias ? Bt::load_unaligned(a.delta_bias + d0) : Bt(0.0f);
-    const Bt dskip = a.D ? Bt::load_unaligned(a.D + d0) : Bt(0.0f);
-    constexpr float kQmin = static_cast<float>(Q::range::min), kQmax = static_cast<float>(Q::range::max);
-    for (std::size_t t = 0; t < L; ++t) {
+    for (std::size_t i = 0; i < T; ++i) {
+        const std::size_t t = t0 + i;
         const Bt xv = Bt::load_unaligned(a.x.data + t * a.x.stride + d0);
         Bt dt = Bt::load_unaligned(a.delta.data + t * a.delta.stride + d0);
         if (a.delta_softplus) dt = softplus<Arch>(dt + bias);
@@ -163,62 +202,75 @@ void quantized_scan_block(const SelectiveScanArgs<float>& a, const QuantizedScan
         } else {
             for (std::size_t n = 0; n < N; ++n) r[n] = s[n];
         }
-        if constexpr (!kWrite) {
-            Bt lo = r[0], hi = r[0];
-            for (std::size_t n = 1; n < N; ++n) {
-                lo = xsimd::min(lo, r[n]);
-                hi = xsimd::max(hi, r[n]);
-            }
-            float* lo_t = ws_lo + t * kQuantizedScanMaxLanes;
-            float* hi_t = ws_hi + t * kQuantizedScanMaxLanes;
-            xsimd::min(lo, Bt::load_unaligned(lo_t)).store_unaligned(lo_t);
-            xsimd::max(hi, Bt::load_unaligned(hi_t)).store_unaligned(hi_t);
-        } else {
-            const Bt inv(ws_si[t]), zero(ws_sz[t]);
-            const float* crow = ws_c + t * N;
-            Bt acc(0.0f);
+        Bt lo = r[0], hi = r[0];
+        float* dst = w.states + (i * E + d0) * N;
 #pragma GCC unroll 32
-            for (std::size_t n = 0; n < N; ++n) {
-                // q − z = clamp(round(S·inv) + z, qmin, qmax) − z, exactly quantize_value's steps
-                const Bt code = xsimd::min(xsimd::max(xsimd::nearbyint(r[n] * inv) + zero, Bt(kQmin)), Bt(kQmax));
-                acc = xsimd::fma(code - zero, Bt(crow[n]), acc);
-            }
-            Bt out = acc * Bt(ws_ss[t] * ws_cs[t]);
-            out = xsimd::fma(dskip, xv, out);
-            if (a.z.data)
-                out *= gate<Arch>(Bt::load_unaligned(a.z.data + t * a.z.stride + d0),
-                                  a.gate_scale ? a.gate_scale + d0 : nullptr);
-            out.store_unaligned(a.y.data + t * a.y.stride + d0);
+        for (std::size_t n = 0; n < N; ++n) {
+            lo = xsimd::min(lo, r[n]);
+            hi = xsimd::max(hi, r[n]);
+            r[n].store_aligned(dst + n * W);
         }
+        float* lo_t = w.lo + i * kQuantizedScanMaxLanes;
+        float* hi_t = w.hi + i * kQuantizedScanMaxLanes;
+        xsimd::min(lo, Bt::load_unaligned(lo_t)).store_unaligned(lo_t);
+        xsimd::max(hi, Bt::load_unaligned(hi_t)).store_unaligned(hi_t);
     }
-    if constexpr (kWrite) store_columns<Arch, N>(s, a.state.data + d0 * a.state.stride, a.state.stride);
+    store_columns<Arch, N>(s, a.state.data + d0 * a.state.stride, a.state.stride);
+}
+
+// Pass 2, one channel block over the chunk: y_t = s_S·s_C·Σ_n (q(S_t) − z_S)·(q(C_t) − z_C)
+// + D·x_t, gated. q − z = clamp(round(S·inv) + z, qmin, qmax) − z = clamp(round(S·inv), qmin − z,
+// qmax − z): the same integers as quantize_value's steps (all exact in float), two operations fewer.
+template <class Arch, std::size_t N>
+void quantized_scan_outputs(const SelectiveScanArgs<float>& a, const QuantizedScanScratch& w, std::size_t d0,
+                            std::size_t t0, std::size_t T) noexcept {
+    using Bt = xsimd::batch<float, Arch>;
+    constexpr std::size_t W = Bt::size;
+    const std::size_t E = a.channels();
+    const Bt dskip = a.D ? Bt::load_unaligned(a.D + d0) : Bt(0.0f);
+    for (std::size_t i = 0; i < T; ++i) {
+        const std::size_t t = t0 + i;
+        const Bt inv(w.si[i]), qlo(w.qlo[i]), qhi(w.qhi[i]);
+        const float* src = w.states + (i * E + d0) * N;
+        const float* crow = w.c + t * N;
+        Bt acc(0.0f);
+#pragma GCC unroll 32
+        for (std::size_t n = 0; n < N; ++n) {
+            const Bt code = xsimd::min(xsimd::max(xsimd::nearbyint(Bt::load_aligned(src + n * W) * inv), qlo), qhi);
+            acc = xsimd::fma(code, Bt(crow[n]), acc);
+        }
+        Bt out = acc * Bt(w.ss[i] * w.cs[t]);
+        out = xsimd::fma(dskip, Bt::load_unaligned(a.x.data + t * a.x.stride + d0), out);
+        if (a.z.data)
+            out *= gate<Arch>(Bt::load_unaligned(a.z.data + t * a.z.stride + d0), a.gate_scale ? a.gate_scale + d0 : nullptr);
+        out.store_unaligned(a.y.data + t * a.y.stride + d0);
+    }
 }
 
 template <class Arch, std::size_t N, QuantizerPolicy Q>
 void quantized_scan_blocks(const SelectiveScanArgs<float>& a, const QuantizedScanArgs& q) noexcept {
     constexpr std::size_t W = simd_width_v<Arch>;
     static_assert(W <= kQuantizedScanMaxLanes, "quantized scan: SIMD width above the workspace's lanes");
+    constexpr float kQmin = static_cast<float>(Q::range::min), kQmax = static_cast<float>(Q::range::max);
     const std::size_t L = a.length(), E = a.channels();
-    float* ws_c = q.workspace;
-    float* ws_cs = ws_c + L * N;
-    float* ws_ss = ws_cs + L;
-    float* ws_sz = ws_ss + L;
-    float* ws_si = ws_sz + L;
-    float* ws_lo = ws_si + L;
-    float* ws_hi = ws_lo + L * kQuantizedScanMaxLanes;
-    quantize_scan_C<Q>(a.C, ws_c, ws_cs);
-    std::fill(ws_lo, ws_lo + L * kQuantizedScanMaxLanes, std::numeric_limits<float>::infinity());
-    std::fill(ws_hi, ws_hi + L * kQuantizedScanMaxLanes, -std::numeric_limits<float>::infinity());
-    for (std::size_t d0 = 0; d0 < E; d0 += W) quantized_scan_block<Arch, N, Q, false>(a, q, d0);
-    for (std::size_t t = 0; t < L; ++t) {
-        const float* lo_t = ws_lo + t * kQuantizedScanMaxLanes;
-        const float* hi_t = ws_hi + t * kQuantizedScanMaxLanes;
-        const QuantParams p = Q::params(*std::min_element(lo_t, lo_t + W), *std::max_element(hi_t, hi_t + W));
-        ws_ss[t] = p.scale;
-        ws_sz[t] = static_cast<float>(p.zero);
-        ws_si[t] = p.inv_scale;
+    const QuantizedScanScratch w(q.workspace, L, N);
+    quantize_scan_C<Q>(a.C, w.c, w.cs);
+    for (std::size_t t0 = 0; t0 < L; t0 += kQuantizedScanChunk) {
+        const std::size_t T = std::min(kQuantizedScanChunk, L - t0);
+        std::fill(w.lo, w.lo + T * kQuantizedScanMaxLanes, std::numeric_limits<float>::infinity());
+        std::fill(w.hi, w.hi + T * kQuantizedScanMaxLanes, -std::numeric_limits<float>::infinity());
+        for (std::size_t d0 = 0; d0 < E; d0 += W) quantized_scan_states<Arch, N>(a, q, w, d0, t0, T);
+        for (std::size_t i = 0; i < T; ++i) {
+            const float* lo_t = w.lo + i * kQuantizedScanMaxLanes;
+            const float* hi_t = w.hi + i * kQuantizedScanMaxLanes;
+            const QuantParams p = Q::params(*std::min_element(lo_t, lo_t + W), *std::max_element(hi_t, hi_t + W));
+            w.ss[i] = p.scale;
+            w.si[i] = p.inv_scale;
+            w.qlo[i] = kQmin - static_cast<float>(p.zero);
+            w.qhi[i] = kQmax - static_cast<float>(p.zero);
+        }
+        for (std::size_t d0 = 0; d0 < E; d0 += W) quantized_scan_outputs<Arch, N>(a, w, d0, t0, T);
     }
-    for (std::size_t d0 = 0; d0 < E; d0 += W) quantized_scan_block<Arch, N, Q, true>(a, q, d0);
 }
 } // namespace detail
 
@@ -231,7 +283,7 @@ void quantized_scan_blocks(const SelectiveScanArgs<float>& a, const QuantizedSca
 template <class Arch, QuantizerPolicy Q, class State>
 void quantized_selective_scan(Arch, const SelectiveScanArgs<State>& a, const QuantizedScanArgs& q) noexcept {
     MQ_ASSERT(detail::scan_args_consistent(a), "quantized_selective_scan: inconsistent shapes");
-    MQ_ASSERT(q.workspace && q.workspace_size >= quantized_scan_workspace_size(a.length(), a.state_size()),
+    MQ_ASSERT(q.workspace && q.workspace_size >= quantized_scan_workspace_size(a.length(), a.channels(), a.state_size()),
               "quantized_selective_scan: workspace too small");
     if constexpr (std::is_same_v<State, float>) {
         if (a.channels() % simd_width_v<Arch> == 0) {

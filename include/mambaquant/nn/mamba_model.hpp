@@ -51,6 +51,20 @@ struct MambaSequenceState {
 };
 
 namespace detail {
+// Rows of the prefill chunk starting at `begin` of L: at most `chunk`, never leaving a 1-row tail.
+inline Eigen::Index prefill_chunk_rows(Eigen::Index L, Eigen::Index begin, std::size_t chunk) noexcept {
+    const auto c = static_cast<Eigen::Index>(chunk);
+    return L - begin <= c + 1 ? L - begin : c;
+}
+// normed = RMSNorm_f(rows [first, n) of h), shown to `tap` as the LM head's input (after n_layer layers).
+inline void final_norm_rows(const MatrixXf& h, Eigen::Index first, const Eigen::RowVectorXf& norm_f, float eps,
+                            MatrixXf& normed, ActivationTap* tap, std::size_t n_layer) {
+    const Eigen::Index D = h.cols(), rows = h.rows() - first;
+    normed.resize(rows, D);
+    rms_norm(ConstMatrixView<float>(h.data() + first * D, static_cast<std::size_t>(rows), static_cast<std::size_t>(D)), norm_f,
+             eps, view(normed));
+    detail::tap(tap, n_layer, TapPoint::lm_head_input, view(std::as_const(normed)));
+}
 // Greedy continuation of `prompt` by `count` tokens for any model with make_state / prefill /
 // decode (argmax over the first vocab_size logits, so padding rows are never produced).
 template <class Model>
@@ -253,8 +267,7 @@ public:
         if (which == Logits::all) logits.resize(L, lm_head().rows());
         if (hidden) hidden->assign(layers_.size(), MatrixXf(L, D));
         for (Eigen::Index begin = 0; begin < L;) {
-            const auto chunk = static_cast<Eigen::Index>(state.chunk_tokens);
-            const Eigen::Index n = L - begin <= chunk + 1 ? L - begin : chunk; // never leave a 1-row tail
+            const Eigen::Index n = detail::prefill_chunk_rows(L, begin, state.chunk_tokens);
             state.h.resize(n, D);
             for (Eigen::Index t = 0; t < n; ++t) state.h.row(t) = embedding_.row(tokens[static_cast<std::size_t>(begin + t)]);
             for (std::size_t i = 0; i < layers_.size(); ++i) {
@@ -263,12 +276,9 @@ public:
             }
             begin += n;
             if (which == Logits::none || (which == Logits::last && begin < L)) continue;
-            const Eigen::Index first = which == Logits::all ? 0 : n - 1; // rows of this chunk that need logits
-            state.normed.resize(n - first, D);
-            rms_norm(ConstMatrixView<float>(state.h.data() + first * D, static_cast<std::size_t>(n - first),
-                                            static_cast<std::size_t>(D)),
-                     norm_f_, config_.norm_eps, view(state.normed));
-            detail::tap(tap, layers_.size(), TapPoint::lm_head_input, view(std::as_const(state.normed)));
+            // rows of this chunk that need logits: all, or the last
+            detail::final_norm_rows(state.h, which == Logits::all ? 0 : n - 1, norm_f_, config_.norm_eps, state.normed, tap,
+                                    layers_.size());
             if (which == Logits::all) logits.middleRows(begin - n, n).noalias() = state.normed * lm_head().transpose();
             else logits.noalias() = state.normed * lm_head().transpose();
         }

@@ -27,7 +27,9 @@
 // Run-time set of quantizers (each a compiled Linear instantiation, see nn/site_linear.hpp):
 //   weights W8 per channel symmetric; W4 per channel and per group 128, symmetric and asymmetric;
 //   activations A8 per token (dynamic) and A8 per tensor (static, calibrated), symmetric and
-//   asymmetric; or float. Anything else is refused by validate().
+//   asymmetric; or float. conv1d: int8 per-channel weights (or float), its input float or A8
+//   static per tensor (the integer conv, kernels/quantized_conv1d.hpp). Anything else is refused
+//   by validate().
 
 #include <mambaquant/core/config.hpp>
 #include <mambaquant/core/error.hpp>
@@ -202,8 +204,13 @@ private:
             return;
         }
         if (s == Site::conv1d) {
-            require(!q.act.quantized(), where,
-                    ".act: conv1d activations stay float (the conv runs on its dequantized int8 taps, K MACs per element)");
+            // METHOD.md §2: weights per channel, input per tensor. A per-token input scale cannot
+            // work: the K taps mix K tokens, whose codes would not add up under one scale.
+            require(q.act.mode != ActMode::dynamic_per_token, where,
+                    ".act: the conv1d input is quantized static per tensor or stays float (its K taps mix tokens, so a "
+                    "per-token scale leaves no integer sum)");
+            require(!q.act.quantized() || q.weight.has_value(), where,
+                    ".act: a quantized conv1d input needs int8 conv1d weights (integer products)");
             if (q.weight)
                 require(q.weight->bits == 8 && q.weight->granularity == GranularityKind::per_channel && q.weight->symmetric,
                         where, ".weight: conv1d weights are int8 per channel symmetric (METHOD.md §2) or float");

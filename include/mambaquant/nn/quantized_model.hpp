@@ -141,8 +141,7 @@ private:
         const auto D = static_cast<Eigen::Index>(config_.d_model);
         h.resize(static_cast<Eigen::Index>(tokens.size()), D);
         for (std::size_t t = 0; t < tokens.size(); ++t) {
-            require(tokens[t] < config_.padded_vocab, "QuantizedMambaModel: token ", tokens[t], " at position ", t,
-                    " is outside the vocabulary of ", config_.padded_vocab);
+            MQ_ASSERT(tokens[t] < config_.padded_vocab, "QuantizedMambaModel: token checked by run()");
             float* row = h.data() + static_cast<Eigen::Index>(t) * D;
             std::visit([&](const auto& e) {
                 using T = std::decay_t<decltype(e)>;
@@ -160,23 +159,41 @@ private:
         }
     }
 
+    // In chunks of state.chunk_tokens (as MambaModel::prefill: a multiple of 4, never a 1-row
+    // tail), so the workspaces stay [chunk, ·] however long the prompt. Bit-identical to one pass
+    // when every quantized activation is per token or static: each token's codes and integer sums
+    // do not depend on the other rows of its call, the conv window and the scan state carry over,
+    // and float sites keep Eigen's column blocks (tests/nn). A per-tensor *dynamic* quantizer
+    // would depend on the chunking; the run-time set has none.
     void run(std::span<const std::uint32_t> tokens, State& state, Logits which, ActivationTap* tap) const {
         require(!tokens.empty(), "QuantizedMambaModel::prefill: no tokens");
         require(state.caches.size() == layers_.size(), "QuantizedMambaModel::prefill: state made for ",
                 state.caches.size(), " layers, model has ", layers_.size());
-        embed(tokens, state.h);
-        for (std::size_t i = 0; i < layers_.size(); ++i) layers_[i].forward(state.h, state.caches[i], state.workspace, tap, i);
+        require(state.chunk_tokens > 0 && state.chunk_tokens % 4 == 0,
+                "QuantizedMambaModel::prefill: chunk_tokens must be a positive multiple of 4, got ", state.chunk_tokens);
+        // Every token checked before the state advances, so a bad one leaves the state as it was.
+        for (std::size_t t = 0; t < tokens.size(); ++t)
+            require(tokens[t] < config_.padded_vocab, "QuantizedMambaModel: token ", tokens[t], " at position ", t,
+                    " is outside the vocabulary of ", config_.padded_vocab);
+        const auto L = static_cast<Eigen::Index>(tokens.size());
+        const auto V = static_cast<Eigen::Index>(config_.padded_vocab);
+        if (which == Logits::all) state.logits.resize(L, V);
+        for (Eigen::Index begin = 0; begin < L;) {
+            const Eigen::Index n = detail::prefill_chunk_rows(L, begin, state.chunk_tokens);
+            embed(tokens.subspan(static_cast<std::size_t>(begin), static_cast<std::size_t>(n)), state.h);
+            for (std::size_t i = 0; i < layers_.size(); ++i) layers_[i].forward(state.h, state.caches[i], state.workspace, tap, i);
+            begin += n;
+            if (which == Logits::none || (which == Logits::last && begin < L)) continue;
+            const Eigen::Index first = which == Logits::all ? 0 : n - 1; // rows of this chunk that need logits
+            detail::final_norm_rows(state.h, first, norm_f_, config_.norm_eps, state.normed, tap, layers_.size());
+            if (which == Logits::last) state.logits.resize(1, V);
+            const Eigen::Index row0 = which == Logits::all ? begin - n : 0;
+            head_.forward(view(std::as_const(state.normed)),
+                          MatrixView<float>(state.logits.data() + row0 * V, static_cast<std::size_t>(n - first),
+                                            static_cast<std::size_t>(V)),
+                          state.workspace.out_lin);
+        }
         state.position += tokens.size();
-        if (which == Logits::none) return;
-        const auto L = state.h.rows();
-        const Eigen::Index first = which == Logits::all ? 0 : L - 1;
-        state.normed.resize(L - first, state.h.cols());
-        rms_norm(ConstMatrixView<float>(state.h.data() + first * state.h.cols(), static_cast<std::size_t>(L - first),
-                                        static_cast<std::size_t>(state.h.cols())),
-                 norm_f_, config_.norm_eps, view(state.normed));
-        detail::tap(tap, layers_.size(), TapPoint::lm_head_input, view(std::as_const(state.normed)));
-        state.logits.resize(L - first, static_cast<Eigen::Index>(config_.padded_vocab));
-        head_.forward(view(std::as_const(state.normed)), view(state.logits), state.workspace.out_lin);
     }
 
     MambaConfig config_;
@@ -205,9 +222,10 @@ inline bool embedding_shares_head(bool tied, const QuantizationConfig& qc) {
     return x.bits == y.bits && x.symmetric == y.symmetric && x.granularity == y.granularity &&
            (x.granularity != GranularityKind::per_group || x.group == y.group);
 }
-// int8 per-channel symmetric conv weights (METHOD.md §2): q = round(w/s), s = max|w_e|/127; the
-// conv runs on ŵ = q·s (float arithmetic on the dequantized taps: the conv is K MACs per element,
-// not worth an integer kernel). Returns the codes and scales, and writes ŵ into w.
+// int8 per-channel symmetric conv weights (METHOD.md §2): q = round(w/s), s = max|w_e|/127. With a
+// float conv input the conv runs on ŵ = q·s (float arithmetic on the dequantized taps); with a
+// static per-tensor input it runs on the codes (conv_weights below). Returns the codes and
+// scales, and writes ŵ into w.
 inline void quantize_conv_int8(MatrixXf& w, std::vector<std::uint8_t>& codes, std::vector<float>& scale) {
     const auto E = w.rows(), K = w.cols();
     codes.assign(static_cast<std::size_t>(E * K), 0);
@@ -232,6 +250,17 @@ inline void dequantize_conv_int8(const std::vector<std::uint8_t>& codes, const s
         for (Eigen::Index k = 0; k < w.cols(); ++k)
             w(e, k) = static_cast<float>(static_cast<std::int8_t>(codes[static_cast<std::size_t>(e * w.cols() + k)])) *
                       scale[static_cast<std::size_t>(e)];
+}
+// A layer's conv as the config says: float taps (ŵ when the weights are int8), or the integer conv
+// on the codes when its input is quantized (static per tensor; the fake-quant twin runs it too:
+// its integer sums are exact in float, so the twin's conv is x̂·ŵ summed exactly, scaled once).
+inline ConvWeights conv_weights(const MatrixXf& w_hat, const std::vector<std::uint8_t>& codes, const std::vector<float>& scale,
+                                std::span<const float> bias, const SiteQuant& q, const std::optional<QuantParams>& input) {
+    if (q.act.mode != ActMode::static_per_tensor) return ConvWeights::from(view(w_hat), bias);
+    require(input.has_value(), "build_quantized_model: conv1d: static activation params missing");
+    const ConstMatrixView<std::int8_t> c(reinterpret_cast<const std::int8_t*>(codes.data()), static_cast<std::size_t>(w_hat.rows()),
+                                         static_cast<std::size_t>(w_hat.cols()));
+    return ConvWeights::quantized(c, scale, bias, *input, q.act.symmetric);
 }
 // Static params as the kernels use them: inv_scale = 1/scale exactly as params_from_range sets it,
 // so a saved and reloaded model quantizes bit for bit the same.
@@ -364,7 +393,9 @@ inline QuantizedMambaModel build_quantized_model(const MambaWeights& w, const Ma
                                        site(Site::x_proj, lw.x_proj, std::span<const float>(xb.data(), xb.size())),
                                        site(Site::dt_proj, lw.dt_proj),
                                        site(Site::out_proj, lw.out_proj, {}, qc.out_rotation),
-                                       ConvWeights::from(view(conv_w), detail::span_of(lw.conv_b)),
+                                       detail::conv_weights(conv_w, m.conv_codes_[i].codes, m.conv_codes_[i].scale,
+                                                            detail::span_of(lw.conv_b), qc[Site::conv1d],
+                                                            detail::normalized(lp[Site::conv1d])),
                                        std::move(sw),
                                        detail::make_runtime_scan(lw, qc, i)};
         m.layers_.emplace_back(D, E, N, R, K, cfg.norm_eps, std::move(parts));
@@ -518,6 +549,10 @@ inline void QuantizedMambaModel::save(const std::filesystem::path& dir) const {
             const auto& cc = conv_codes_[i];
             ts.push_back({mx + "conv1d.qweight", DType::I8, {E, K}, std::as_bytes(std::span<const std::uint8_t>(cc.codes))});
             add_span(mx + "conv1d.scales", cc.scale, {E, 1});
+            if (qconfig_[Site::conv1d].act.mode == ActMode::static_per_tensor) {
+                require(lp[Site::conv1d].has_value(), "QuantizedMambaModel::save: ", mx, "conv1d: static activation params missing");
+                add_f(mx + "conv1d.input_quant", act_params_tensor(*lp[Site::conv1d]), {2});
+            }
         } else {
             const MatrixXf cw = l.conv().weight_t.transpose(); // [E, K]
             add_span(mx + "conv1d.weight", std::span<const float>(cw.data(), E * K), {E, 1, K});
@@ -615,7 +650,8 @@ inline QuantizedMambaModel QuantizedMambaModel::load(const std::filesystem::path
         const std::string p = "backbone.layers." + std::to_string(i) + ".";
         const std::string mx = p + "mixer.";
         LayerActParams lp;
-        for (Site s : {Site::in_proj, Site::x_proj, Site::dt_proj, Site::out_proj}) lp[s] = act_params(mx + site_name(s), s);
+        for (Site s : {Site::in_proj, Site::conv1d, Site::x_proj, Site::dt_proj, Site::out_proj})
+            lp[s] = act_params(mx + site_name(s), s);
         if (any_static) qc.layers[i] = lp;
         std::vector<float> xb;
         if (ck.contains(mx + "x_proj.bias")) xb = float_vec(mx + "x_proj.bias", R + 2 * N);
@@ -660,7 +696,8 @@ inline QuantizedMambaModel QuantizedMambaModel::load(const std::filesystem::path
             linear(mx + "x_proj", Site::x_proj, R + 2 * N, E, xb, lp[Site::x_proj], std::nullopt),
             linear(mx + "dt_proj", Site::dt_proj, E, R, {}, lp[Site::dt_proj], std::nullopt),
             linear(mx + "out_proj", Site::out_proj, D, E, {}, lp[Site::out_proj], qc.out_rotation),
-            ConvWeights::from(view(conv_w), conv_b),
+            detail::conv_weights(conv_w, m.conv_codes_[i].codes, m.conv_codes_[i].scale, conv_b, qc[Site::conv1d],
+                                 lp[Site::conv1d]),
             std::move(sw),
             detail::make_runtime_scan(extras, qc, i)};
         m.layers_.emplace_back(D, E, N, R, K, cfg.norm_eps, std::move(parts));

@@ -193,7 +193,9 @@ public:
             return AnyLinear(FloatLinear<NoRotation>(MatrixXf(as_eigen(weight)), bias));
         }
         return detail::visit_site_weight(*q.weight, [&]<class W>(std::type_identity<W>) {
-            return from_packed(pack_weights<W>(weight), bias, q, std::move(rot), static_params, fake);
+            // Packed once, in the W8 layout of the arch the layer will run on (Linear's choice).
+            return from_packed(pack_weights<W>(weight, w8_layout_for(runnable_arch(active_arch()))), bias, q,
+                               std::move(rot), static_params, fake);
         });
     }
 

@@ -194,7 +194,7 @@ struct QuantizedScan {
         require(smoothing_.enabled() || cache.domain == StateDomain::plain,
                 "QuantizedScan: the cached state is in the smoothed domain but this scan has no smoothing");
         a.first_step_log_scale = smoothing_.first_step(cache);
-        const std::size_t need = quantized_scan_workspace_size(a.length(), a.state_size());
+        const std::size_t need = quantized_scan_workspace_size(a.length(), a.channels(), a.state_size());
         if (cache.workspace.size() < need) cache.workspace.resize(need);
         QuantizedScanArgs q;
         q.rotation = rotated() ? rotation_.data() : nullptr;
