@@ -346,26 +346,22 @@ inline MambaWeights without_online_rotations(MambaWeights w) {
     return w;
 }
 
+// A calibration pass: the statistics of the float model with these weights (keys as tap_key);
+// `what` names the pass for progress reports. run_recipe's own runs the language model over token
+// windows; a Vim model runs over images (recipe/vim_recipe.hpp).
+using RecipeCalibrator =
+    std::function<CalibrationStats(const MambaWeights& weights, const CalibrationPlan& plan, std::string_view what)>;
+
 // calibrate (per stage) → transforms → online rotations → final calibration on the transformed
 // model (static ranges; Hessians for GPTQ) → optional GPTQ → the config with its static params.
 inline QuantizedRecipe run_recipe(const Recipe& recipe, const MambaWeights& float_weights, const MambaConfig& model,
-                                  std::span<const std::span<const std::uint32_t>> windows, const QuantizeOptions& opt) {
+                                  const RecipeCalibrator& calibrate_model, const QuantizeOptions& opt) {
     validate(float_weights);
     detail::require_finite_weights(float_weights);
     RecipeContext c{float_weights, model, detail::recipe_base_config(recipe, opt.bits), nullptr, opt.seed, opt.fallback};
-    const QuantizationConfig float_config{};
-    auto progress = [&](std::string_view what) {
-        return [&opt, what](std::size_t d, std::size_t t) {
-            if (opt.progress) opt.progress(what, d, t);
-        };
-    };
     for (std::size_t s = 0; s < recipe.stages.size(); ++s) {
         const RecipeStage& stage = recipe.stages[s];
-        CalibrationStats stats;
-        {
-            const QuantizedMambaModel m = build_quantized_model(c.weights, model, float_config);
-            stats = calibrate(m, windows, stage.plan, &c.weights, progress("calibrate"));
-        }
+        CalibrationStats stats = calibrate_model(c.weights, stage.plan, "calibrate");
         c.stats = &stats;
         for (const auto& step : stage.steps) step(c);
         c.stats = nullptr;
@@ -383,10 +379,7 @@ inline QuantizedRecipe run_recipe(const Recipe& recipe, const MambaWeights& floa
             plan.covariance[static_cast<std::size_t>(t)] = true;
     for (const auto& l : c.weights.layers) plan.out_rotation.push_back(l.out_rotation);
     QuantizedRecipe out;
-    {
-        const QuantizedMambaModel m = build_quantized_model(offline, model, float_config);
-        out.final_stats = calibrate(m, windows, plan, &offline, progress("calibrate (transformed)"));
-    }
+    out.final_stats = calibrate_model(offline, plan, "calibrate (transformed)");
     const std::size_t n = c.weights.layers.size();
     c.config.layers.assign(n, LayerActParams{});
     auto use_percentile = [&](TapPoint t) {
@@ -427,6 +420,20 @@ inline QuantizedRecipe run_recipe(const Recipe& recipe, const MambaWeights& floa
     out.weights = std::move(c.weights);
     out.config = std::move(c.config);
     return out;
+}
+
+// The language model's recipe run: each calibration pass runs the float model of the current
+// weights over the token windows.
+inline QuantizedRecipe run_recipe(const Recipe& recipe, const MambaWeights& float_weights, const MambaConfig& model,
+                                  std::span<const std::span<const std::uint32_t>> windows, const QuantizeOptions& opt) {
+    return run_recipe(recipe, float_weights, model,
+                      [&](const MambaWeights& w, const CalibrationPlan& plan, std::string_view what) {
+                          const QuantizedMambaModel m = build_quantized_model(w, model, QuantizationConfig{});
+                          return calibrate(m, windows, plan, &w, [&](std::size_t d, std::size_t t) {
+                              if (opt.progress) opt.progress(what, d, t);
+                          });
+                      },
+                      opt);
 }
 
 MQ_NAMESPACE_END
