@@ -44,6 +44,10 @@ struct RecipeContext {
     const CalibrationStats* stats = nullptr;
     std::uint64_t seed = 0;
     UnsupportedSize fallback = UnsupportedSize::error; // sizes with no exact Hadamard
+    // Consecutive layers that share norm, in_proj and out_proj (1: a Mamba model; 2: a Vim layer's
+    // two direction layers, nn/vim_weights.hpp). A step whose scales depend on per-layer weights
+    // and rewrite a shared tensor (S7) reads the weights of the whole group.
+    std::size_t shared_layers = 1;
 };
 
 using RecipeStep = std::function<void(RecipeContext&)>;
@@ -126,13 +130,22 @@ inline RecipeStep smooth_dt_after_shift(double alpha = 0.5) {
         }
     };
 }
-// S7: in_proj x rows → conv1d.
+// S7: in_proj x rows → conv1d. Layers sharing in_proj (a Vim layer's directions) feed one x to
+// several convs: s is then from the max over all their filters (as SmoothQuant does for q, k, v
+// reading one input), and every one of those convs absorbs the same s.
 inline RecipeStep smooth_conv(double alpha = 0.5) {
     return [alpha](RecipeContext& c) {
-        for (std::size_t i = 0; i < c.weights.layers.size(); ++i)
-            c.weights.layers[i] =
-                ::mq::smooth_conv(c.weights.layers[i], stat(c, i, TapPoint::conv_input).channels().absmax(), {alpha, 1e-2})
-                    .weights;
+        const std::size_t n = c.weights.layers.size(), g = c.shared_layers;
+        require(g >= 1 && n % g == 0, "smooth_conv (S7): ", n, " layers are not groups of ", g);
+        std::vector<Eigen::VectorXd> s(n);
+        for (std::size_t i = 0; i < n; ++i) {
+            Eigen::VectorXd wmax = Eigen::VectorXd::Zero(c.weights.layers[i].conv_w.rows());
+            for (std::size_t j = i / g * g; j < i / g * g + g; ++j)
+                wmax = wmax.cwiseMax(c.weights.layers[j].conv_w.cast<double>().cwiseAbs().rowwise().maxCoeff());
+            s[i] = smoothing_scales(stat(c, i, TapPoint::conv_input).channels().absmax(), wmax, {alpha, 1e-2},
+                                    "smooth_conv (S7)");
+        }
+        for (std::size_t i = 0; i < n; ++i) c.weights.layers[i] = apply_conv_smoothing(c.weights.layers[i], s[i]);
     };
 }
 
@@ -354,11 +367,14 @@ using RecipeCalibrator =
 
 // calibrate (per stage) → transforms → online rotations → final calibration on the transformed
 // model (static ranges; Hessians for GPTQ) → optional GPTQ → the config with its static params.
+// `shared_layers`: RecipeContext::shared_layers.
 inline QuantizedRecipe run_recipe(const Recipe& recipe, const MambaWeights& float_weights, const MambaConfig& model,
-                                  const RecipeCalibrator& calibrate_model, const QuantizeOptions& opt) {
+                                  const RecipeCalibrator& calibrate_model, const QuantizeOptions& opt,
+                                  std::size_t shared_layers = 1) {
     validate(float_weights);
     detail::require_finite_weights(float_weights);
-    RecipeContext c{float_weights, model, detail::recipe_base_config(recipe, opt.bits), nullptr, opt.seed, opt.fallback};
+    RecipeContext c{float_weights, model, detail::recipe_base_config(recipe, opt.bits), nullptr, opt.seed, opt.fallback,
+                    shared_layers};
     for (std::size_t s = 0; s < recipe.stages.size(); ++s) {
         const RecipeStage& stage = recipe.stages[s];
         CalibrationStats stats = calibrate_model(c.weights, stage.plan, "calibrate");

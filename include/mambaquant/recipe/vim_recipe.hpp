@@ -29,6 +29,8 @@ struct QuantizedVimRecipe {
 // a zero state). The steps are the language model's, on the direction layers (nn/vim_weights.hpp
 // says why that is the same math); the result is checked to have kept each pair's shared tensors
 // identical (validate), so a step that cannot apply to a bidirectional layer is refused by name.
+// The one Vim-specific choice inside a step: S7's scale per channel of the shared x reads both
+// directions' conv filters (RecipeContext::shared_layers = 2), and both convs absorb it.
 // R1 rotates the table (patch embedding, class token, position rows, head) with the layers; the
 // Vim-specific choices of METHOD.md — static per-tensor activation scales, the percentile observer
 // where the method says so, B/C smoothing (S4) per direction with the first-step absorption — are
@@ -45,7 +47,7 @@ inline QuantizedVimRecipe run_vim_recipe(const Recipe& recipe, const VimWeights&
                 if (opt.progress) opt.progress(what, d, t);
             });
         },
-        opt);
+        opt, /*shared_layers=*/2);
     QuantizedVimRecipe out{{std::move(r.weights), float_weights.head_bias}, std::move(r.config), std::move(r.final_stats)};
     validate(out.weights, cfg);
     return out;
