@@ -48,6 +48,24 @@ const Data& data() {
 // each dot product e_t already covers — so the same bound must hold, with no widening.
 double tolerance(const Data& d) { return 4.0 * d.meta("f32_err_logits") + 2.0 * std::ldexp(d.meta("logits_absmax"), -24); }
 
+// Rows of a and b whose largest logit is in the same column.
+std::size_t same_class(const mq::MatrixXf& a, const mq::MatrixXf& b) {
+    std::size_t n = 0;
+    for (Eigen::Index i = 0; i < a.rows(); ++i) {
+        Eigen::Index x = 0, y = 0;
+        a.row(i).maxCoeff(&x);
+        b.row(i).maxCoeff(&y);
+        n += x == y;
+    }
+    return n;
+}
+
+void check_golden(const mq::QuantizedVimModel& m, const Data& d) {
+    const double err = (m.logits(d.test_batch()) - d.ref_logits.topRows(kTest)).cwiseAbs().maxCoeff(), tol = tolerance(d);
+    MESSAGE("max |logit - float64 reference| = ", err, " (tolerance ", tol, ")");
+    CHECK(err <= tol);
+}
+
 mq::QuantizeOptions options(const char* bits, std::uint64_t seed = 0) {
     mq::QuantizeOptions o;
     o.bits = mq::bits_by_name(bits);
@@ -58,12 +76,7 @@ mq::QuantizeOptions options(const char* bits, std::uint64_t seed = 0) {
 
 TEST_CASE("quantized Vim: the direction-layer view at a float config is the float Vim (golden logits)") {
     const Data& d = data();
-    const mq::QuantizedVimModel m = mq::build_quantized_vim_model(d.w, d.cfg, mq::QuantizationConfig{});
-    const mq::MatrixXf l = m.logits(d.test_batch());
-    const double err = (l - d.ref_logits.topRows(kTest)).cwiseAbs().maxCoeff(), tol = tolerance(d);
-    CAPTURE(err);
-    CAPTURE(tol);
-    CHECK(err <= tol);
+    check_golden(mq::build_quantized_vim_model(d.w, d.cfg, mq::QuantizationConfig{}), d);
 }
 
 TEST_CASE("quantized Vim: MambaQuant's transforms without quantization keep the float function") {
@@ -76,12 +89,7 @@ TEST_CASE("quantized Vim: MambaQuant's transforms without quantization keep the 
     REQUIRE(!(l0.gate_scale.array() == 1.0f).all()); // the transforms really ran
     REQUIRE(!(l0.state_scale.array() == 1.0f).all());
     REQUIRE(!(offline.directions.layers[1].state_scale.array() == l0.state_scale.array()).all()); // per direction
-    const mq::QuantizedVimModel m = mq::build_quantized_vim_model(offline, d.cfg, mq::QuantizationConfig{});
-    const mq::MatrixXf l = m.logits(d.test_batch());
-    const double err = (l - d.ref_logits.topRows(kTest)).cwiseAbs().maxCoeff(), tol = tolerance(d);
-    CAPTURE(err);
-    CAPTURE(tol);
-    CHECK(err <= tol);
+    check_golden(mq::build_quantized_vim_model(offline, d.cfg, mq::QuantizationConfig{}), d);
 }
 
 TEST_CASE("quantized Vim: W8A8 MambaQuant keeps the float top-1 on test images; integer path = its fake-quant twin") {
@@ -95,13 +103,7 @@ TEST_CASE("quantized Vim: W8A8 MambaQuant keeps the float top-1 on test images; 
     const mq::MatrixXf li = im.logits(d.test_batch()), lt = twin.logits(d.test_batch());
     const mq::MatrixXf lf = d.ref_logits.topRows(kTest);
     const double acc_f = mq::top1(lf, lab), acc_q = mq::top1(li, lab);
-    std::size_t agree = 0;
-    for (Eigen::Index i = 0; i < li.rows(); ++i) {
-        Eigen::Index a = 0, b = 0;
-        li.row(i).maxCoeff(&a);
-        lf.row(i).maxCoeff(&b);
-        agree += a == b;
-    }
+    const std::size_t agree = same_class(li, lf);
     MESSAGE("float top-1 ", acc_f, ", W8A8 MambaQuant top-1 ", acc_q, ", same class as float ", agree, "/", kTest,
             ", max |logit diff| vs float ", (li - lf).cwiseAbs().maxCoeff(), ", vs twin ", (li - lt).cwiseAbs().maxCoeff());
     // W8A8 must not lose an image here (the paper's Vim-T loses 0.5 points; one image is 2 points of 48).
@@ -113,14 +115,7 @@ TEST_CASE("quantized Vim: W8A8 MambaQuant keeps the float top-1 on test images; 
     // value sits on a later quantizer's rounding boundary and one code moves by 1 — so the logits
     // agree to a fraction of the quantization noise (the same 5 % of max |logit| bound), and the
     // decisions agree.
-    std::size_t agree_twin = 0;
-    for (Eigen::Index i = 0; i < li.rows(); ++i) {
-        Eigen::Index a = 0, b = 0;
-        li.row(i).maxCoeff(&a);
-        lt.row(i).maxCoeff(&b);
-        agree_twin += a == b;
-    }
-    CHECK(agree_twin == kTest);
+    CHECK(same_class(li, lt) == kTest);
     CHECK((li - lt).cwiseAbs().maxCoeff() < 0.05f * lt.cwiseAbs().maxCoeff());
 }
 

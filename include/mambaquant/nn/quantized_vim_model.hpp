@@ -71,16 +71,7 @@ inline QuantizedVimModel build_quantized_vim_model(const VimWeights& w, const Vi
     std::vector<float> scales;
     for (std::size_t l = 0; l < cfg.n_layer; ++l) {
         const MambaLayerWeights& shared = m.layers[2 * l];
-        const bool has_out_rot = shared.out_rotation.size() != 0;
-        require(has_out_rot == qc.out_rotation.has_value(), "build_quantized_vim_model: layer ", l, ": out_rotation is ",
-                has_out_rot ? "set in the weights" : "absent from the weights", " but the config ",
-                qc.out_rotation ? "names one" : "names none");
-        if (has_out_rot) {
-            require(qc.out_rotation->n == E, "build_quantized_vim_model: out_rotation size ", qc.out_rotation->n,
-                    " does not match d_inner ", E);
-            detail::require_same_rotation(shared.out_rotation, HadamardOnline::from_spec(*qc.out_rotation),
-                                          "build_quantized_vim_model");
-        }
+        detail::require_config_out_rotation(shared, qc, l, "build_quantized_vim_model");
         auto params = [&](std::size_t d, Site s) {
             return qc.layers.empty() ? std::optional<QuantParams>{} : qc.layers[2 * l + d][s];
         };
