@@ -11,14 +11,20 @@
 // the first `--eval-bytes` bytes of the held-out split and seed 0 only, to stay under 10 minutes on
 // 2 cores; --full: the whole held-out split, seeds 0, 1, 2 for the methods with random Hadamard
 // signs, and GPTQ rows for every method at w4a8.
+// The second table (Vim): each `--vim-models` directory (default models/vim-digits-192) × method ×
+// {w8a8, w4a8} → top-1 on its digits test split and the change in points, calibrated on its 128
+// calibration images; out/vim_accuracy.csv and out/<model>/<method>-<bits>/layers.csv. Seeds as
+// above. `--vim-only` skips the language-model table (and the text).
 #include <mambaquant/eval/accuracy_table.hpp>
 #include <mambaquant/eval/bits_per_byte.hpp>
 #include <mambaquant/eval/layer_report.hpp>
 #include <mambaquant/eval/token_file.hpp>
+#include <mambaquant/eval/vim_accuracy.hpp>
 #include <mambaquant/nn/mamba_model.hpp>
 #include <mambaquant/nn/quantized_model.hpp>
 #include <mambaquant/recipe/recipe.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -39,6 +45,8 @@ struct Options {
     std::size_t calib_windows = 4;
     std::size_t eval_bytes = 65536;
     std::vector<std::string> methods{"rtn", "smoothquant", "quarot", "quamba", "mambaquant"};
+    std::vector<std::string> vim_models{"models/vim-digits-192"};
+    bool vim_only = false;
 };
 
 std::vector<std::string> split_commas(const std::string& s) {
@@ -64,9 +72,11 @@ Options parse(int argc, char** argv) {
         else if (a == "--methods") o.methods = split_commas(value());
         else if (a == "--calib-windows") o.calib_windows = std::stoul(value());
         else if (a == "--eval-bytes") o.eval_bytes = std::stoul(value());
+        else if (a == "--vim-models") o.vim_models = split_commas(value());
+        else if (a == "--vim-only") o.vim_only = true;
         else if (a == "--help" || a == "-h") {
             std::cout << "accuracy_table [--full] [--text FILE] [--out DIR] [--models D1,D2] [--methods m1,m2]\n"
-                         "               [--calib-windows N] [--eval-bytes N]\n";
+                         "               [--calib-windows N] [--eval-bytes N] [--vim-models D1,D2] [--vim-only]\n";
             std::exit(0);
         } else mq::fail("unknown option ", a);
     }
@@ -93,10 +103,46 @@ mq::AccuracyRow score(const Model& model, const std::string& model_name, const s
     row.decode_tok_s = mq::decode_tokens_per_second(model, held, 256);
     return row;
 }
+
+// The Vim table: rows to out/vim_accuracy.csv, the table printed, a per-layer report per result
+// (its fake-quant twin against the float Vim of the same transformed weights, on 16 test images).
+void vim_table(const Options& opt, const std::vector<std::uint64_t>& seeds) {
+    std::vector<mq::VimAccuracyRow> csv, table;
+    for (const std::string& dir : opt.vim_models) {
+        mq::VimTableOptions o;
+        o.methods = opt.methods;
+        o.seeds = seeds;
+        o.progress = [](std::string_view what, std::size_t d, std::size_t t) { mq::progress_bar(what, d, t); };
+        const std::string name = fs::path(dir).filename().string();
+        const mq::VimConfig cfg = mq::load_vim_config(dir);
+        const mq::VimImages test = mq::load_vim_images(fs::path(dir) / "digits.safetensors", "test", cfg);
+        o.on_result = [&](const std::string& method, const std::string& bits, const mq::QuantizedVimRecipe& q) {
+            const fs::path d = fs::path(opt.out) / name / (method + "-" + bits);
+            fs::create_directories(d);
+            const auto twin = mq::build_quantized_vim_model(q.weights, cfg, q.config, mq::FakeQuant::yes);
+            const auto ref = mq::build_quantized_vim_model(mq::without_online_rotations(q.weights), cfg, mq::QuantizationConfig{});
+            mq::ImageBatch some = test.batch();
+            some.count = std::min<std::size_t>(some.count, 16);
+            mq::write_layer_report(d / "layers.csv", mq::vim_layer_report(ref, twin, q.config, some));
+        };
+        const auto rows = mq::vim_accuracy_rows(dir, o, &table);
+        csv.insert(csv.end(), rows.begin(), rows.end());
+    }
+    std::cout << '\n';
+    mq::print_vim_accuracy_header(std::cout);
+    for (const auto& r : table) mq::print_vim_accuracy_row(std::cout, r);
+    mq::write_vim_accuracy_csv(fs::path(opt.out) / "vim_accuracy.csv", csv);
+    std::cout << "wrote " << (fs::path(opt.out) / "vim_accuracy.csv").string() << '\n';
+}
 } // namespace
 
 int main(int argc, char** argv) try {
     const Options opt = parse(argc, argv);
+    if (opt.vim_only) {
+        fs::create_directories(opt.out);
+        vim_table(opt, opt.full ? std::vector<std::uint64_t>{0, 1, 2} : std::vector<std::uint64_t>{0});
+        return 0;
+    }
     const std::vector<std::uint32_t> text = mq::read_tokens(opt.text);
     mq::require(text.size() > 4096, "the text '", opt.text, "' is too short (", text.size(), " bytes)");
     const std::size_t split = (9 * text.size()) / 10;
@@ -180,6 +226,7 @@ int main(int argc, char** argv) try {
     for (const auto& r : table) mq::print_accuracy_row(std::cout, r);
     mq::write_accuracy_csv(fs::path(opt.out) / "accuracy.csv", csv);
     std::cout << "wrote " << (fs::path(opt.out) / "accuracy.csv").string() << '\n';
+    if (!opt.vim_models.empty()) vim_table(opt, seeds);
     return 0;
 } catch (const std::exception& e) {
     std::cerr << "\naccuracy_table: error: " << e.what() << '\n';

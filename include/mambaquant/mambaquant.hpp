@@ -57,6 +57,8 @@
 #include <mambaquant/nn/quantization_config.hpp>
 #include <mambaquant/nn/quantized_model.hpp>
 #include <mambaquant/nn/site_linear.hpp>
+#include <mambaquant/nn/vim_weights.hpp>
+#include <mambaquant/nn/quantized_vim_model.hpp>
 
 #include <mambaquant/calib/channel_stats.hpp>
 #include <mambaquant/calib/covariance.hpp>
@@ -73,8 +75,11 @@
 
 #include <mambaquant/calib/calibrate.hpp>
 #include <mambaquant/calib/statistics.hpp>
+#include <mambaquant/calib/vim_calibrate.hpp>
 #include <mambaquant/recipe/recipe.hpp>
+#include <mambaquant/recipe/vim_recipe.hpp>
 #include <mambaquant/eval/accuracy_table.hpp>
 #include <mambaquant/eval/bits_per_byte.hpp>
 #include <mambaquant/eval/layer_report.hpp>
 #include <mambaquant/eval/token_file.hpp>
+#include <mambaquant/eval/vim_accuracy.hpp>

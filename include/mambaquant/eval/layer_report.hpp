@@ -72,6 +72,53 @@ inline std::optional<Site> site_of(TapPoint p) {
 }
 } // namespace detail
 
+namespace detail {
+// Adds one run's recorded tensors (float `ref`, quantized `q`) to the per-(layer, tap point) sums.
+// Tap layers ≥ n_layer are the head's.
+inline void add_layer_report(std::map<std::pair<std::size_t, TapPoint>, LayerReportRow>& rows, const TapRecorder& ref,
+                             const TapRecorder& q, const QuantizationConfig& qc, std::size_t n_layer) {
+    const MatrixXf rot_out = qc.out_rotation ? rotation_matrix<float>(*qc.out_rotation) : MatrixXf();
+    // With R4 the quantized model's C arrives rotated (C·H): rotate it back to compare in one basis.
+    const MatrixXf rot_state_t =
+        qc.state_rotation ? MatrixXf(rotation_matrix<float>(*qc.state_rotation).transpose()) : MatrixXf();
+    for (const auto& [key, x] : ref.values) {
+        const auto it = q.values.find(key);
+        if (it == q.values.end() || it->second.size() != x.size()) continue;
+        auto& row = rows[key];
+        row.layer = key.first;
+        row.site = tap_point_name(key.second);
+        if (key.second == TapPoint::scan_C && rot_state_t.size()) {
+            const MatrixXf back = it->second * rot_state_t;
+            row.drift.add(x.data(), back.data(), static_cast<std::size_t>(x.size()));
+        } else {
+            row.drift.add(x.data(), it->second.data(), static_cast<std::size_t>(x.size()));
+        }
+        const auto site = site_of(key.second);
+        if (!site) continue;
+        const bool is_head = key.first >= n_layer;
+        std::optional<QuantParams> p;
+        if (is_head) p = qc.head_act;
+        else if (key.first < qc.layers.size()) p = qc.layers[key.first][*site];
+        if (!p) continue;
+        // out_proj's quantizer sees a·H when R2 is on: rotate first (the SQNR is invariant to H).
+        const MatrixXf xs = key.second == TapPoint::out_proj_input && rot_out.size() ? MatrixXf(x * rot_out) : x;
+        MatrixXf xq = xs;
+        const int lo = qc[*site].act.symmetric ? -127 : 0, hi = qc[*site].act.symmetric ? 127 : 255;
+        for (Eigen::Index i = 0; i < xq.size(); ++i) {
+            const float v = std::clamp(std::nearbyint(xs.data()[i] * p->inv_scale) + static_cast<float>(p->zero),
+                                       static_cast<float>(lo), static_cast<float>(hi));
+            xq.data()[i] = (v - static_cast<float>(p->zero)) * p->scale;
+        }
+        row.quant.add(xs.data(), xq.data(), static_cast<std::size_t>(xs.size()));
+    }
+}
+inline std::vector<LayerReportRow> layer_report_rows(std::map<std::pair<std::size_t, TapPoint>, LayerReportRow>& rows) {
+    std::vector<LayerReportRow> out;
+    for (auto& [k, r] : rows) out.push_back(std::move(r));
+    return out;
+}
+} // namespace detail
+
 // Runs both models window by window (one window's activations held at a time) and accumulates
 // the sums per (layer, tap point). `reference` is the float model the quantized one was built
 // from (same transformed basis, so the tensors compare element by element).
@@ -80,51 +127,15 @@ std::vector<LayerReportRow> layer_report(const Reference& reference, const Quant
                                          const QuantizationConfig& qc,
                                          std::span<const std::span<const std::uint32_t>> windows) {
     std::map<std::pair<std::size_t, TapPoint>, LayerReportRow> rows;
-    const std::size_t n_layer = reference.config().n_layer;
-    const MatrixXf rot_out = qc.out_rotation ? rotation_matrix<float>(*qc.out_rotation) : MatrixXf();
-    // With R4 the quantized model's C arrives rotated (C·H): rotate it back to compare in one basis.
-    const MatrixXf rot_state_t =
-        qc.state_rotation ? MatrixXf(rotation_matrix<float>(*qc.state_rotation).transpose()) : MatrixXf();
     for (auto w : windows) {
         detail::TapRecorder ref_tap, q_tap;
         auto s1 = reference.make_state();
         detail::prefill_tapped(reference, w, s1, &ref_tap);
         auto s2 = quantized.make_state();
         detail::prefill_tapped(quantized, w, s2, &q_tap);
-        for (const auto& [key, x] : ref_tap.values) {
-            const auto it = q_tap.values.find(key);
-            if (it == q_tap.values.end() || it->second.size() != x.size()) continue;
-            auto& row = rows[key];
-            row.layer = key.first;
-            row.site = tap_point_name(key.second);
-            if (key.second == TapPoint::scan_C && rot_state_t.size()) {
-                const MatrixXf back = it->second * rot_state_t;
-                row.drift.add(x.data(), back.data(), static_cast<std::size_t>(x.size()));
-            } else {
-                row.drift.add(x.data(), it->second.data(), static_cast<std::size_t>(x.size()));
-            }
-            const auto site = detail::site_of(key.second);
-            if (!site) continue;
-            const bool is_head = key.first >= n_layer;
-            std::optional<QuantParams> p;
-            if (is_head) p = qc.head_act;
-            else if (key.first < qc.layers.size()) p = qc.layers[key.first][*site];
-            if (!p) continue;
-            // out_proj's quantizer sees a·H when R2 is on: rotate first (the SQNR is invariant to H).
-            const MatrixXf xs = key.second == TapPoint::out_proj_input && rot_out.size() ? MatrixXf(x * rot_out) : x;
-            MatrixXf xq = xs;
-            const int lo = qc[*site].act.symmetric ? -127 : 0, hi = qc[*site].act.symmetric ? 127 : 255;
-            for (Eigen::Index i = 0; i < xq.size(); ++i) {
-                const float q = std::clamp(std::nearbyint(xs.data()[i] * p->inv_scale) + static_cast<float>(p->zero),
-                                           static_cast<float>(lo), static_cast<float>(hi));
-                xq.data()[i] = (q - static_cast<float>(p->zero)) * p->scale;
-            }
-            row.quant.add(xs.data(), xq.data(), static_cast<std::size_t>(xs.size()));
-        }
+        detail::add_layer_report(rows, ref_tap, q_tap, qc, reference.config().n_layer);
     }
-    std::vector<LayerReportRow> out;
-    for (auto& [k, r] : rows) out.push_back(std::move(r));
-    return out;
+    return detail::layer_report_rows(rows);
 }
 
 // layers.csv: layer,site,quant_sqnr_db,quant_cosine,drift_sqnr_db,drift_cosine (written to a

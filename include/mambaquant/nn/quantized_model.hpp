@@ -270,6 +270,18 @@ inline std::optional<QuantParams> normalized(std::optional<QuantParams> p) {
 }
 inline bool neutral(const Eigen::VectorXf& v, float value) { return v.size() == 0 || (v.array() == value).all(); }
 
+// A layer's recorded out_rotation (R2; W_out already holds it) ⇔ the config's, and the same matrix.
+inline void require_config_out_rotation(const MambaLayerWeights& w, const QuantizationConfig& qc, std::size_t layer,
+                                        const char* who) {
+    const bool has_out_rot = w.out_rotation.size() != 0;
+    require(has_out_rot == qc.out_rotation.has_value(), who, ": layer ", layer, ": out_rotation is ",
+            has_out_rot ? "set in the weights" : "absent from the weights", " but the config ",
+            qc.out_rotation ? "names one" : "names none");
+    if (!has_out_rot) return;
+    require(qc.out_rotation->n == w.d_inner(), who, ": out_rotation size ", qc.out_rotation->n, " does not match d_inner ",
+            w.d_inner());
+    require_same_rotation(w.out_rotation, HadamardOnline::from_spec(*qc.out_rotation), who);
+}
 // The scan of a layer from its extras and the config; refuses what the config cannot run.
 inline RuntimeScan make_runtime_scan(const MambaLayerWeights& w, const QuantizationConfig& qc, std::size_t layer) {
     const bool smoothed = !neutral(w.state_scale, 1.0f);
@@ -368,16 +380,7 @@ inline QuantizedMambaModel build_quantized_model(const MambaWeights& w, const Ma
         const MambaLayerWeights& lw = w.layers[i];
         require(lw.d_inner() == E && lw.d_state() == N && lw.dt_rank() == R && lw.d_conv() == K,
                 "build_quantized_model: layer ", i, " shape differs from the config");
-        const bool has_out_rot = lw.out_rotation.size() != 0;
-        require(has_out_rot == qc.out_rotation.has_value(), "build_quantized_model: layer ", i, ": out_rotation is ",
-                has_out_rot ? "set in the weights" : "absent from the weights", " but the config ",
-                qc.out_rotation ? "names one" : "names none");
-        if (has_out_rot) {
-            require(qc.out_rotation->n == E, "build_quantized_model: out_rotation size ", qc.out_rotation->n,
-                    " does not match d_inner ", E);
-            detail::require_same_rotation(lw.out_rotation, HadamardOnline::from_spec(*qc.out_rotation),
-                                          "build_quantized_model");
-        }
+        detail::require_config_out_rotation(lw, qc, i, "build_quantized_model");
         const LayerActParams lp = qc.layers.empty() ? LayerActParams{} : qc.layers[i];
         const aligned_vector<float> xb = detail::dt_shift_bias(lw);
         auto site = [&](Site s, const MatrixXf& weight, std::span<const float> bias = {},

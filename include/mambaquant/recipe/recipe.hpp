@@ -44,6 +44,10 @@ struct RecipeContext {
     const CalibrationStats* stats = nullptr;
     std::uint64_t seed = 0;
     UnsupportedSize fallback = UnsupportedSize::error; // sizes with no exact Hadamard
+    // Consecutive layers that share norm, in_proj and out_proj (1: a Mamba model; 2: a Vim layer's
+    // two direction layers, nn/vim_weights.hpp). A step whose scales depend on per-layer weights
+    // and rewrite a shared tensor (S7) reads the weights of the whole group.
+    std::size_t shared_layers = 1;
 };
 
 using RecipeStep = std::function<void(RecipeContext&)>;
@@ -126,13 +130,22 @@ inline RecipeStep smooth_dt_after_shift(double alpha = 0.5) {
         }
     };
 }
-// S7: in_proj x rows → conv1d.
+// S7: in_proj x rows → conv1d. Layers sharing in_proj (a Vim layer's directions) feed one x to
+// several convs: s is then from the max over all their filters (as SmoothQuant does for q, k, v
+// reading one input), and every one of those convs absorbs the same s.
 inline RecipeStep smooth_conv(double alpha = 0.5) {
     return [alpha](RecipeContext& c) {
-        for (std::size_t i = 0; i < c.weights.layers.size(); ++i)
-            c.weights.layers[i] =
-                ::mq::smooth_conv(c.weights.layers[i], stat(c, i, TapPoint::conv_input).channels().absmax(), {alpha, 1e-2})
-                    .weights;
+        const std::size_t n = c.weights.layers.size(), g = c.shared_layers;
+        require(g >= 1 && n % g == 0, "smooth_conv (S7): ", n, " layers are not groups of ", g);
+        std::vector<Eigen::VectorXd> s(n);
+        for (std::size_t i = 0; i < n; ++i) {
+            Eigen::VectorXd wmax = Eigen::VectorXd::Zero(c.weights.layers[i].conv_w.rows());
+            for (std::size_t j = i / g * g; j < i / g * g + g; ++j)
+                wmax = wmax.cwiseMax(c.weights.layers[j].conv_w.cast<double>().cwiseAbs().rowwise().maxCoeff());
+            s[i] = smoothing_scales(stat(c, i, TapPoint::conv_input).channels().absmax(), wmax, {alpha, 1e-2},
+                                    "smooth_conv (S7)");
+        }
+        for (std::size_t i = 0; i < n; ++i) c.weights.layers[i] = apply_conv_smoothing(c.weights.layers[i], s[i]);
     };
 }
 
@@ -346,26 +359,25 @@ inline MambaWeights without_online_rotations(MambaWeights w) {
     return w;
 }
 
+// A calibration pass: the statistics of the float model with these weights (keys as tap_key);
+// `what` names the pass for progress reports. run_recipe's own runs the language model over token
+// windows; a Vim model runs over images (recipe/vim_recipe.hpp).
+using RecipeCalibrator =
+    std::function<CalibrationStats(const MambaWeights& weights, const CalibrationPlan& plan, std::string_view what)>;
+
 // calibrate (per stage) → transforms → online rotations → final calibration on the transformed
 // model (static ranges; Hessians for GPTQ) → optional GPTQ → the config with its static params.
+// `shared_layers`: RecipeContext::shared_layers.
 inline QuantizedRecipe run_recipe(const Recipe& recipe, const MambaWeights& float_weights, const MambaConfig& model,
-                                  std::span<const std::span<const std::uint32_t>> windows, const QuantizeOptions& opt) {
+                                  const RecipeCalibrator& calibrate_model, const QuantizeOptions& opt,
+                                  std::size_t shared_layers = 1) {
     validate(float_weights);
     detail::require_finite_weights(float_weights);
-    RecipeContext c{float_weights, model, detail::recipe_base_config(recipe, opt.bits), nullptr, opt.seed, opt.fallback};
-    const QuantizationConfig float_config{};
-    auto progress = [&](std::string_view what) {
-        return [&opt, what](std::size_t d, std::size_t t) {
-            if (opt.progress) opt.progress(what, d, t);
-        };
-    };
+    RecipeContext c{float_weights, model, detail::recipe_base_config(recipe, opt.bits), nullptr, opt.seed, opt.fallback,
+                    shared_layers};
     for (std::size_t s = 0; s < recipe.stages.size(); ++s) {
         const RecipeStage& stage = recipe.stages[s];
-        CalibrationStats stats;
-        {
-            const QuantizedMambaModel m = build_quantized_model(c.weights, model, float_config);
-            stats = calibrate(m, windows, stage.plan, &c.weights, progress("calibrate"));
-        }
+        CalibrationStats stats = calibrate_model(c.weights, stage.plan, "calibrate");
         c.stats = &stats;
         for (const auto& step : stage.steps) step(c);
         c.stats = nullptr;
@@ -383,10 +395,7 @@ inline QuantizedRecipe run_recipe(const Recipe& recipe, const MambaWeights& floa
             plan.covariance[static_cast<std::size_t>(t)] = true;
     for (const auto& l : c.weights.layers) plan.out_rotation.push_back(l.out_rotation);
     QuantizedRecipe out;
-    {
-        const QuantizedMambaModel m = build_quantized_model(offline, model, float_config);
-        out.final_stats = calibrate(m, windows, plan, &offline, progress("calibrate (transformed)"));
-    }
+    out.final_stats = calibrate_model(offline, plan, "calibrate (transformed)");
     const std::size_t n = c.weights.layers.size();
     c.config.layers.assign(n, LayerActParams{});
     auto use_percentile = [&](TapPoint t) {
@@ -427,6 +436,20 @@ inline QuantizedRecipe run_recipe(const Recipe& recipe, const MambaWeights& floa
     out.weights = std::move(c.weights);
     out.config = std::move(c.config);
     return out;
+}
+
+// The language model's recipe run: each calibration pass runs the float model of the current
+// weights over the token windows.
+inline QuantizedRecipe run_recipe(const Recipe& recipe, const MambaWeights& float_weights, const MambaConfig& model,
+                                  std::span<const std::span<const std::uint32_t>> windows, const QuantizeOptions& opt) {
+    return run_recipe(recipe, float_weights, model,
+                      [&](const MambaWeights& w, const CalibrationPlan& plan, std::string_view what) {
+                          const QuantizedMambaModel m = build_quantized_model(w, model, QuantizationConfig{});
+                          return calibrate(m, windows, plan, &w, [&](std::size_t d, std::size_t t) {
+                              if (opt.progress) opt.progress(what, d, t);
+                          });
+                      },
+                      opt);
 }
 
 MQ_NAMESPACE_END
