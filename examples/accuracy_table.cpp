@@ -37,6 +37,33 @@
 namespace fs = std::filesystem;
 
 namespace {
+constexpr const char* kHelp = R"(usage: accuracy_table [--full] [--text FILE] [--out DIR] [--models D1,D2] [--methods M1,M2]
+                      [--calib-windows N] [--eval-bytes N] [--seeds N] [--vim-models D1,D2] [--vim-only]
+
+Every model x method x bit width: calibrate on the training split (the first 90 % of FILE),
+quantize, score bits per byte on the held-out split with the integer kernels; print the table,
+write DIR/accuracy.csv and DIR/<model>/<method>-<bits>/layers.csv (per-layer SQNR / cosine).
+Rows are printed as they finish and DIR/accuracy.csv is rewritten (temporary file + rename) after
+each, so an interrupted run leaves the rows it finished.
+
+  --full             the whole study: the whole held-out split, seeds 0, 1, 2 for the methods with
+                     random Hadamard signs (quarot, mambaquant; the CSV gets one row per seed,
+                     method@seed, and the mean row), GPTQ rows for every method at w4a8
+  --seeds N          seeds 0..N-1 for the methods with random Hadamard signs (default 1; --full: 3)
+  --text FILE        the corpus (default .cache/kjv.txt, as scripts/demo makes it)
+  --out DIR          output directory (default out; created if missing, files replaced atomically)
+  --models D1,D2     checkpoint directories (default models/kjv-mamba-192,models/kjv-mamba-192-outlier)
+  --methods M1,M2    subset of rtn,smoothquant,quarot,quamba,mambaquant (default all)
+  --calib-windows N  calibration windows of 2048 bytes, evenly spaced over the training split (default 4)
+  --eval-bytes N     score only the first N held-out bytes (default 65536; scripts/demo passes 32768;
+                     0 = the whole split; --full: the whole split unless --eval-bytes is given)
+  --vim-models D1,D2 Vision Mamba checkpoints for the second table, DIR/vim_accuracy.csv (default
+                     models/vim-digits-192; each directory holds digits.safetensors with its calibration
+                     and test images)
+  --vim-only         only the Vim table
+  -h, --help         this text
+)";
+
 struct Options {
     std::vector<std::string> models{"models/kjv-mamba-192", "models/kjv-mamba-192-outlier"};
     std::string text = ".cache/kjv.txt";
@@ -44,6 +71,8 @@ struct Options {
     bool full = false;
     std::size_t calib_windows = 4;
     std::size_t eval_bytes = 65536;
+    bool eval_bytes_given = false;
+    std::size_t seeds = 0; // 0: 1, or 3 with --full
     std::vector<std::string> methods{"rtn", "smoothquant", "quarot", "quamba", "mambaquant"};
     std::vector<std::string> vim_models{"models/vim-digits-192"};
     bool vim_only = false;
@@ -55,6 +84,12 @@ std::vector<std::string> split_commas(const std::string& s) {
     for (std::string item; std::getline(ss, item, ',');)
         if (!item.empty()) out.push_back(item);
     return out;
+}
+
+std::size_t count(const std::string& opt, const std::string& v) {
+    mq::require(!v.empty() && v.find_first_not_of("0123456789") == std::string::npos, opt,
+                ": expected a non-negative integer, got \"", v, "\"");
+    return static_cast<std::size_t>(std::stoull(v));
 }
 
 Options parse(int argc, char** argv) {
@@ -70,27 +105,34 @@ Options parse(int argc, char** argv) {
         else if (a == "--out") o.out = value();
         else if (a == "--models") o.models = split_commas(value());
         else if (a == "--methods") o.methods = split_commas(value());
-        else if (a == "--calib-windows") o.calib_windows = std::stoul(value());
-        else if (a == "--eval-bytes") o.eval_bytes = std::stoul(value());
+        else if (a == "--calib-windows") o.calib_windows = count(a, value());
+        else if (a == "--eval-bytes") o.eval_bytes = count(a, value()), o.eval_bytes_given = true;
+        else if (a == "--seeds") o.seeds = count(a, value());
         else if (a == "--vim-models") o.vim_models = split_commas(value());
         else if (a == "--vim-only") o.vim_only = true;
         else if (a == "--help" || a == "-h") {
-            std::cout << "accuracy_table [--full] [--text FILE] [--out DIR] [--models D1,D2] [--methods m1,m2]\n"
-                         "               [--calib-windows N] [--eval-bytes N] [--vim-models D1,D2] [--vim-only]\n";
+            std::cout << kHelp;
             std::exit(0);
         } else mq::fail("unknown option ", a);
     }
-    if (o.full) o.eval_bytes = 0; // whole held-out split
+    if (o.full && !o.eval_bytes_given) o.eval_bytes = 0; // whole held-out split
+    if (o.seeds == 0) o.seeds = o.full ? 3 : 1;
+    mq::require(o.calib_windows >= 1, "--calib-windows must be at least 1");
     return o;
 }
 
+// Evaluation spreads the chunks over 2 threads, each running its chunk's layers on the calling
+// thread (no thread pool under it: two chunk threads sharing the library's 2-thread pool serialize
+// on it and oversubscribe the cores); decode is one sequence, measured on the default pool.
 template <class Model>
-mq::AccuracyRow score(const Model& model, const std::string& model_name, const std::string& method, const std::string& bits,
+mq::AccuracyRow score(Model& model, const std::string& model_name, const std::string& method, const std::string& bits,
                       std::span<const std::uint32_t> held, double fp_bpb, double size_bytes) {
     const auto t0 = std::chrono::steady_clock::now();
+    model.set_thread_pool(nullptr);
     const mq::EvalResult r = mq::evaluate(model, held, {2048, 2}, [&](std::size_t d, std::size_t t) {
         mq::progress_bar("evaluate " + method + " " + bits, d, t);
     });
+    model.set_thread_pool(&mq::default_thread_pool());
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     mq::AccuracyRow row;
     row.model = model_name;
@@ -140,7 +182,9 @@ int main(int argc, char** argv) try {
     const Options opt = parse(argc, argv);
     if (opt.vim_only) {
         fs::create_directories(opt.out);
-        vim_table(opt, opt.full ? std::vector<std::uint64_t>{0, 1, 2} : std::vector<std::uint64_t>{0});
+        std::vector<std::uint64_t> seeds(opt.seeds);
+        for (std::size_t i = 0; i < seeds.size(); ++i) seeds[i] = i;
+        vim_table(opt, seeds);
         return 0;
     }
     const std::vector<std::uint32_t> text = mq::read_tokens(opt.text);
@@ -150,12 +194,25 @@ int main(int argc, char** argv) try {
     std::span<const std::uint32_t> held(text.data() + split, text.size() - split);
     if (opt.eval_bytes && opt.eval_bytes < held.size()) held = held.first(opt.eval_bytes);
     const auto windows = mq::calibration_windows(train, 2048, opt.calib_windows);
-    const std::vector<std::uint64_t> seeds = opt.full ? std::vector<std::uint64_t>{0, 1, 2} : std::vector<std::uint64_t>{0};
-    std::cout << "held-out: " << held.size() << " bytes (" << (opt.full ? "whole split" : "first part, --full for all")
-              << "); calibration: " << windows.size() << " x 2048 bytes of the training split\n";
+    std::vector<std::uint64_t> seeds(opt.seeds);
+    for (std::size_t i = 0; i < seeds.size(); ++i) seeds[i] = i;
+    std::cout << "held-out: " << held.size() << " bytes ("
+              << (held.size() + split == text.size() ? "whole split" : "first part, --full for all")
+              << "); calibration: " << windows.size() << " x 2048 bytes of the training split; seeds: " << seeds.size()
+              << std::endl;
 
     std::vector<mq::AccuracyRow> csv, table;
     fs::create_directories(opt.out);
+    const fs::path csv_path = fs::path(opt.out) / "accuracy.csv";
+    // Each finished row is printed at once and the CSV rewritten whole (temporary file + rename).
+    auto emit = [&](const mq::AccuracyRow& r, bool to_csv, bool print) {
+        if (to_csv) {
+            csv.push_back(r);
+            mq::write_accuracy_csv(csv_path, csv);
+        }
+        if (print) mq::print_accuracy_row(std::cout, r);
+        std::cout.flush();
+    };
     for (const std::string& dir : opt.models) {
         const std::string name = fs::path(dir).filename().string();
         const mq::MambaModel fmodel = mq::MambaModel::load(dir);
@@ -164,13 +221,12 @@ int main(int argc, char** argv) try {
         double float_bytes = 0;
         mq::AccuracyRow fp;
         {
-            const mq::QuantizedMambaModel m = mq::build_quantized_model(fw, cfg, mq::QuantizationConfig{});
+            mq::QuantizedMambaModel m = mq::build_quantized_model(fw, cfg, mq::QuantizationConfig{});
             float_bytes = static_cast<double>(m.bytes());
             fp = score(m, name, "fp", "fp32", held, 0.0, float_bytes);
         }
-        csv.push_back(fp);
         table.push_back(fp);
-        mq::print_accuracy_row(std::cout, fp);
+        emit(fp, true, true);
         for (const std::string& bits : {std::string("w8a8"), std::string("w4a8")}) {
             for (const std::string& method : opt.methods) {
                 const mq::Recipe recipe = mq::recipe_by_name(method);
@@ -188,11 +244,10 @@ int main(int argc, char** argv) try {
                             mq::progress_bar(std::string(what) + " " + label, d, t);
                         };
                         const mq::QuantizedRecipe q = mq::run_recipe(recipe, fw, cfg, windows, qo);
-                        const mq::QuantizedMambaModel im = mq::build_quantized_model(q.weights, cfg, q.config);
+                        mq::QuantizedMambaModel im = mq::build_quantized_model(q.weights, cfg, q.config);
                         mq::AccuracyRow row = score(im, name, label, bits, held, fp.bpb, static_cast<double>(im.bytes()));
                         if (recipe.random_signs) row.method = label + "@" + std::to_string(seed);
-                        csv.push_back(row);
-                        if (use_seeds.size() > 1) mq::print_accuracy_row(std::cout, row);
+                        emit(row, true, use_seeds.size() > 1);
                         // Per-layer report (first seed): the fake-quant twin against the float model
                         // in the same transformed basis, on the first calibration window.
                         if (seed == use_seeds.front()) {
@@ -214,9 +269,8 @@ int main(int argc, char** argv) try {
                     mean.method = label;
                     mean.bpb /= k, mean.prefill_tok_s /= k, mean.decode_tok_s /= k;
                     mean.delta_pct = (mean.bpb - fp.bpb) / fp.bpb * 100.0;
-                    if (recipe.random_signs) csv.push_back(mean); // the mean row; the @seed rows are above
                     table.push_back(mean);
-                    mq::print_accuracy_row(std::cout, mean);
+                    emit(mean, recipe.random_signs, true); // in the CSV: the mean row; the @seed rows are above
                 }
             }
         }
@@ -224,8 +278,7 @@ int main(int argc, char** argv) try {
     std::cout << '\n';
     mq::print_accuracy_header(std::cout);
     for (const auto& r : table) mq::print_accuracy_row(std::cout, r);
-    mq::write_accuracy_csv(fs::path(opt.out) / "accuracy.csv", csv);
-    std::cout << "wrote " << (fs::path(opt.out) / "accuracy.csv").string() << '\n';
+    std::cout << "wrote " << csv_path.string() << '\n';
     if (!opt.vim_models.empty()) vim_table(opt, seeds);
     return 0;
 } catch (const std::exception& e) {

@@ -112,22 +112,28 @@ int main(int argc, char** argv) {
         mq::require(qo.bits.weight_bits > 0, "--bits: ", a.bits, " is the float model; choose w8a8 or w4a8");
         mq::require(!fs::exists(a.out), "--out: '", a.out, "' already exists; choose a new directory");
         const fs::path parent = fs::absolute(a.out).parent_path();
-        mq::require(fs::is_directory(parent), "--out: parent directory '", parent.string(), "' does not exist");
+        mq::require(fs::exists(parent), "--out: parent directory '", parent.string(), "' does not exist");
+        mq::require(fs::is_directory(parent), "--out: parent '", parent.string(), "' is not a directory");
         mq::require(::access(parent.c_str(), W_OK) == 0, "--out: parent directory '", parent.string(), "' is not writable");
         const std::vector<std::uint32_t> calib = mq::read_tokens(a.calib);
         const std::vector<std::uint32_t> eval = mq::read_tokens(a.eval);
         mq::require(!eval.empty(), "--eval: '", a.eval, "' is empty");
+        mq::require(eval.size() >= 2, "--eval: '", a.eval, "' holds one token; at least 2 are needed to predict one");
         const auto windows = mq::calibration_windows(calib, a.window, a.windows);
 
-        const mq::MambaModel fmodel = mq::MambaModel::load(a.model);
+        mq::MambaModel fmodel = mq::MambaModel::load(a.model);
         const mq::MambaWeights fw = mq::mamba_weights(fmodel);
         qo.seed = a.seed;
         qo.gptq = a.gptq;
         qo.fallback = a.fallback;
         qo.progress = [](std::string_view what, std::size_t d, std::size_t t) { mq::progress_bar(what, d, t); };
         const mq::QuantizedRecipe q = mq::run_recipe(recipe, fw, fmodel.config(), windows, qo);
-        const mq::QuantizedMambaModel model = mq::build_quantized_model(q.weights, fmodel.config(), q.config);
+        mq::QuantizedMambaModel model = mq::build_quantized_model(q.weights, fmodel.config(), q.config);
 
+        // The evaluation threads run their chunks without a pool under them (nested pools on the
+        // same cores serialize and oversubscribe); decode is measured on the default pool.
+        fmodel.set_thread_pool(nullptr);
+        model.set_thread_pool(nullptr);
         const mq::EvalResult fr = mq::evaluate(fmodel, eval, {a.chunk, 2}, [](std::size_t d, std::size_t t) {
             mq::progress_bar("evaluate float", d, t);
         });
@@ -136,6 +142,7 @@ int main(int argc, char** argv) {
             mq::progress_bar("evaluate quantized", d, t);
         });
         const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        model.set_thread_pool(&mq::default_thread_pool());
         mq::AccuracyRow row;
         row.model = fs::path(a.model).filename().string();
         row.method = a.method + (a.gptq ? "+gptq" : "");

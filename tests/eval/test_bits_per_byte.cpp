@@ -83,6 +83,19 @@ TEST_CASE("token files, accuracy CSV and bad input") {
     CHECK_THROWS_WITH_AS(mq::evaluate(UniformModel{}, mq::read_tokens(dir / "empty.txt")),
                          doctest::Contains("at least 2"), mq::error);
     CHECK_THROWS_WITH_AS(mq::read_tokens(dir / "missing.bin"), doctest::Contains("cannot open"), mq::error);
+    CHECK_THROWS_WITH_AS(mq::read_tokens(dir), doctest::Contains("not a regular file"), mq::error);
+    {
+        // A header whose count·4 wraps around 2^64 to the file's real payload size (4 bytes).
+        std::ofstream f(dir / "wrap.bin", std::ios::binary);
+        const std::uint32_t version = 1, reserved = 0, id = 7;
+        const std::uint64_t count = (std::uint64_t{1} << 62) + 1;
+        f.write(mq::kTokenFileMagic, 8);
+        f.write(reinterpret_cast<const char*>(&version), 4);
+        f.write(reinterpret_cast<const char*>(&reserved), 4);
+        f.write(reinterpret_cast<const char*>(&count), 8);
+        f.write(reinterpret_cast<const char*>(&id), 4);
+    }
+    CHECK_THROWS_WITH_AS(mq::read_tokens(dir / "wrap.bin"), doctest::Contains("the file holds 1"), mq::error);
 
     mq::AccuracyRow r{"m", "rtn", "w8a8", 1.9, 1.5, 0.7, 1000, 100};
     mq::write_accuracy_csv(dir / "a.csv", {r});

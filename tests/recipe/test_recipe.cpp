@@ -147,6 +147,38 @@ TEST_CASE("recipes: per-layer report of the fake-quant twin against float") {
     std::filesystem::remove(path);
 }
 
+TEST_CASE("recipes: the KLT of the second moment equalizes the mean square of every in_proj input channel") {
+    // A residual stream with a mean (a constant added to every embedding row, as a model with
+    // massive activations has): the quantizer sees x = μ + fluctuation. With K from M = E[x·xᵀ],
+    // diag(Qᵀ·M·Q) = tr(M)/n for Q = K·H; with K from the centred covariance only the variances
+    // are equal and channel l's mean square is tr(Cov)/n + (μ·K·H)_l², which differs per channel.
+    const auto cfg = tiny_config();
+    auto w = mq::mamba_weights(mq::MambaModel::random(cfg, 16));
+    for (Eigen::Index j = 0; j < w.embedding.cols(); j += 5) w.embedding.col(j).array() += 3.0f;
+    const auto tokens = some_tokens(256, 5);
+    const auto windows = mq::calibration_windows(tokens, 64, 3);
+    auto spread = [&](mq::steps::KltMoment moment) {
+        mq::Recipe r;
+        r.name = "r1-klt";
+        r.stages.push_back({{mq::steps::rotate_residual(mq::steps::R1Basis::klt_layer0, moment)},
+                            mq::plan_with({mq::TapPoint::in_proj_input})});
+        const auto q = mq::run_recipe(r, w, cfg, windows, {});
+        const auto m = mq::build_quantized_model(q.weights, cfg, mq::QuantizationConfig{});
+        const auto st = mq::calibrate(m, windows, mq::plan_with({mq::TapPoint::in_proj_input}), nullptr);
+        const auto& acc = st.at("layers.0.in_proj_input").covariance();
+        const Eigen::VectorXd ms = acc.second_moment().diagonal() / static_cast<double>(acc.count());
+        return (ms.maxCoeff() - ms.minCoeff()) / ms.mean();
+    };
+    const double second = spread(mq::steps::KltMoment::second_moment), centred = spread(mq::steps::KltMoment::centred);
+    MESSAGE("in_proj input mean-square spread (max − min)/mean: second moment ", second, ", centred ", centred);
+    // Exact in real arithmetic. The folded weights are rounded to float (2^-24 relative) and the
+    // rotated input is a float sum over D = 32 terms: ≲ √32·2^-24 ≈ 3.4e-7 relative per value, so
+    // each channel's mean square is off by ≲ 7e-7 and the spread is ≲ 1.4e-6; 1e-5 leaves a 7×
+    // margin (measured 5.1e-8). The centred basis leaves (μ·K·H)_l² unequal (measured 0.81).
+    CHECK(second < 1e-5);
+    CHECK(centred > 0.1);
+}
+
 TEST_CASE("recipes: bad input") {
     CHECK_THROWS_WITH_AS(mq::recipe_by_name("awq"), doctest::Contains("unknown method \"awq\""), mq::error);
     CHECK_THROWS_WITH_AS(mq::bits_by_name("w3a8"), doctest::Contains("unknown bit width \"w3a8\""), mq::error);

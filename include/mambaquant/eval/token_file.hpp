@@ -10,6 +10,7 @@
 #include <fstream>
 #include <iterator>
 #include <string>
+#include <system_error>
 #include <vector>
 
 MQ_NAMESPACE_BEGIN
@@ -24,6 +25,10 @@ MQ_NAMESPACE_BEGIN
 inline constexpr char kTokenFileMagic[8] = {'M', 'Q', 'T', 'O', 'K', 'E', 'N', 'S'};
 
 inline std::vector<std::uint32_t> read_tokens(const std::filesystem::path& path) {
+    std::error_code ec;
+    // A directory or a FIFO would read as empty (or block): refuse anything but a regular file.
+    require(std::filesystem::is_regular_file(path, ec), "read_tokens: cannot open '", path.string(),
+            "': not a regular file", ec ? " (" + ec.message() + ")" : std::string());
     std::ifstream f(path, std::ios::binary);
     require(static_cast<bool>(f), "read_tokens: cannot open '", path.string(), "'");
     std::vector<char> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
@@ -34,7 +39,9 @@ inline std::vector<std::uint32_t> read_tokens(const std::filesystem::path& path)
         std::memcpy(&version, bytes.data() + 8, 4);
         std::memcpy(&count, bytes.data() + 16, 8);
         require(version == 1, "read_tokens: '", path.string(), "': unsupported token file version ", version);
-        require(bytes.size() == 24 + count * 4, "read_tokens: '", path.string(), "': header says ", count,
+        // count is checked against the file size before count·4 is formed (no overflow).
+        require(count <= (bytes.size() - 24) / 4 && bytes.size() == 24 + count * 4, "read_tokens: '", path.string(),
+                "': header says ", count,
                 " tokens, the file holds ", (bytes.size() - 24) / 4);
         out.resize(count);
         std::memcpy(out.data(), bytes.data() + 24, count * 4);

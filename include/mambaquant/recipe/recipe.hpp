@@ -4,6 +4,7 @@
 // together — a user reads one file to see every method as a list, and to write a sixth.
 
 #include <mambaquant/calib/calibrate.hpp>
+#include <mambaquant/calib/covariance.hpp>
 #include <mambaquant/calib/statistics.hpp>
 #include <mambaquant/core/config.hpp>
 #include <mambaquant/core/error.hpp>
@@ -153,12 +154,29 @@ inline MatrixXd hadamard_for(const RecipeContext& c, std::size_t n, bool randomi
     return rotation_matrix<double>(choose_rotation(n, c.fallback, seed, randomized));
 }
 
+// Which matrix M the KLT diagonalizes (M = K·Λ·Kᵀ). For any symmetric M that K diagonalizes,
+// diag(Hᵀ·Kᵀ·M·K·H) = tr(M)/n (every H_jl² = 1/n), so x' = x·K·H equalizes what M measures:
+//   second_moment  M = E[x·xᵀ] = XᵀX/n   → every channel gets the same mean square E[x'_l²]
+//   centred        M = Cov(x)            → every channel gets the same variance (METHOD.md §3's
+//                                           derivation, which assumes centred activations)
+// A static per-tensor quantizer sees the raw values, mean included, so the second moment is
+// the default **[choice]**: the residual stream of the bundled models is far from centred
+// (‖μ‖² is 74–78 % of E‖x‖² at every in_proj input of kjv-mamba-192-outlier), and there the
+// centred K leaves μ·K·H unequal across channels (in_proj input 8-bit SQNR 40.9 dB vs 44.8 dB
+// with the second moment; see the README's accuracy section).
+enum class KltMoment : std::uint8_t { second_moment, centred };
+inline MatrixXd klt_moment(const CovarianceAccumulator& a, KltMoment m) {
+    if (m == KltMoment::centred) return a.covariance();
+    require(a.count() >= 1, "klt_moment: no rows accumulated");
+    return a.second_moment() / static_cast<double>(a.count());
+}
+
 // R1: residual rotation with a randomized Hadamard (QuaRot) or KLT·H (MambaQuant: K1 from the
-// in_proj input covariance with γ folded out, Cov(hn/γ) = diag(1/γ)·Cov(hn)·diag(1/γ), pooled
-// over layers as the mean of the per-layer covariances, or layer 0).
+// in_proj input's moment (see KltMoment) with γ folded out, M(hn/γ) = diag(1/γ)·M(hn)·diag(1/γ),
+// pooled over layers as the mean of the per-layer matrices, or layer 0).
 enum class R1Basis : std::uint8_t { hadamard, klt_pooled, klt_layer0 };
-inline RecipeStep rotate_residual(R1Basis basis) {
-    return [basis](RecipeContext& c) {
+inline RecipeStep rotate_residual(R1Basis basis, KltMoment moment = KltMoment::second_moment) {
+    return [basis, moment](RecipeContext& c) {
         const std::size_t d = static_cast<std::size_t>(c.weights.embedding.cols());
         const MatrixXd h = hadamard_for(c, d, true, c.seed);
         MatrixXd q = h;
@@ -170,7 +188,7 @@ inline RecipeStep rotate_residual(R1Basis basis) {
                 const Eigen::VectorXd g = c.weights.layers[i].norm.cast<double>();
                 require((g.array() != 0.0).all(), "rotate_residual (R1): layer ", i, " has a zero RMSNorm weight");
                 const Eigen::VectorXd inv = g.cwiseInverse();
-                cov += inv.asDiagonal() * site.covariance().covariance() * inv.asDiagonal();
+                cov += inv.asDiagonal() * klt_moment(site.covariance(), moment) * inv.asDiagonal();
             }
             cov /= static_cast<double>(layers);
             q = klt_hadamard(klt_from_covariance(cov), h).matrix;
@@ -178,11 +196,11 @@ inline RecipeStep rotate_residual(R1Basis basis) {
         c.weights = ::mq::rotate_residual(c.weights, q);
     };
 }
-// R5: dt path per layer, Q5 = K5·H_R with K5 from the dt input covariance.
-inline RecipeStep rotate_dt_path() {
-    return [](RecipeContext& c) {
+// R5: dt path per layer, Q5 = K5·H_R with K5 from the dt input's moment (see KltMoment).
+inline RecipeStep rotate_dt_path(KltMoment moment = KltMoment::second_moment) {
+    return [moment](RecipeContext& c) {
         for (std::size_t i = 0; i < c.weights.layers.size(); ++i) {
-            const MatrixXd cov = stat(c, i, TapPoint::dt_proj_input).covariance().covariance();
+            const MatrixXd cov = klt_moment(stat(c, i, TapPoint::dt_proj_input).covariance(), moment);
             const MatrixXd h = hadamard_for(c, c.weights.layers[i].dt_rank(), false, 0);
             c.weights.layers[i] = ::mq::rotate_dt_path(c.weights.layers[i], klt_hadamard(klt_from_covariance(cov), h).matrix);
         }
@@ -238,7 +256,8 @@ inline Recipe quamba_recipe(double percentile = 0.99999) {
             false};
 }
 
-inline Recipe mambaquant_recipe(steps::R1Basis r1 = steps::R1Basis::klt_pooled) {
+inline Recipe mambaquant_recipe(steps::R1Basis r1 = steps::R1Basis::klt_pooled,
+                                steps::KltMoment moment = steps::KltMoment::second_moment) {
     Recipe r;
     r.name = "mambaquant";
     // Stage 1 (float statistics): dt shift → S2, S4, S5, S7.
@@ -246,7 +265,7 @@ inline Recipe mambaquant_recipe(steps::R1Basis r1 = steps::R1Basis::klt_pooled) 
                          steps::smooth_conv()},
                         plan_with({}, /*state=*/true)});
     // Stage 2 (statistics of the smoothed model): R1 (KLT·H), R5 (KLT·H_R).
-    r.stages.push_back({{steps::rotate_residual(r1), steps::rotate_dt_path()},
+    r.stages.push_back({{steps::rotate_residual(r1, moment), steps::rotate_dt_path(moment)},
                         plan_with({TapPoint::in_proj_input, TapPoint::dt_proj_input})});
     r.online = {steps::rotate_out_proj_input(), steps::rotate_state()};
     r.act_symmetric = false;

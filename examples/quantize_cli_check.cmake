@@ -1,0 +1,42 @@
+# ctest driver for mambaquant-quantize (cmake -P): the CLI run twice with the same seed and data
+# writes byte-identical checkpoints; a third run with another seed writes a different one.
+#   cmake -DEXE=... -DMODEL=... -DCALIB=... -DEVAL=... -DWORK=... -P quantize_cli_check.cmake
+file(REMOVE_RECURSE "${WORK}")
+file(MAKE_DIRECTORY "${WORK}")
+foreach(run a b c)
+    set(seed 0)
+    if(run STREQUAL "c")
+        set(seed 1)
+    endif()
+    execute_process(
+        COMMAND "${EXE}" --model "${MODEL}" --method mambaquant --bits w4a8 --gptq --seed ${seed}
+                --calib "${CALIB}" --eval "${EVAL}" --window 256 --calib-windows 2 --out "${WORK}/${run}"
+        RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+    if(NOT rc EQUAL 0)
+        message(FATAL_ERROR "run ${run} failed (${rc}):\n${out}\n${err}")
+    endif()
+    foreach(f config.json model.safetensors)
+        if(NOT EXISTS "${WORK}/${run}/${f}")
+            message(FATAL_ERROR "run ${run} did not write ${f}")
+        endif()
+    endforeach()
+endforeach()
+file(SHA256 "${WORK}/a/model.safetensors" ha)
+file(SHA256 "${WORK}/b/model.safetensors" hb)
+file(SHA256 "${WORK}/c/model.safetensors" hc)
+file(SHA256 "${WORK}/a/config.json" ca)
+file(SHA256 "${WORK}/b/config.json" cb)
+if(NOT ha STREQUAL hb OR NOT ca STREQUAL cb)
+    message(FATAL_ERROR "same seed and data gave different checkpoints: ${ha} vs ${hb}, ${ca} vs ${cb}")
+endif()
+if(ha STREQUAL hc)
+    message(FATAL_ERROR "seed 0 and seed 1 gave the same checkpoint (the randomized Hadamard signs are not seeded)")
+endif()
+# Nothing half-written is left: only the three checkpoints, no DIR.tmp-PID.
+file(GLOB left RELATIVE "${WORK}" "${WORK}/*")
+list(SORT left)
+if(NOT left STREQUAL "a;b;c")
+    message(FATAL_ERROR "unexpected entries in ${WORK}: ${left}")
+endif()
+file(REMOVE_RECURSE "${WORK}")
+message(STATUS "bit-identical checkpoints for the same seed: ${ha}")
