@@ -348,8 +348,11 @@ inline MambaWeights without_online_rotations(MambaWeights w) {
 
 // calibrate (per stage) → transforms → online rotations → final calibration on the transformed
 // model (static ranges; Hessians for GPTQ) → optional GPTQ → the config with its static params.
-inline QuantizedRecipe run_recipe(const Recipe& recipe, const MambaWeights& float_weights, const MambaConfig& model,
-                                  std::span<const std::span<const std::uint32_t>> windows, const QuantizeOptions& opt) {
+// (A template never spelled by callers: instantiated only where called, and with MQ_COMPILED
+// compiled once in the companion library, src/recipe.cpp — core/config.hpp.)
+template <class = void>
+QuantizedRecipe run_recipe(const Recipe& recipe, const MambaWeights& float_weights, const MambaConfig& model,
+                           std::span<const std::span<const std::uint32_t>> windows, const QuantizeOptions& opt) {
     validate(float_weights);
     detail::require_finite_weights(float_weights);
     RecipeContext c{float_weights, model, detail::recipe_base_config(recipe, opt.bits), nullptr, opt.seed, opt.fallback};
@@ -428,5 +431,7 @@ inline QuantizedRecipe run_recipe(const Recipe& recipe, const MambaWeights& floa
     out.config = std::move(c.config);
     return out;
 }
+MQ_EXTERN_TEMPLATE(QuantizedRecipe run_recipe<>(const Recipe&, const MambaWeights&, const MambaConfig&,
+                                                std::span<const std::span<const std::uint32_t>>, const QuantizeOptions&))
 
 MQ_NAMESPACE_END
