@@ -46,3 +46,18 @@
 #define MQ_RESTRICT
 #define MQ_ALWAYS_INLINE inline
 #endif
+
+// Separate compilation (optional). The library is header-only; a program may also link the
+// companion library `mambaquant::compiled` (CMake target, sources in src/), which compiles the
+// heavy common instantiations once — the float model, the quantized model and its run-time layer
+// set, the JSON readers and writers, the eigensolver — and defines MQ_COMPILED for its users.
+// Each such instantiation is followed in its header by MQ_EXTERN_TEMPLATE(declaration): with
+// MQ_COMPILED an `extern template` declaration, so an including translation unit links to the
+// companion's copy instead of compiling its own; without it, nothing. Functions that would
+// otherwise be plain inline functions are written `template <class = void>` (never spelled by
+// callers) for this, which also instantiates them only in translation units that call them.
+#ifdef MQ_COMPILED
+#define MQ_EXTERN_TEMPLATE(...) extern template __VA_ARGS__;
+#else
+#define MQ_EXTERN_TEMPLATE(...)
+#endif

@@ -44,26 +44,11 @@ public:
     }
 
     // Parses index text (the fuzzer's entry point): weight_map entries name → shard file name.
+    // (A template never spelled by callers, so its JSON work is instantiated only where it is
+    // called; with MQ_COMPILED it is compiled once in the companion library.)
+    template <class = void>
     static std::map<std::string, std::string, std::less<>> parse_index(std::string_view text, std::string_view source,
-                                                                       Metadata* metadata = nullptr) {
-        const nlohmann::json root = detail::parse_untrusted_json(text, source, 2);
-        require(root.is_object(), source, ": index must be a JSON object");
-        require(root.contains("weight_map") && root["weight_map"].is_object(), source,
-                ": field \"weight_map\" missing or not an object");
-        std::map<std::string, std::string, std::less<>> map;
-        for (const auto& [name, file] : root["weight_map"].items()) {
-            require(file.is_string(), source, ": weight_map[\"", name, "\"] must be a file name string");
-            const auto& f = file.get_ref<const std::string&>();
-            // Shards live beside the index: a path would let a checkpoint read arbitrary files.
-            require(!f.empty() && f.find('/') == std::string::npos && f.find('\\') == std::string::npos &&
-                        f != "." && f != "..",
-                    source, ": weight_map[\"", name, "\"]: shard \"", f, "\" is not a plain file name");
-            map.emplace(name, f);
-        }
-        if (metadata && root.contains("metadata") && root["metadata"].is_object())
-            for (const auto& [k, v] : root["metadata"].items()) (*metadata)[k] = v.is_string() ? v.get<std::string>() : v.dump();
-        return map;
-    }
+                                                                       Metadata* metadata = nullptr);
 
     const std::filesystem::path& path() const noexcept { return path_; }
     const Metadata& metadata() const noexcept { return metadata_; }
@@ -122,6 +107,29 @@ private:
     std::map<std::string, std::size_t, std::less<>> where_;
     Metadata metadata_;
 };
+
+template <class>
+std::map<std::string, std::string, std::less<>> Checkpoint::parse_index(std::string_view text, std::string_view source,
+                                                                Metadata* metadata) {
+    const nlohmann::json root = detail::parse_untrusted_json(text, source, 2);
+    require(root.is_object(), source, ": index must be a JSON object");
+    require(root.contains("weight_map") && root["weight_map"].is_object(), source,
+            ": field \"weight_map\" missing or not an object");
+    std::map<std::string, std::string, std::less<>> map;
+    for (const auto& [name, file] : root["weight_map"].items()) {
+        require(file.is_string(), source, ": weight_map[\"", name, "\"] must be a file name string");
+        const auto& f = file.template get_ref<const std::string&>();
+        // Shards live beside the index: a path would let a checkpoint read arbitrary files.
+        require(!f.empty() && f.find('/') == std::string::npos && f.find('\\') == std::string::npos &&
+                    f != "." && f != "..",
+                source, ": weight_map[\"", name, "\"]: shard \"", f, "\" is not a plain file name");
+        map.emplace(name, f);
+    }
+    if (metadata && root.contains("metadata") && root["metadata"].is_object())
+        for (const auto& [k, v] : root["metadata"].items()) (*metadata)[k] = v.is_string() ? v.template get<std::string>() : v.dump();
+    return map;
+}
+MQ_EXTERN_TEMPLATE(std::map<std::string, std::string, std::less<>> Checkpoint::parse_index<>(std::string_view, std::string_view, Metadata*))
 
 // A loader's ledger over a checkpoint's tensors, checked before anything is allocated: each
 // claim checks that the tensor is present with the shape the loader will allocate (so a config

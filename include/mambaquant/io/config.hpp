@@ -125,7 +125,11 @@ inline void config_agree(bool has_both, std::size_t a, std::size_t b, const char
 // expand 2, dt_rank "auto", eps 1e-5, tied embeddings, conv bias. The sizes (model width, layers,
 // vocabulary) have no sensible default and must be present. Features outside Mamba-1 with RMSNorm
 // (Mamba-2 layers, attention layers, MLPs, biased projections) are refused by name.
-inline MambaConfig parse_mamba_config(std::string_view text, std::string_view source = "config.json") {
+// (The config functions are templates never spelled by callers, `template <class = void>`: their
+// JSON work is instantiated only where they are called, and with MQ_COMPILED not even there:
+// the companion library compiles them once; core/config.hpp.)
+template <class = void>
+MambaConfig parse_mamba_config(std::string_view text, std::string_view source = "config.json") {
     using detail::config_bool;
     using detail::config_size;
     const nlohmann::json j = detail::parse_untrusted_json(text, source, 1);
@@ -199,14 +203,18 @@ inline MambaConfig parse_mamba_config(std::string_view text, std::string_view so
     detail::config_check_sizes(c, source);
     return c;
 }
+MQ_EXTERN_TEMPLATE(MambaConfig parse_mamba_config<>(std::string_view, std::string_view))
 
-inline MambaConfig load_mamba_config(const std::filesystem::path& path) {
+template <class = void>
+MambaConfig load_mamba_config(const std::filesystem::path& path) {
     const auto file = std::filesystem::is_directory(path) ? path / "config.json" : path;
     return parse_mamba_config(detail::read_text_file(file), file.string());
 }
+MQ_EXTERN_TEMPLATE(MambaConfig load_mamba_config<>(const std::filesystem::path&))
 
 // config.json text in the requested layout (the vocabulary written padded in the transformers one).
-inline std::string mamba_config_json(const MambaConfig& c, ConfigLayout layout) {
+template <class = void>
+std::string mamba_config_json(const MambaConfig& c, ConfigLayout layout) {
     nlohmann::json j;
     const bool whole_expand = c.d_model > 0 && c.d_inner % c.d_model == 0;
     if (layout == ConfigLayout::mamba_ssm) {
@@ -227,5 +235,6 @@ inline std::string mamba_config_json(const MambaConfig& c, ConfigLayout layout) 
     }
     return j.dump(2);
 }
+MQ_EXTERN_TEMPLATE(std::string mamba_config_json<>(const MambaConfig&, ConfigLayout))
 
 MQ_NAMESPACE_END

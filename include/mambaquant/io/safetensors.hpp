@@ -122,7 +122,10 @@ inline int json_nesting_depth(std::string_view s) noexcept {
 // Parses JSON text from an untrusted file: depth-limited, duplicate keys at `unique_depth`
 // rejected (nlohmann keeps the last one silently, which would hide a conflicting tensor), and
 // every nlohmann error (bad syntax, ill-formed UTF-8) turned into an mq::error naming `source`.
-inline nlohmann::json parse_untrusted_json(std::string_view text, std::string_view source, int unique_depth) {
+// (This and the other JSON functions below are templates never spelled by callers: the JSON work
+// is instantiated only where they are called, and with MQ_COMPILED once in the companion library.)
+template <class = void>
+nlohmann::json parse_untrusted_json(std::string_view text, std::string_view source, int unique_depth) {
     if (json_nesting_depth(text) > kJsonMaxDepth)
         fail(source, ": JSON nested deeper than ", kJsonMaxDepth, " levels");
     std::set<std::string> keys;
@@ -139,6 +142,7 @@ inline nlohmann::json parse_untrusted_json(std::string_view text, std::string_vi
         fail(source, ": invalid JSON: ", e.what());
     }
 }
+MQ_EXTERN_TEMPLATE(nlohmann::json parse_untrusted_json<>(std::string_view, std::string_view, int))
 
 inline bool json_to_size(const nlohmann::json& j, std::size_t& out) noexcept {
     if (j.is_number_unsigned()) {
@@ -167,8 +171,8 @@ inline std::uint64_t read_u64_le(const std::byte* p) noexcept {
 // Validates a header's JSON against a data section of `data_size` bytes: every entry an object
 // with a known dtype, non-negative integer shape, offsets inside the data, byte count equal to
 // numel·sizeof(dtype), no two tensors overlapping, no duplicate names, metadata string → string.
-inline SafetensorsHeader parse_safetensors_header_json(std::string_view json_text, std::size_t data_size,
-                                                       std::string_view source) {
+template <class = void>
+SafetensorsHeader parse_safetensors_header_json(std::string_view json_text, std::size_t data_size, std::string_view source) {
     const nlohmann::json root = detail::parse_untrusted_json(json_text, source, 1);
     require(root.is_object(), source, ": safetensors header must be a JSON object, got ", root.type_name());
     SafetensorsHeader h;
@@ -178,7 +182,7 @@ inline SafetensorsHeader parse_safetensors_header_json(std::string_view json_tex
             require(entry.is_object(), source, ": __metadata__ must be an object, got ", entry.type_name());
             for (const auto& [k, v] : entry.items()) {
                 require(v.is_string(), source, ": __metadata__ field \"", k, "\" must be a string, got ", v.type_name());
-                h.metadata.emplace(k, v.get<std::string>());
+                h.metadata.emplace(k, v.template get<std::string>());
             }
             continue;
         }
@@ -191,7 +195,7 @@ inline SafetensorsHeader parse_safetensors_header_json(std::string_view json_tex
         TensorInfo t;
         t.name = name;
         require(entry.contains("dtype") && entry["dtype"].is_string(), where, ": field \"dtype\" missing or not a string");
-        const auto& dtype = entry["dtype"].get_ref<const std::string&>();
+        const auto& dtype = entry["dtype"].template get_ref<const std::string&>();
         require(parse_dtype(dtype, t.dtype), where, ": unsupported dtype \"", dtype, "\"");
         require(entry.contains("shape") && entry["shape"].is_array(), where, ": field \"shape\" missing or not an array");
         std::size_t numel = 1;
@@ -225,6 +229,7 @@ inline SafetensorsHeader parse_safetensors_header_json(std::string_view json_tex
                 "\" [", by_offset[i]->begin, ", ", by_offset[i]->end, ") overlap");
     return h;
 }
+MQ_EXTERN_TEMPLATE(SafetensorsHeader parse_safetensors_header_json<>(std::string_view, std::size_t, std::string_view))
 
 // Reads the 8-byte header length and checks it against the file size; returns the length.
 inline std::size_t safetensors_header_length(std::span<const std::byte> first_bytes, std::uint64_t file_size,
@@ -238,13 +243,15 @@ inline std::size_t safetensors_header_length(std::span<const std::byte> first_by
 }
 
 // Parses the header of a whole file held in memory (the fuzzer's entry point).
-inline SafetensorsHeader parse_safetensors_header(std::span<const std::byte> file, std::string_view source) {
+template <class = void>
+SafetensorsHeader parse_safetensors_header(std::span<const std::byte> file, std::string_view source) {
     const std::size_t n = safetensors_header_length(file, file.size(), source);
     const std::string_view json(reinterpret_cast<const char*>(file.data() + 8), n);
     SafetensorsHeader h = parse_safetensors_header_json(json, file.size() - 8 - n, source);
     h.data_offset = 8 + n;
     return h;
 }
+MQ_EXTERN_TEMPLATE(SafetensorsHeader parse_safetensors_header<>(std::span<const std::byte>, std::string_view))
 
 // The largest JSON text file (config.json, a sharded index) read whole: as the safetensors header
 // limit, far above real ones (kilobytes), far below what would exhaust memory.
@@ -490,7 +497,8 @@ TensorData tensor_data(std::string name, std::span<const T> values, std::vector<
 
 // The whole file in memory. The header is padded with spaces to a multiple of 8 so that the data
 // section (and every tensor, written in order at 8-byte-aligned offsets) is aligned in a mapping.
-inline std::vector<std::byte> serialize_safetensors(std::span<const TensorData> tensors, const Metadata& metadata = {}) {
+template <class = void>
+std::vector<std::byte> serialize_safetensors(std::span<const TensorData> tensors, const Metadata& metadata = {}) {
     nlohmann::json header = nlohmann::json::object();
     if (!metadata.empty()) header["__metadata__"] = metadata;
     std::size_t offset = 0;
@@ -520,10 +528,12 @@ inline std::vector<std::byte> serialize_safetensors(std::span<const TensorData> 
             std::memcpy(out.data() + 8 + json.size() + begins[i], tensors[i].bytes.data(), tensors[i].bytes.size());
     return out;
 }
+MQ_EXTERN_TEMPLATE(std::vector<std::byte> serialize_safetensors<>(std::span<const TensorData>, const Metadata&))
 
-inline void save_safetensors(const std::filesystem::path& path, std::span<const TensorData> tensors,
-                             const Metadata& metadata = {}) {
+template <class = void>
+void save_safetensors(const std::filesystem::path& path, std::span<const TensorData> tensors, const Metadata& metadata = {}) {
     write_file_atomically(path, serialize_safetensors(tensors, metadata));
 }
+MQ_EXTERN_TEMPLATE(void save_safetensors<>(const std::filesystem::path&, std::span<const TensorData>, const Metadata&))
 
 MQ_NAMESPACE_END

@@ -103,131 +103,18 @@ public:
 
     // Tensor names are Hugging Face's (METHOD §1); both embedding spellings are accepted, the LM
     // head is `lm_head.weight` when present and the embedding when absent and tied.
-    static BasicMambaModel from_checkpoint(const MambaConfig& cfg, const Checkpoint& ck) {
-        // Every tensor present with the config's shape, float, and none left unread: checked on the
-        // file's real sizes before anything below allocates (io/mamba_tensors.hpp).
-        const MambaTensorNames names = check_mamba_checkpoint(cfg, ck);
-        BasicMambaModel m;
-        m.config_ = cfg;
-        const std::size_t D = cfg.d_model, E = cfg.d_inner, N = cfg.d_state, R = cfg.dt_rank, K = cfg.d_conv,
-                          V = cfg.padded_vocab;
-        m.embedding_ = load_matrix(ck, names.embedding, {V, D}, V, D);
-        if (names.lm_head) {
-            m.lm_head_ = load_matrix(ck, "lm_head.weight", {V, D}, V, D);
-            m.tied_ = false;
-        } else {
-            require(cfg.tie_embeddings, ck.path().string(),
-                    ": tensor \"lm_head.weight\" not found and the config does not tie embeddings");
-            m.tied_ = true;
-        }
-        m.norm_f_ = row_vector(ck.load_float("backbone.norm_f.weight", {D}));
-        m.layers_.reserve(cfg.n_layer);
-        for (std::size_t i = 0; i < cfg.n_layer; ++i) {
-            const std::string p = "backbone.layers." + std::to_string(i) + ".";
-            const std::string mx = p + "mixer.";
-            MambaLayerWeights w;
-            w.norm = row_vector(ck.load_float(p + "norm.weight", {D})).transpose();
-            w.in_proj = load_matrix(ck, mx + "in_proj.weight", {2 * E, D}, 2 * E, D);
-            w.conv_w = load_matrix(ck, mx + "conv1d.weight", {E, 1, K}, E, K);
-            if (cfg.conv_bias) w.conv_b = row_vector(ck.load_float(mx + "conv1d.bias", {E})).transpose();
-            else w.conv_b = Eigen::VectorXf::Zero(static_cast<Eigen::Index>(E));
-            w.x_proj = load_matrix(ck, mx + "x_proj.weight", {R + 2 * N, E}, R + 2 * N, E);
-            w.dt_proj = load_matrix(ck, mx + "dt_proj.weight", {E, R}, E, R);
-            w.dt_bias = row_vector(ck.load_float(mx + "dt_proj.bias", {E})).transpose();
-            w.A_log = load_matrix(ck, mx + "A_log", {E, N}, E, N);
-            w.D = row_vector(ck.load_float(mx + "D", {E})).transpose();
-            w.out_proj = load_matrix(ck, mx + "out_proj.weight", {D, E}, D, E);
-            w.reset_extras();
-            allocating(ck.path().string(), detail::concat("layer ", i), [&] {
-                m.layers_.emplace_back(w, D, E, N, R, K, cfg.norm_eps, typename Block::scan_policy{},
-                                       make_rotation<typename Block::rotation_policy>(E)); // sizes from the config
-            });
-        }
-        return m;
-    }
+    static BasicMambaModel from_checkpoint(const MambaConfig& cfg, const Checkpoint& ck);
 
     // A random model in the reference initialisation's spirit (for benchmarks and tests): weights
     // ~ U with the fan-in scale, A = −(1..N), Δ bias = softplus⁻¹ of log-uniform [1e−3, 1e−1].
-    static BasicMambaModel random(const MambaConfig& cfg, std::uint64_t seed) {
-        Rng rng(seed);
-        const auto D = static_cast<Eigen::Index>(cfg.d_model), E = static_cast<Eigen::Index>(cfg.d_inner),
-                   N = static_cast<Eigen::Index>(cfg.d_state), R = static_cast<Eigen::Index>(cfg.dt_rank),
-                   K = static_cast<Eigen::Index>(cfg.d_conv), V = static_cast<Eigen::Index>(cfg.padded_vocab);
-        auto uni = [&](Eigen::Index r, Eigen::Index c, double scale) {
-            MatrixXf m(r, c);
-            for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = static_cast<float>(rng.uniform(-scale, scale));
-            return m;
-        };
-        BasicMambaModel m;
-        m.config_ = cfg;
-        m.embedding_ = uni(V, D, 0.5);
-        m.tied_ = true;
-        m.norm_f_ = Eigen::RowVectorXf::Ones(D);
-        for (std::size_t i = 0; i < cfg.n_layer; ++i) {
-            MambaLayerWeights w;
-            w.norm = Eigen::VectorXf::Ones(D);
-            w.in_proj = uni(2 * E, D, std::sqrt(3.0 / static_cast<double>(D)));
-            w.conv_w = uni(E, K, 0.5);
-            w.conv_b = uni(E, 1, 0.1);
-            w.x_proj = uni(R + 2 * N, E, std::sqrt(3.0 / static_cast<double>(E)));
-            w.dt_proj = uni(E, R, 1.0 / std::sqrt(static_cast<double>(R)));
-            w.dt_bias.resize(E);
-            for (Eigen::Index e = 0; e < E; ++e) {
-                const double dt = std::exp(rng.uniform(std::log(1e-3), std::log(1e-1)));
-                w.dt_bias[e] = static_cast<float>(dt + std::log(-std::expm1(-dt)));
-            }
-            w.A_log.resize(E, N);
-            for (Eigen::Index e = 0; e < E; ++e)
-                for (Eigen::Index n = 0; n < N; ++n) w.A_log(e, n) = std::log(static_cast<float>(n + 1));
-            w.D = Eigen::VectorXf::Ones(E);
-            w.out_proj = uni(D, E, std::sqrt(3.0 / static_cast<double>(E)));
-            w.reset_extras();
-            m.layers_.emplace_back(w, cfg.d_model, cfg.d_inner, cfg.d_state, cfg.dt_rank, cfg.d_conv, cfg.norm_eps,
-                                   typename Block::scan_policy{}, make_rotation<typename Block::rotation_policy>(cfg.d_inner));
-        }
-        return m;
-    }
+    static BasicMambaModel random(const MambaConfig& cfg, std::uint64_t seed);
 
     // Writes config.json (in `layout`) and model.safetensors with Hugging Face names, F32,
     // A_log as loaded (A = −exp(A_log) lives in the scan weights). The embedding takes `layout`'s spelling; the head is
     // written only when untied.
     void save(const std::filesystem::path& dir, ConfigLayout layout = ConfigLayout::transformers,
               const Metadata& metadata = {{"format", "pt"}}) const
-        requires(Block::is_float)
-    {
-        std::filesystem::create_directories(dir);
-        std::vector<MambaLayerWeights> owned; // per layer, kept alive until the write
-        owned.reserve(layers_.size());
-        std::vector<TensorData> ts;
-        const auto D = config_.d_model, E = config_.d_inner, N = config_.d_state, R = config_.dt_rank,
-                   K = config_.d_conv, V = config_.padded_vocab;
-        auto add = [&](std::string name, const auto& m, std::vector<std::size_t> shape) {
-            ts.push_back({std::move(name), DType::F32, std::move(shape),
-                          std::as_bytes(std::span<const float>(m.data(), static_cast<std::size_t>(m.size())))});
-        };
-        add(layout == ConfigLayout::mamba_ssm ? "backbone.embedding.weight" : "backbone.embeddings.weight", embedding_, {V, D});
-        if (!tied_) add("lm_head.weight", lm_head_, {V, D});
-        add("backbone.norm_f.weight", norm_f_, {D});
-        for (std::size_t i = 0; i < layers_.size(); ++i) {
-            owned.push_back(layers_[i].weights());
-            auto& w = owned.back();
-            const std::string p = "backbone.layers." + std::to_string(i) + ".";
-            add(p + "norm.weight", w.norm, {D});
-            add(p + "mixer.in_proj.weight", w.in_proj, {2 * E, D});
-            add(p + "mixer.conv1d.weight", w.conv_w, {E, 1, K});
-            if (config_.conv_bias) add(p + "mixer.conv1d.bias", w.conv_b, {E});
-            add(p + "mixer.x_proj.weight", w.x_proj, {R + 2 * N, E});
-            add(p + "mixer.dt_proj.weight", w.dt_proj, {E, R});
-            add(p + "mixer.dt_proj.bias", w.dt_bias, {E});
-            add(p + "mixer.A_log", w.A_log, {E, N});
-            add(p + "mixer.D", w.D, {E});
-            add(p + "mixer.out_proj.weight", w.out_proj, {D, E});
-        }
-        MambaConfig c = config_;
-        c.tie_embeddings = tied_;
-        write_file_atomically(dir / "config.json", mamba_config_json(c, layout) + '\n');
-        save_safetensors(dir / kSafetensorsSingleName, ts, metadata);
-    }
+        requires(Block::is_float);
 
     // Every block's thread pool (nullptr: the calling thread only; see MambaBlock::set_thread_pool).
     void set_thread_pool(ThreadPool* pool) {
@@ -252,39 +139,7 @@ public:
     // receives the residual stream after each layer ([L, D] each); `tap`, when given, sees every
     // quantization site's input (nn/activation_tap.hpp).
     MatrixXf prefill(std::span<const std::uint32_t> tokens, State& state, Logits which = Logits::all,
-                     std::vector<MatrixXf>* hidden = nullptr, ActivationTap* tap = nullptr) const {
-        require(!tokens.empty(), "MambaModel::prefill: no tokens");
-        require(state.caches.size() == layers_.size(), "MambaModel::prefill: state made for ", state.caches.size(),
-                " layers, model has ", layers_.size());
-        require(state.chunk_tokens > 0 && state.chunk_tokens % 4 == 0, "MambaModel::prefill: chunk_tokens must be a positive multiple of 4, got ",
-                state.chunk_tokens);
-        // Every token checked before the state advances, so a bad one leaves the state as it was.
-        for (std::size_t t = 0; t < tokens.size(); ++t)
-            require(tokens[t] < static_cast<std::uint32_t>(embedding_.rows()), "MambaModel: token ", tokens[t],
-                    " at position ", t, " is outside the vocabulary of ", embedding_.rows());
-        const auto L = static_cast<Eigen::Index>(tokens.size()), D = embedding_.cols();
-        MatrixXf logits;
-        if (which == Logits::all) logits.resize(L, lm_head().rows());
-        if (hidden) hidden->assign(layers_.size(), MatrixXf(L, D));
-        for (Eigen::Index begin = 0; begin < L;) {
-            const Eigen::Index n = detail::prefill_chunk_rows(L, begin, state.chunk_tokens);
-            state.h.resize(n, D);
-            for (Eigen::Index t = 0; t < n; ++t) state.h.row(t) = embedding_.row(tokens[static_cast<std::size_t>(begin + t)]);
-            for (std::size_t i = 0; i < layers_.size(); ++i) {
-                layers_[i].forward(state.h, state.caches[i], state.workspace, tap, i);
-                if (hidden) (*hidden)[i].middleRows(begin, n) = state.h;
-            }
-            begin += n;
-            if (which == Logits::none || (which == Logits::last && begin < L)) continue;
-            // rows of this chunk that need logits: all, or the last
-            detail::final_norm_rows(state.h, which == Logits::all ? 0 : n - 1, norm_f_, config_.norm_eps, state.normed, tap,
-                                    layers_.size());
-            if (which == Logits::all) logits.middleRows(begin - n, n).noalias() = state.normed * lm_head().transpose();
-            else logits.noalias() = state.normed * lm_head().transpose();
-        }
-        state.position += tokens.size();
-        return logits;
-    }
+                     std::vector<MatrixXf>* hidden = nullptr, ActivationTap* tap = nullptr) const;
 
     // One decode step: the logits [V] after `token`, the state advanced by one.
     void decode(std::uint32_t token, State& state, std::span<float> logits) const {
@@ -328,6 +183,173 @@ private:
     Eigen::RowVectorXf norm_f_;
     std::vector<Block> layers_;
 };
+
+// The heavy members, defined out of the class so that `extern template` (MQ_EXTERN_TEMPLATE, with
+// MQ_COMPILED) keeps an including translation unit from compiling them: in-class definitions are
+// inline, and compilers instantiate inline members despite `extern template`.
+template <class Block>
+BasicMambaModel<Block> BasicMambaModel<Block>::from_checkpoint(const MambaConfig& cfg, const Checkpoint& ck) {
+    // Every tensor present with the config's shape, float, and none left unread: checked on the
+    // file's real sizes before anything below allocates (io/mamba_tensors.hpp).
+    const MambaTensorNames names = check_mamba_checkpoint(cfg, ck);
+    BasicMambaModel m;
+    m.config_ = cfg;
+    const std::size_t D = cfg.d_model, E = cfg.d_inner, N = cfg.d_state, R = cfg.dt_rank, K = cfg.d_conv,
+                      V = cfg.padded_vocab;
+    m.embedding_ = load_matrix(ck, names.embedding, {V, D}, V, D);
+    if (names.lm_head) {
+        m.lm_head_ = load_matrix(ck, "lm_head.weight", {V, D}, V, D);
+        m.tied_ = false;
+    } else {
+        require(cfg.tie_embeddings, ck.path().string(),
+                ": tensor \"lm_head.weight\" not found and the config does not tie embeddings");
+        m.tied_ = true;
+    }
+    m.norm_f_ = row_vector(ck.load_float("backbone.norm_f.weight", {D}));
+    m.layers_.reserve(cfg.n_layer);
+    for (std::size_t i = 0; i < cfg.n_layer; ++i) {
+        const std::string p = "backbone.layers." + std::to_string(i) + ".";
+        const std::string mx = p + "mixer.";
+        MambaLayerWeights w;
+        w.norm = row_vector(ck.load_float(p + "norm.weight", {D})).transpose();
+        w.in_proj = load_matrix(ck, mx + "in_proj.weight", {2 * E, D}, 2 * E, D);
+        w.conv_w = load_matrix(ck, mx + "conv1d.weight", {E, 1, K}, E, K);
+        if (cfg.conv_bias) w.conv_b = row_vector(ck.load_float(mx + "conv1d.bias", {E})).transpose();
+        else w.conv_b = Eigen::VectorXf::Zero(static_cast<Eigen::Index>(E));
+        w.x_proj = load_matrix(ck, mx + "x_proj.weight", {R + 2 * N, E}, R + 2 * N, E);
+        w.dt_proj = load_matrix(ck, mx + "dt_proj.weight", {E, R}, E, R);
+        w.dt_bias = row_vector(ck.load_float(mx + "dt_proj.bias", {E})).transpose();
+        w.A_log = load_matrix(ck, mx + "A_log", {E, N}, E, N);
+        w.D = row_vector(ck.load_float(mx + "D", {E})).transpose();
+        w.out_proj = load_matrix(ck, mx + "out_proj.weight", {D, E}, D, E);
+        w.reset_extras();
+        allocating(ck.path().string(), detail::concat("layer ", i), [&] {
+            m.layers_.emplace_back(w, D, E, N, R, K, cfg.norm_eps, typename Block::scan_policy{},
+                                   make_rotation<typename Block::rotation_policy>(E)); // sizes from the config
+        });
+    }
+    return m;
+}
+
+template <class Block>
+BasicMambaModel<Block> BasicMambaModel<Block>::random(const MambaConfig& cfg, std::uint64_t seed) {
+    Rng rng(seed);
+    const auto D = static_cast<Eigen::Index>(cfg.d_model), E = static_cast<Eigen::Index>(cfg.d_inner),
+               N = static_cast<Eigen::Index>(cfg.d_state), R = static_cast<Eigen::Index>(cfg.dt_rank),
+               K = static_cast<Eigen::Index>(cfg.d_conv), V = static_cast<Eigen::Index>(cfg.padded_vocab);
+    auto uni = [&](Eigen::Index r, Eigen::Index c, double scale) {
+        MatrixXf m(r, c);
+        for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = static_cast<float>(rng.uniform(-scale, scale));
+        return m;
+    };
+    BasicMambaModel m;
+    m.config_ = cfg;
+    m.embedding_ = uni(V, D, 0.5);
+    m.tied_ = true;
+    m.norm_f_ = Eigen::RowVectorXf::Ones(D);
+    for (std::size_t i = 0; i < cfg.n_layer; ++i) {
+        MambaLayerWeights w;
+        w.norm = Eigen::VectorXf::Ones(D);
+        w.in_proj = uni(2 * E, D, std::sqrt(3.0 / static_cast<double>(D)));
+        w.conv_w = uni(E, K, 0.5);
+        w.conv_b = uni(E, 1, 0.1);
+        w.x_proj = uni(R + 2 * N, E, std::sqrt(3.0 / static_cast<double>(E)));
+        w.dt_proj = uni(E, R, 1.0 / std::sqrt(static_cast<double>(R)));
+        w.dt_bias.resize(E);
+        for (Eigen::Index e = 0; e < E; ++e) {
+            const double dt = std::exp(rng.uniform(std::log(1e-3), std::log(1e-1)));
+            w.dt_bias[e] = static_cast<float>(dt + std::log(-std::expm1(-dt)));
+        }
+        w.A_log.resize(E, N);
+        for (Eigen::Index e = 0; e < E; ++e)
+            for (Eigen::Index n = 0; n < N; ++n) w.A_log(e, n) = std::log(static_cast<float>(n + 1));
+        w.D = Eigen::VectorXf::Ones(E);
+        w.out_proj = uni(D, E, std::sqrt(3.0 / static_cast<double>(E)));
+        w.reset_extras();
+        m.layers_.emplace_back(w, cfg.d_model, cfg.d_inner, cfg.d_state, cfg.dt_rank, cfg.d_conv, cfg.norm_eps,
+                               typename Block::scan_policy{}, make_rotation<typename Block::rotation_policy>(cfg.d_inner));
+    }
+    return m;
+}
+
+template <class Block>
+void BasicMambaModel<Block>::save(const std::filesystem::path& dir, ConfigLayout layout, const Metadata& metadata) const
+    requires(Block::is_float)
+{
+    std::filesystem::create_directories(dir);
+    std::vector<MambaLayerWeights> owned; // per layer, kept alive until the write
+    owned.reserve(layers_.size());
+    std::vector<TensorData> ts;
+    const auto D = config_.d_model, E = config_.d_inner, N = config_.d_state, R = config_.dt_rank,
+               K = config_.d_conv, V = config_.padded_vocab;
+    auto add = [&](std::string name, const auto& m, std::vector<std::size_t> shape) {
+        ts.push_back({std::move(name), DType::F32, std::move(shape),
+                      std::as_bytes(std::span<const float>(m.data(), static_cast<std::size_t>(m.size())))});
+    };
+    add(layout == ConfigLayout::mamba_ssm ? "backbone.embedding.weight" : "backbone.embeddings.weight", embedding_, {V, D});
+    if (!tied_) add("lm_head.weight", lm_head_, {V, D});
+    add("backbone.norm_f.weight", norm_f_, {D});
+    for (std::size_t i = 0; i < layers_.size(); ++i) {
+        owned.push_back(layers_[i].weights());
+        auto& w = owned.back();
+        const std::string p = "backbone.layers." + std::to_string(i) + ".";
+        add(p + "norm.weight", w.norm, {D});
+        add(p + "mixer.in_proj.weight", w.in_proj, {2 * E, D});
+        add(p + "mixer.conv1d.weight", w.conv_w, {E, 1, K});
+        if (config_.conv_bias) add(p + "mixer.conv1d.bias", w.conv_b, {E});
+        add(p + "mixer.x_proj.weight", w.x_proj, {R + 2 * N, E});
+        add(p + "mixer.dt_proj.weight", w.dt_proj, {E, R});
+        add(p + "mixer.dt_proj.bias", w.dt_bias, {E});
+        add(p + "mixer.A_log", w.A_log, {E, N});
+        add(p + "mixer.D", w.D, {E});
+        add(p + "mixer.out_proj.weight", w.out_proj, {D, E});
+    }
+    MambaConfig c = config_;
+    c.tie_embeddings = tied_;
+    write_file_atomically(dir / "config.json", mamba_config_json(c, layout) + '\n');
+    save_safetensors(dir / kSafetensorsSingleName, ts, metadata);
+}
+
+template <class Block>
+MatrixXf BasicMambaModel<Block>::prefill(std::span<const std::uint32_t> tokens, State& state, Logits which,
+                                        std::vector<MatrixXf>* hidden, ActivationTap* tap) const {
+    require(!tokens.empty(), "MambaModel::prefill: no tokens");
+    require(state.caches.size() == layers_.size(), "MambaModel::prefill: state made for ", state.caches.size(),
+            " layers, model has ", layers_.size());
+    require(state.chunk_tokens > 0 && state.chunk_tokens % 4 == 0, "MambaModel::prefill: chunk_tokens must be a positive multiple of 4, got ",
+            state.chunk_tokens);
+    // Every token checked before the state advances, so a bad one leaves the state as it was.
+    for (std::size_t t = 0; t < tokens.size(); ++t)
+        require(tokens[t] < static_cast<std::uint32_t>(embedding_.rows()), "MambaModel: token ", tokens[t],
+                " at position ", t, " is outside the vocabulary of ", embedding_.rows());
+    const auto L = static_cast<Eigen::Index>(tokens.size()), D = embedding_.cols();
+    MatrixXf logits;
+    if (which == Logits::all) logits.resize(L, lm_head().rows());
+    if (hidden) hidden->assign(layers_.size(), MatrixXf(L, D));
+    for (Eigen::Index begin = 0; begin < L;) {
+        const Eigen::Index n = detail::prefill_chunk_rows(L, begin, state.chunk_tokens);
+        state.h.resize(n, D);
+        for (Eigen::Index t = 0; t < n; ++t) state.h.row(t) = embedding_.row(tokens[static_cast<std::size_t>(begin + t)]);
+        for (std::size_t i = 0; i < layers_.size(); ++i) {
+            layers_[i].forward(state.h, state.caches[i], state.workspace, tap, i);
+            if (hidden) (*hidden)[i].middleRows(begin, n) = state.h;
+        }
+        begin += n;
+        if (which == Logits::none || (which == Logits::last && begin < L)) continue;
+        // rows of this chunk that need logits: all, or the last
+        detail::final_norm_rows(state.h, which == Logits::all ? 0 : n - 1, norm_f_, config_.norm_eps, state.normed, tap,
+                                layers_.size());
+        if (which == Logits::all) logits.middleRows(begin - n, n).noalias() = state.normed * lm_head().transpose();
+        else logits.noalias() = state.normed * lm_head().transpose();
+    }
+    state.position += tokens.size();
+    return logits;
+}
+
+// Compiled once in the companion library (src/float_model.cpp): the float model and the
+// W8A8 per-channel / per-token one.
+MQ_EXTERN_TEMPLATE(class BasicMambaModel<MambaBlock<>>)
+MQ_EXTERN_TEMPLATE(class BasicMambaModel<MambaBlock<W8PerChannel, A8PerToken>>)
 
 using MambaModel = BasicMambaModel<MambaBlock<>>;
 

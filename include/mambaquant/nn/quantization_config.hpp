@@ -315,7 +315,11 @@ inline const nlohmann::json& json_member(const nlohmann::json& j, const char* ke
 }
 } // namespace detail
 
-inline nlohmann::json to_json(const QuantizationConfig& c) {
+// (to_json and quantization_config_from_json are templates never spelled by callers, so their
+// JSON work is instantiated only where they are called; with MQ_COMPILED once, in the companion
+// library — core/config.hpp.)
+template <class = void>
+nlohmann::json to_json(const QuantizationConfig& c) {
     nlohmann::json j;
     j["quant_method"] = "mambaquant";
     j["method"] = c.method;
@@ -342,10 +346,11 @@ inline nlohmann::json to_json(const QuantizationConfig& c) {
     j["state_rotation"] = c.state_rotation ? detail::rotation_json(*c.state_rotation) : nlohmann::json(nullptr);
     return j;
 }
+MQ_EXTERN_TEMPLATE(nlohmann::json to_json<>(const QuantizationConfig&))
 
 // Parses and validates (without per-layer params, which come from the tensors).
-inline QuantizationConfig quantization_config_from_json(const nlohmann::json& j,
-                                                        std::string_view source = "quantization_config") {
+template <class = void>
+QuantizationConfig quantization_config_from_json(const nlohmann::json& j, std::string_view source = "quantization_config") {
     const std::string where(source);
     require(j.is_object(), where, ": expected an object");
     QuantizationConfig c;
@@ -416,5 +421,6 @@ inline QuantizationConfig quantization_config_from_json(const nlohmann::json& j,
     c.validate();
     return c;
 }
+MQ_EXTERN_TEMPLATE(QuantizationConfig quantization_config_from_json<>(const nlohmann::json&, std::string_view))
 
 MQ_NAMESPACE_END

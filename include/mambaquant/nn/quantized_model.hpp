@@ -67,6 +67,11 @@ struct QuantizedSequenceState : MambaSequenceState<RuntimeMambaBlock> {
 // Whether build_quantized_model makes the integer model or its fake-quant twin.
 enum class FakeQuant : bool { no = false, yes = true };
 
+class QuantizedMambaModel;
+template <class = void>
+QuantizedMambaModel build_quantized_model(const MambaWeights& w, const MambaConfig& cfg, const QuantizationConfig& qc,
+                                          FakeQuant fake = FakeQuant::no);
+
 class QuantizedMambaModel {
 public:
     using State = QuantizedSequenceState;
@@ -128,10 +133,16 @@ public:
     }
 
     // ---- building ----
+    // (build_quantized_model, save, load and run are templates never spelled by callers, defined
+    // below the class: instantiated only where called, and with MQ_COMPILED compiled once in the
+    // companion library, src/quantized_model*.cpp — core/config.hpp.)
+    template <class>
     friend QuantizedMambaModel build_quantized_model(const MambaWeights&, const MambaConfig&, const QuantizationConfig&,
                                                      FakeQuant);
     // ---- files ----
+    template <class = void>
     void save(const std::filesystem::path& dir) const;
+    template <class = void>
     static QuantizedMambaModel load(const std::filesystem::path& dir, FakeQuant fake = FakeQuant::no);
 
 private:
@@ -165,36 +176,8 @@ private:
     // do not depend on the other rows of its call, the conv window and the scan state carry over,
     // and float sites keep Eigen's column blocks (tests/nn). A per-tensor *dynamic* quantizer
     // would depend on the chunking; the run-time set has none.
-    void run(std::span<const std::uint32_t> tokens, State& state, Logits which, ActivationTap* tap) const {
-        require(!tokens.empty(), "QuantizedMambaModel::prefill: no tokens");
-        require(state.caches.size() == layers_.size(), "QuantizedMambaModel::prefill: state made for ",
-                state.caches.size(), " layers, model has ", layers_.size());
-        require(state.chunk_tokens > 0 && state.chunk_tokens % 4 == 0,
-                "QuantizedMambaModel::prefill: chunk_tokens must be a positive multiple of 4, got ", state.chunk_tokens);
-        // Every token checked before the state advances, so a bad one leaves the state as it was.
-        for (std::size_t t = 0; t < tokens.size(); ++t)
-            require(tokens[t] < config_.padded_vocab, "QuantizedMambaModel: token ", tokens[t], " at position ", t,
-                    " is outside the vocabulary of ", config_.padded_vocab);
-        const auto L = static_cast<Eigen::Index>(tokens.size());
-        const auto V = static_cast<Eigen::Index>(config_.padded_vocab);
-        if (which == Logits::all) state.logits.resize(L, V);
-        for (Eigen::Index begin = 0; begin < L;) {
-            const Eigen::Index n = detail::prefill_chunk_rows(L, begin, state.chunk_tokens);
-            embed(tokens.subspan(static_cast<std::size_t>(begin), static_cast<std::size_t>(n)), state.h);
-            for (std::size_t i = 0; i < layers_.size(); ++i) layers_[i].forward(state.h, state.caches[i], state.workspace, tap, i);
-            begin += n;
-            if (which == Logits::none || (which == Logits::last && begin < L)) continue;
-            const Eigen::Index first = which == Logits::all ? 0 : n - 1; // rows of this chunk that need logits
-            detail::final_norm_rows(state.h, first, norm_f_, config_.norm_eps, state.normed, tap, layers_.size());
-            if (which == Logits::last) state.logits.resize(1, V);
-            const Eigen::Index row0 = which == Logits::all ? begin - n : 0;
-            head_.forward(view(std::as_const(state.normed)),
-                          MatrixView<float>(state.logits.data() + row0 * V, static_cast<std::size_t>(n - first),
-                                            static_cast<std::size_t>(V)),
-                          state.workspace.out_lin);
-        }
-        state.position += tokens.size();
-    }
+    template <class = void>
+    void run(std::span<const std::uint32_t> tokens, State& state, Logits which, ActivationTap* tap) const;
 
     MambaConfig config_;
     QuantizationConfig qconfig_;
@@ -211,6 +194,39 @@ private:
     };
     std::vector<ConvCodes> conv_codes_;
 };
+
+template <class>
+void QuantizedMambaModel::run(std::span<const std::uint32_t> tokens, State& state, Logits which, ActivationTap* tap) const {
+    require(!tokens.empty(), "QuantizedMambaModel::prefill: no tokens");
+    require(state.caches.size() == layers_.size(), "QuantizedMambaModel::prefill: state made for ",
+            state.caches.size(), " layers, model has ", layers_.size());
+    require(state.chunk_tokens > 0 && state.chunk_tokens % 4 == 0,
+            "QuantizedMambaModel::prefill: chunk_tokens must be a positive multiple of 4, got ", state.chunk_tokens);
+    // Every token checked before the state advances, so a bad one leaves the state as it was.
+    for (std::size_t t = 0; t < tokens.size(); ++t)
+        require(tokens[t] < config_.padded_vocab, "QuantizedMambaModel: token ", tokens[t], " at position ", t,
+                " is outside the vocabulary of ", config_.padded_vocab);
+    const auto L = static_cast<Eigen::Index>(tokens.size());
+    const auto V = static_cast<Eigen::Index>(config_.padded_vocab);
+    if (which == Logits::all) state.logits.resize(L, V);
+    for (Eigen::Index begin = 0; begin < L;) {
+        const Eigen::Index n = detail::prefill_chunk_rows(L, begin, state.chunk_tokens);
+        embed(tokens.subspan(static_cast<std::size_t>(begin), static_cast<std::size_t>(n)), state.h);
+        for (std::size_t i = 0; i < layers_.size(); ++i) layers_[i].forward(state.h, state.caches[i], state.workspace, tap, i);
+        begin += n;
+        if (which == Logits::none || (which == Logits::last && begin < L)) continue;
+        const Eigen::Index first = which == Logits::all ? 0 : n - 1; // rows of this chunk that need logits
+        detail::final_norm_rows(state.h, first, norm_f_, config_.norm_eps, state.normed, tap, layers_.size());
+        if (which == Logits::last) state.logits.resize(1, V);
+        const Eigen::Index row0 = which == Logits::all ? begin - n : 0;
+        head_.forward(view(std::as_const(state.normed)),
+                      MatrixView<float>(state.logits.data() + row0 * V, static_cast<std::size_t>(n - first),
+                                        static_cast<std::size_t>(V)),
+                      state.workspace.out_lin);
+    }
+    state.position += tokens.size();
+}
+MQ_EXTERN_TEMPLATE(void QuantizedMambaModel::run<>(std::span<const std::uint32_t>, State&, Logits, ActivationTap*) const)
 
 namespace detail {
 // A tied table quantized as the head is stored (and held) once: the head's packed rows.
@@ -334,8 +350,9 @@ MambaWeights mamba_weights(const BasicMambaModel<Block>& m)
 //   state_rotation ⇔ config.state_rotation (checked; needs a quantized scan_output),
 //   state_scale → the smoothed / quantized scan carries it, gate_scale → S-SiLU, dt_shift → x_proj bias.
 // A float config gives the float model through the same classes (bit-identical to MambaModel).
-inline QuantizedMambaModel build_quantized_model(const MambaWeights& w, const MambaConfig& cfg,
-                                                 const QuantizationConfig& qc, FakeQuant fake = FakeQuant::no) {
+template <class>
+QuantizedMambaModel build_quantized_model(const MambaWeights& w, const MambaConfig& cfg, const QuantizationConfig& qc,
+                                          FakeQuant fake) {
     validate(w);
     qc.validate(w.layers.size());
     require(w.layers.size() == cfg.n_layer, "build_quantized_model: ", w.layers.size(), " layers, the config says ",
@@ -405,6 +422,8 @@ inline QuantizedMambaModel build_quantized_model(const MambaWeights& w, const Ma
     }
     return m;
 }
+MQ_EXTERN_TEMPLATE(QuantizedMambaModel build_quantized_model<>(const MambaWeights&, const MambaConfig&,
+                                                               const QuantizationConfig&, FakeQuant))
 
 namespace detail {
 // The stored form of a packed weight (io/quantized_checkpoint.hpp's layout).
@@ -477,7 +496,8 @@ decltype(auto) load_packed(const Checkpoint& ck, const std::string& base, const 
 //                 state_scale}; R2 and R4 by description in the config only.
 // The embedding is absent when it is the quantized head's rows (tied). Only the integer model is
 // saved; its fake-quant twin is load(dir, FakeQuant::yes).
-inline void QuantizedMambaModel::save(const std::filesystem::path& dir) const {
+template <class>
+void QuantizedMambaModel::save(const std::filesystem::path& dir) const {
     require(!fake_, "QuantizedMambaModel::save: this is the fake-quant twin; save the integer model");
     std::filesystem::create_directories(dir);
     std::vector<TensorData> ts;
@@ -569,10 +589,12 @@ inline void QuantizedMambaModel::save(const std::filesystem::path& dir) const {
     save_safetensors(dir / kSafetensorsSingleName, ts, {{"format", "mambaquant"}});
     write_file_atomically(dir / "config.json", j.dump(2) + "\n");
 }
+MQ_EXTERN_TEMPLATE(void QuantizedMambaModel::save<>(const std::filesystem::path&) const)
 
 // Reads a directory save() wrote. Errors name the tensor or field: a float checkpoint (no
 // quantization_config), a missing or mistyped tensor, a bad scale or zero point, a wrong byte size.
-inline QuantizedMambaModel QuantizedMambaModel::load(const std::filesystem::path& dir, FakeQuant fake) {
+template <class>
+QuantizedMambaModel QuantizedMambaModel::load(const std::filesystem::path& dir, FakeQuant fake) {
     const auto cfg_path = dir / "config.json";
     const nlohmann::json j = detail::parse_untrusted_json(detail::read_text_file(cfg_path), cfg_path.string(), 1);
     require(j.is_object() && j.contains("quantization_config"), cfg_path.string(),
@@ -708,5 +730,6 @@ inline QuantizedMambaModel QuantizedMambaModel::load(const std::filesystem::path
     m.qconfig_ = std::move(qc);
     return m;
 }
+MQ_EXTERN_TEMPLATE(QuantizedMambaModel QuantizedMambaModel::load<>(const std::filesystem::path&, FakeQuant))
 
 MQ_NAMESPACE_END

@@ -178,51 +178,15 @@ public:
     // The site's layer from a float weight [out × in] that already holds the online rotation, if
     // any (the transforms fold it: rotate_out_proj_input), so it is packed as it is. `fake`: the
     // fake-quant twin of the same quantized layer.
+    template <class = void>
     static AnyLinear build(ConstMatrixView<float> weight, std::span<const float> bias, const SiteQuant& q,
                            const std::optional<RotationSpec>& rotation, std::optional<QuantParams> static_params,
-                           bool fake) {
-        std::optional<HadamardOnline> rot;
-        if (rotation) {
-            require(rotation->n == weight.cols, "AnyLinear: online rotation of size ", rotation->n,
-                    " does not match the layer's in_features ", weight.cols);
-            rot = HadamardOnline::from_spec(*rotation);
-        }
-        if (!q.weight) {
-            require(!q.act.quantized(), "AnyLinear: float weights with quantized activations are not in the run-time set");
-            if (rot) return AnyLinear(FloatLinear<HadamardOnline>(MatrixXf(as_eigen(weight)), bias, std::move(*rot)));
-            return AnyLinear(FloatLinear<NoRotation>(MatrixXf(as_eigen(weight)), bias));
-        }
-        return detail::visit_site_weight(*q.weight, [&]<class W>(std::type_identity<W>) {
-            // Packed once, in the W8 layout of the arch the layer will run on (Linear's choice).
-            return from_packed(pack_weights<W>(weight, w8_layout_for(runnable_arch(active_arch()))), bias, q,
-                               std::move(rot), static_params, fake);
-        });
-    }
+                           bool fake);
 
     // From packed weights (loaded from a file, or just packed); the weight type must be the spec's.
     template <class Packed>
     static AnyLinear from_packed(Packed packed, std::span<const float> bias, const SiteQuant& q,
-                                 std::optional<HadamardOnline> rot, std::optional<QuantParams> static_params, bool fake) {
-        require(q.weight.has_value() && q.act.quantized(), "AnyLinear: a packed weight needs quantized weights and activations");
-        require(q.act.mode != ActMode::static_per_tensor || static_params.has_value(),
-                "AnyLinear: static per-tensor activations need calibrated params");
-        if (fake)
-            return AnyLinear(FakeQuantLinear(dequantize(packed), bias, q.act, static_params, std::move(rot)));
-        return detail::visit_site_weight(*q.weight, [&]<class W>(std::type_identity<W>) {
-            return detail::visit_site_act(q.act, [&]<class A>(std::type_identity<A>) -> AnyLinear {
-                if constexpr (!std::is_same_v<packed_weights_t<W>, Packed>) {
-                    fail("AnyLinear: packed weight type does not match the weight quantizer");
-                } else {
-                    auto make = [&](auto l) {
-                        if constexpr (std::same_as<typename A::granularity, per_tensor>) l.set_static_input_params(*static_params);
-                        return AnyLinear(std::move(l));
-                    };
-                    if (rot) return make(Linear<W, A, HadamardOnline>(std::move(packed), bias, std::move(*rot)));
-                    return make(Linear<W, A, NoRotation>(std::move(packed), bias));
-                }
-            });
-        });
-    }
+                                 std::optional<HadamardOnline> rot, std::optional<QuantParams> static_params, bool fake);
 
     bool empty() const noexcept { return std::holds_alternative<std::monostate>(v_); }
     const variant_type& variant() const noexcept { return v_; }
@@ -264,16 +228,8 @@ public:
         }, v_);
     }
 
-    void forward(ConstMatrixView<float> x, MatrixView<float> y, workspace_type& ws) const {
-        std::visit([&](const auto& l) {
-            using L = std::decay_t<decltype(l)>;
-            if constexpr (std::is_same_v<L, std::monostate>) fail("AnyLinear::forward: empty layer");
-            else if constexpr (std::is_same_v<L, FakeQuantLinear>) l.forward(x, y, ws.fake);
-            else if constexpr (std::is_same_v<typename L::workspace_type, LinearWorkspace<float>>) l.forward(x, y, ws.f);
-            else if constexpr (std::is_same_v<typename L::workspace_type, LinearWorkspace<std::int16_t>>) l.forward(x, y, ws.w8);
-            else l.forward(x, y, ws.w4);
-        }, v_);
-    }
+    template <class = void>
+    void forward(ConstMatrixView<float> x, MatrixView<float> y, workspace_type& ws) const;
 
     // Calls f(packed) with the PackedW8 / PackedW4 of a quantized layer (not for float or fake).
     template <class F>
@@ -302,5 +258,73 @@ public:
 private:
     variant_type v_;
 };
+
+// The members that visit every alternative, defined out of the class as templates never spelled by
+// callers: instantiated only where called, and with MQ_COMPILED compiled once in the companion
+// library (src/quantized_model*.cpp; core/config.hpp).
+template <class>
+AnyLinear AnyLinear::build(ConstMatrixView<float> weight, std::span<const float> bias, const SiteQuant& q,
+                           const std::optional<RotationSpec>& rotation, std::optional<QuantParams> static_params,
+                           bool fake) {
+    std::optional<HadamardOnline> rot;
+    if (rotation) {
+        require(rotation->n == weight.cols, "AnyLinear: online rotation of size ", rotation->n,
+                " does not match the layer's in_features ", weight.cols);
+        rot = HadamardOnline::from_spec(*rotation);
+    }
+    if (!q.weight) {
+        require(!q.act.quantized(), "AnyLinear: float weights with quantized activations are not in the run-time set");
+        if (rot) return AnyLinear(FloatLinear<HadamardOnline>(MatrixXf(as_eigen(weight)), bias, std::move(*rot)));
+        return AnyLinear(FloatLinear<NoRotation>(MatrixXf(as_eigen(weight)), bias));
+    }
+    return detail::visit_site_weight(*q.weight, [&]<class W>(std::type_identity<W>) {
+        // Packed once, in the W8 layout of the arch the layer will run on (Linear's choice).
+        return from_packed(pack_weights<W>(weight, w8_layout_for(runnable_arch(active_arch()))), bias, q,
+                           std::move(rot), static_params, fake);
+    });
+}
+MQ_EXTERN_TEMPLATE(AnyLinear AnyLinear::build<>(ConstMatrixView<float>, std::span<const float>, const SiteQuant&,
+                                             const std::optional<RotationSpec>&, std::optional<QuantParams>, bool))
+
+template <class Packed>
+AnyLinear AnyLinear::from_packed(Packed packed, std::span<const float> bias, const SiteQuant& q,
+                                 std::optional<HadamardOnline> rot, std::optional<QuantParams> static_params, bool fake) {
+    require(q.weight.has_value() && q.act.quantized(), "AnyLinear: a packed weight needs quantized weights and activations");
+    require(q.act.mode != ActMode::static_per_tensor || static_params.has_value(),
+            "AnyLinear: static per-tensor activations need calibrated params");
+    if (fake)
+        return AnyLinear(FakeQuantLinear(dequantize(packed), bias, q.act, static_params, std::move(rot)));
+    return detail::visit_site_weight(*q.weight, [&]<class W>(std::type_identity<W>) {
+        return detail::visit_site_act(q.act, [&]<class A>(std::type_identity<A>) -> AnyLinear {
+            if constexpr (!std::is_same_v<packed_weights_t<W>, Packed>) {
+                fail("AnyLinear: packed weight type does not match the weight quantizer");
+            } else {
+                auto make = [&](auto l) {
+                    if constexpr (std::same_as<typename A::granularity, per_tensor>) l.set_static_input_params(*static_params);
+                    return AnyLinear(std::move(l));
+                };
+                if (rot) return make(Linear<W, A, HadamardOnline>(std::move(packed), bias, std::move(*rot)));
+                return make(Linear<W, A, NoRotation>(std::move(packed), bias));
+            }
+        });
+    });
+}
+MQ_EXTERN_TEMPLATE(AnyLinear AnyLinear::from_packed<PackedW8>(PackedW8, std::span<const float>, const SiteQuant&,
+                                                           std::optional<HadamardOnline>, std::optional<QuantParams>, bool))
+MQ_EXTERN_TEMPLATE(AnyLinear AnyLinear::from_packed<PackedW4>(PackedW4, std::span<const float>, const SiteQuant&,
+                                                           std::optional<HadamardOnline>, std::optional<QuantParams>, bool))
+
+template <class>
+void AnyLinear::forward(ConstMatrixView<float> x, MatrixView<float> y, workspace_type& ws) const {
+    std::visit([&](const auto& l) {
+        using L = std::decay_t<decltype(l)>;
+        if constexpr (std::is_same_v<L, std::monostate>) fail("AnyLinear::forward: empty layer");
+        else if constexpr (std::is_same_v<L, FakeQuantLinear>) l.forward(x, y, ws.fake);
+        else if constexpr (std::is_same_v<typename L::workspace_type, LinearWorkspace<float>>) l.forward(x, y, ws.f);
+        else if constexpr (std::is_same_v<typename L::workspace_type, LinearWorkspace<std::int16_t>>) l.forward(x, y, ws.w8);
+        else l.forward(x, y, ws.w4);
+    }, v_);
+}
+MQ_EXTERN_TEMPLATE(void AnyLinear::forward<>(ConstMatrixView<float>, MatrixView<float>, workspace_type&) const)
 
 MQ_NAMESPACE_END

@@ -386,10 +386,11 @@ using RecipeCalibrator =
 
 // calibrate (per stage) → transforms → online rotations → final calibration on the transformed
 // model (static ranges; Hessians for GPTQ) → optional GPTQ → the config with its static params.
-// `shared_layers`: RecipeContext::shared_layers.
-inline QuantizedRecipe run_recipe(const Recipe& recipe, const MambaWeights& float_weights, const MambaConfig& model,
-                                  const RecipeCalibrator& calibrate_model, const QuantizeOptions& opt,
-                                  std::size_t shared_layers = 1) {
+// `shared_layers`: RecipeContext::shared_layers. (A template for the companion library, as below.)
+template <class = void>
+QuantizedRecipe run_recipe(const Recipe& recipe, const MambaWeights& float_weights, const MambaConfig& model,
+                           const RecipeCalibrator& calibrate_model, const QuantizeOptions& opt,
+                           std::size_t shared_layers = 1) {
     validate(float_weights);
     detail::require_finite_weights(float_weights);
     RecipeContext c{float_weights, model, detail::recipe_base_config(recipe, opt.bits), nullptr, opt.seed, opt.fallback,
@@ -456,12 +457,17 @@ inline QuantizedRecipe run_recipe(const Recipe& recipe, const MambaWeights& floa
     out.config = std::move(c.config);
     return out;
 }
+MQ_EXTERN_TEMPLATE(QuantizedRecipe run_recipe<>(const Recipe&, const MambaWeights&, const MambaConfig&,
+                                                const RecipeCalibrator&, const QuantizeOptions&, std::size_t))
 
 // The language model's recipe run: each calibration pass runs the float model of the current
-// weights over the token windows.
-inline QuantizedRecipe run_recipe(const Recipe& recipe, const MambaWeights& float_weights, const MambaConfig& model,
-                                  std::span<const std::span<const std::uint32_t>> windows, const QuantizeOptions& opt) {
-    return run_recipe(recipe, float_weights, model,
+// weights over the token windows. (A template never spelled by callers: instantiated only where
+// called, and with MQ_COMPILED compiled once in the companion library, src/recipe.cpp —
+// core/config.hpp.)
+template <class = void>
+QuantizedRecipe run_recipe(const Recipe& recipe, const MambaWeights& float_weights, const MambaConfig& model,
+                           std::span<const std::span<const std::uint32_t>> windows, const QuantizeOptions& opt) {
+    return run_recipe<>(recipe, float_weights, model,
                       [&](const MambaWeights& w, const CalibrationPlan& plan, std::string_view what) {
                           const QuantizedMambaModel m = build_quantized_model(w, model, QuantizationConfig{});
                           return calibrate(m, windows, plan, &w, [&](std::size_t d, std::size_t t) {
@@ -470,5 +476,7 @@ inline QuantizedRecipe run_recipe(const Recipe& recipe, const MambaWeights& floa
                       },
                       opt);
 }
+MQ_EXTERN_TEMPLATE(QuantizedRecipe run_recipe<>(const Recipe&, const MambaWeights&, const MambaConfig&,
+                                                std::span<const std::span<const std::uint32_t>>, const QuantizeOptions&))
 
 MQ_NAMESPACE_END

@@ -56,5 +56,6 @@ Klt klt_from_covariance(const MatrixXd& covariance, EigenBackend backend = Eigen
     fix_eigenvector_signs(out.basis);
     return out;
 }
+MQ_EXTERN_TEMPLATE(Klt klt_from_covariance<>(const MatrixXd&, EigenBackend)) // src/transform.cpp
 
 MQ_NAMESPACE_END

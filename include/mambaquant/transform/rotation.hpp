@@ -137,6 +137,10 @@ Matrix<T> rotation_matrix(const RotationSpec& spec) {
     }
     fail("rotation_matrix: unknown rotation kind");
 }
+// Compiled once in the companion library with MQ_COMPILED (src/transform.cpp; core/config.hpp).
+MQ_EXTERN_TEMPLATE(Matrix<double> random_orthogonal<double>(std::size_t, std::uint64_t))
+MQ_EXTERN_TEMPLATE(Matrix<double> rotation_matrix<double>(const RotationSpec&))
+MQ_EXTERN_TEMPLATE(Matrix<float> rotation_matrix<float>(const RotationSpec&))
 
 // W ← W·Q, W: [out × n] (a consumer of the rotated activation, e.g. W_out of an online R2, or
 // W_in of the residual rotation R1). Computed in the wider of the two scalar types.

@@ -117,5 +117,6 @@ SymmetricEigen symmetric_eigen(const MatrixXd& a, EigenBackend backend = EigenBa
     require(solver.info() == Eigen::Success, "symmetric_eigen: Eigen's solver did not converge (d = ", d, ")");
     return {solver.eigenvalues(), solver.eigenvectors()};
 }
+MQ_EXTERN_TEMPLATE(SymmetricEigen symmetric_eigen<>(const MatrixXd&, EigenBackend)) // src/transform.cpp
 
 MQ_NAMESPACE_END
