@@ -42,12 +42,12 @@ inline void write_accuracy_csv(const std::filesystem::path& path, const std::vec
 }
 
 inline void print_accuracy_header(std::ostream& out) {
-    out << std::left << std::setw(24) << "model" << std::setw(16) << "method" << std::setw(6) << "bits" << std::right
+    out << std::left << std::setw(24) << "model" << std::setw(19) << "method" << std::setw(6) << "bits" << std::right
         << std::setw(9) << "bpb" << std::setw(9) << "delta%" << std::setw(9) << "MiB" << std::setw(11) << "prefill/s"
         << std::setw(10) << "decode/s" << '\n';
 }
 inline void print_accuracy_row(std::ostream& out, const AccuracyRow& r) {
-    out << std::left << std::setw(24) << r.model << std::setw(16) << r.method << std::setw(6) << r.bits << std::right
+    out << std::left << std::setw(24) << r.model << std::setw(19) << r.method << std::setw(6) << r.bits << std::right
         << std::fixed << std::setprecision(4) << std::setw(9) << r.bpb << std::setprecision(2) << std::setw(9)
         << r.delta_pct << std::setprecision(3) << std::setw(9) << r.size_mib << std::setprecision(0) << std::setw(11)
         << r.prefill_tok_s << std::setw(10) << r.decode_tok_s << '\n'
