@@ -151,6 +151,40 @@ TEST_CASE("packing from float: error at most half a step") {
     check(p4a, [&](std::size_t r, std::size_t) { return p4a.scale[p4a.param_index(r, 0)]; });
 }
 
+TEST_CASE("packing on a given grid: the grid's own codes come back, min/max packing is the special case") {
+    const mq::MatrixXf w = mqtest::random_matrix(19, 160, 6);
+    using W4G = mq::Quantizer<4, mq::per_group<32>, mq::asymmetric>;
+    // On the grid min/max would choose, packing with those params is packing by min/max.
+    const auto auto_p = mq::pack_weights<W4G>(mq::view(w));
+    std::vector<mq::QuantParams> grid(19 * 5);
+    for (std::size_t r = 0; r < 19; ++r)
+        for (std::size_t g = 0; g < 5; ++g) grid[r * 5 + g] = {auto_p.scale[auto_p.param_index(r, g)], 0.0f, auto_p.zero[auto_p.param_index(r, g)]};
+    for (auto& p : grid) p.inv_scale = 1.0f / p.scale;
+    // (inv_scale as params_from_range sets it: the scale's reciprocal)
+    const mq::MatrixXf d = mq::dequantize(mq::pack_weights<W4G>(mq::view(w), grid));
+    CHECK((d - mq::dequantize(auto_p)).cwiseAbs().maxCoeff() == 0.0f);
+    // A coarser grid (every scale ×1.5, as a GPTQ row whose extreme moved) keeps its values: ŵ
+    // packed on it dequantizes to ŵ exactly, where a min/max re-grid of ŵ would not.
+    for (auto& p : grid) p.scale *= 1.5f, p.inv_scale = 1.0f / p.scale;
+    const mq::MatrixXf coarse = mq::dequantize(mq::pack_weights<W4G>(mq::view(w), grid));
+    CHECK((mq::dequantize(mq::pack_weights<W4G>(mq::view(coarse), grid)) - coarse).cwiseAbs().maxCoeff() == 0.0f);
+    std::vector<mq::QuantParams> rows(19);
+    for (std::size_t r = 0; r < 19; ++r) rows[r] = mq::W8PerChannel::params(-0.01f * float(r + 1), 0.02f);
+    const mq::MatrixXf w8 = mq::dequantize(mq::pack_weights<mq::W8PerChannel>(mq::view(w), rows));
+    CHECK((mq::dequantize(mq::pack_weights<mq::W8PerChannel>(mq::view(w8), rows)) - w8).cwiseAbs().maxCoeff() == 0.0f);
+    // Bad grids are refused by name.
+    CHECK_THROWS_WITH_AS(mq::pack_weights<mq::W8PerChannel>(mq::view(w), std::span(rows).first(18)),
+                         "pack_weights: expected 19 quantization params, got 18", mq::error);
+    rows[3].inv_scale *= 2.0f;
+    CHECK_THROWS_WITH_AS(mq::pack_weights<mq::W8PerChannel>(mq::view(w), rows), doctest::Contains("params[3].inv_scale"),
+                         mq::error);
+    rows[3].inv_scale = 1.0f / rows[3].scale;
+    mq::MatrixXf bad = w;
+    bad(4, 9) = std::nanf("");
+    CHECK_THROWS_WITH_AS(mq::pack_weights<mq::W8PerChannel>(mq::view(bad), rows),
+                         "pack_weights: weight[4][9] is not finite (nan)", mq::error);
+}
+
 TEST_CASE("packing: bad input is reported") {
     const mq::MatrixXf w = mqtest::random_matrix(4, 48, 1);
     CHECK_THROWS_WITH_AS(mq::pack_w4<mq::W4PerGroup<32>>(mq::view(w)),

@@ -65,6 +65,22 @@ TEST_CASE("QuantizationConfig: what the run-time set cannot run is refused by fi
     CHECK_THROWS_WITH_AS(c.validate(2), Contains("layer 0 site conv1d: static activation params missing"), mq::error);
     c[mq::Site::conv1d].weight.reset();
     CHECK_THROWS_WITH_AS(c.validate(), Contains("sites.conv1d.act: a quantized conv1d input needs int8 conv1d weights"), mq::error);
+    // Fixed weight grids (GPTQ's): one entry per layer, only on the projections' quantized weights.
+    c = mq::uniform_quantization_config(4, 0, mq::ActMode::dynamic_per_token);
+    c.weight_params.resize(1);
+    CHECK_THROWS_WITH_AS(c.validate(2), Contains("weight grids for 1 layers, the model has 2"), mq::error);
+    c.weight_params.resize(2);
+    c.weight_params[1][mq::Site::x_proj].assign(3, mq::QuantParams{0.5f, 2.0f, 0});
+    CHECK_NOTHROW(c.validate(2));
+    CHECK(c.weight_grid(1, mq::Site::x_proj).size() == 3);
+    CHECK(c.weight_grid(0, mq::Site::x_proj).empty());
+    CHECK(c.weight_grid(5, mq::Site::x_proj).empty());
+    c.weight_params[0][mq::Site::conv1d].assign(3, mq::QuantParams{0.5f, 2.0f, 0});
+    CHECK_THROWS_WITH_AS(c.validate(2), Contains("layer 0 site conv1d: a fixed weight grid is for the quantized weights"),
+                         mq::error);
+    c.weight_params[0][mq::Site::conv1d].clear();
+    c[mq::Site::x_proj] = {};
+    CHECK_THROWS_WITH_AS(c.validate(2), Contains("layer 1 site x_proj: a fixed weight grid"), mq::error);
 }
 
 TEST_CASE("QuantizationConfig: bad JSON is refused by field") {

@@ -98,6 +98,10 @@ TEST_CASE("quantized Vim: W8A8 MambaQuant keeps the float top-1 on test images; 
     std::vector<std::uint8_t> lab;
     for (std::size_t i = 0; i < kTest; ++i) lab.push_back(static_cast<std::uint8_t>(labels[i]));
     const mq::QuantizedVimRecipe q = mq::run_vim_recipe(mq::mambaquant_recipe(), d.w, d.cfg, d.calib_batch(), options("w8a8"));
+    // The conv1d input static per tensor as in the language model (METHOD.md §2), one quantizer per
+    // direction (each direction has its own conv), so both models below run the integer conv.
+    CHECK(q.config[mq::Site::conv1d].act.mode == mq::ActMode::static_per_tensor);
+    for (const auto& l : q.config.layers) CHECK(l[mq::Site::conv1d].has_value());
     const mq::QuantizedVimModel im = mq::build_quantized_vim_model(q.weights, d.cfg, q.config);
     const mq::QuantizedVimModel twin = mq::build_quantized_vim_model(q.weights, d.cfg, q.config, mq::FakeQuant::yes);
     const mq::MatrixXf li = im.logits(d.test_batch()), lt = twin.logits(d.test_batch());

@@ -217,6 +217,18 @@ aligned_vector<QuantParams> weight_params(ConstMatrixView<float> w, std::size_t 
     return params;
 }
 
+// The codes of W on a grid: q[r][c] = clamp(round(w·inv_scale) + zero, range) with the params of
+// row r's group c / group (params[r·groups + g]).
+template <class Q, class Code>
+aligned_vector<Code> weight_codes(ConstMatrixView<float> w, std::span<const QuantParams> params, std::size_t group) {
+    const std::size_t groups = w.cols / group;
+    aligned_vector<Code> codes(w.rows * w.cols);
+    for (std::size_t r = 0; r < w.rows; ++r)
+        for (std::size_t c = 0; c < w.cols; ++c)
+            codes[r * w.cols + c] = static_cast<Code>(quantize_value<typename Q::range>(w(r, c), params[r * groups + c / group]));
+    return codes;
+}
+
 } // namespace detail
 
 // Packs already-quantized int8 codes q[n][k] ∈ [-127, 127] with one symmetric QuantParams per row.
@@ -274,10 +286,7 @@ template <W8Policy Q = W8PerChannel>
 PackedW8 pack_w8(ConstMatrixView<float> w, W8Layout layout = W8Layout::pairs) {
     detail::check_weight_shape(w.rows, w.cols, "pack_w8");
     const auto params = detail::weight_params<Q>(w, w.cols, "pack_w8");
-    aligned_vector<std::int8_t> codes(w.rows * w.cols);
-    for (std::size_t r = 0; r < w.rows; ++r)
-        for (std::size_t c = 0; c < w.cols; ++c)
-            codes[r * w.cols + c] = static_cast<std::int8_t>(quantize_value<typename Q::range>(w(r, c), params[r]));
+    const auto codes = detail::weight_codes<Q, std::int8_t>(w, params, w.cols);
     return pack_w8(ConstMatrixView<std::int8_t>(codes.data(), w.rows, w.cols), params, layout);
 }
 
@@ -366,12 +375,8 @@ PackedW4 pack_w4(ConstMatrixView<float> w) {
         require(w.cols % group == 0, "pack_w4: group size ", group, " does not divide in_features ", w.cols);
     }
     const auto params = detail::weight_params<Q>(w, group, "pack_w4");
-    const std::size_t groups = w.cols / group;
     using Code = typename Q::code_type;
-    aligned_vector<Code> codes(w.rows * w.cols);
-    for (std::size_t r = 0; r < w.rows; ++r)
-        for (std::size_t c = 0; c < w.cols; ++c)
-            codes[r * w.cols + c] = static_cast<Code>(quantize_value<typename Q::range>(w(r, c), params[r * groups + c / group]));
+    const auto codes = detail::weight_codes<Q, Code>(w, params, group);
     return pack_w4<Q>(ConstMatrixView<Code>(codes.data(), w.rows, w.cols), params);
 }
 
@@ -406,6 +411,40 @@ packed_weights_t<Q> pack_weights(ConstMatrixView<float> w, W8Layout w8_layout = 
         return pack_w8<Q>(w, w8_layout);
     else
         return pack_w4<Q>(w);
+}
+
+// Quantizes W on a grid the caller gives — params per row (per channel) or per row and group
+// (row-major, params[r·groups + g]) — and packs it. For a quantizer that chose its codes on its
+// own grid (GPTQ: quant/gptq.hpp's GptqResult::params): re-deriving the scales from the
+// dequantized ŵ by min/max would move the grid wherever the error feedback moved a row's or
+// group's extreme value, and re-round every code there. With ŵ = (q − z)·s on this grid the
+// codes come back exactly: ŵ·(1/s) = (q − z)(1 + δ), |δ| ≤ 3·2⁻²⁴, so for |q − z| ≤ 255 it
+// rounds to q − z.
+template <class Q>
+    requires W8Policy<Q> || W4Policy<Q>
+packed_weights_t<Q> pack_weights(ConstMatrixView<float> w, std::span<const QuantParams> params,
+                                 W8Layout w8_layout = W8Layout::pairs) {
+    detail::check_weight_shape(w.rows, w.cols, "pack_weights");
+    std::size_t group = w.cols;
+    if constexpr (is_per_group_v<typename Q::granularity>) {
+        group = Q::granularity::group_size;
+        require(w.cols % group == 0, "pack_weights: group size ", group, " does not divide in_features ", w.cols);
+    }
+    using R = typename Q::range;
+    detail::check_params(params, w.rows * (w.cols / group), Q::symmetry::is_symmetric, R::min, R::max, "pack_weights");
+    for (std::size_t i = 0; i < params.size(); ++i)
+        require(std::fabs(params[i].inv_scale * params[i].scale - 1.0f) <= 1e-5f, "pack_weights: params[", i,
+                "].inv_scale ", params[i].inv_scale, " is not 1/scale (scale ", params[i].scale, ")");
+    for (std::size_t r = 0; r < w.rows; ++r)
+        for (std::size_t c = 0; c < w.cols; ++c)
+            require(std::isfinite(w(r, c)), "pack_weights: weight[", r, "][", c, "] is not finite (", w(r, c), ")");
+    using Code = std::conditional_t<Q::bits == 8, std::int8_t, typename Q::code_type>;
+    const auto codes = detail::weight_codes<Q, Code>(w, params, group);
+    const ConstMatrixView<Code> cv(codes.data(), w.rows, w.cols);
+    if constexpr (Q::bits == 8)
+        return pack_w8(cv, params, w8_layout);
+    else
+        return pack_w4<Q>(cv, params);
 }
 
 MQ_NAMESPACE_END

@@ -14,7 +14,9 @@
 //                      hadamard / randomized_hadamard with its seed; size E),
 //      state_rotation: optional RotationSpec of the R4 rotation of the state (N×N),
 //      layers[i].act[Site]: the static per-tensor activation params (scale, zero) of each site of
-//        layer i (sites whose act mode is static_per_tensor), and head_act for the LM head input.
+//        layer i (sites whose act mode is static_per_tensor), and head_act for the LM head input,
+//      weight_params[i][Site]: optional fixed weight grids (GPTQ's scales; the packed codes and
+//        scales of a saved model keep them, so a loaded config has none).
 //    The static params are NOT in the JSON (they live in the safetensors next to the weights,
 //    io/quantized_checkpoint.hpp); to_json writes the choices only.
 //  • ActivationTap (nn/activation_tap.hpp) — observer passed to BasicMambaModel::prefill and to
@@ -44,6 +46,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -114,6 +117,15 @@ struct LayerActParams {
     const std::optional<QuantParams>& operator[](Site s) const noexcept { return act[site_index(s)]; }
 };
 
+// The weight grid of one layer's sites, where a quantizer chose the codes itself (GPTQ): per site,
+// (scale, zero) per output row (per channel) or per row and group (row-major, r·groups + g), as
+// GptqResult::params. Empty: the builder quantizes the weight by min/max.
+struct LayerWeightParams {
+    std::array<std::vector<QuantParams>, kSiteCount> weight;
+    std::vector<QuantParams>& operator[](Site s) noexcept { return weight[site_index(s)]; }
+    const std::vector<QuantParams>& operator[](Site s) const noexcept { return weight[site_index(s)]; }
+};
+
 inline constexpr std::array<std::string_view, 7> kQuantMethods{"fp",     "rtn",        "smoothquant", "quarot",
                                                                 "quamba", "mambaquant", "custom"};
 inline constexpr std::array<std::string_view, 5> kQuantBitLabels{"fp32", "w8a8", "w4a8", "w8a16", "w4a16"};
@@ -126,6 +138,13 @@ struct QuantizationConfig {
     std::optional<RotationSpec> state_rotation; // R4, N×N
     std::vector<LayerActParams> layers;         // static activation params per layer
     std::optional<QuantParams> head_act;        // static params of the LM head input
+    std::vector<LayerWeightParams> weight_params; // empty, or per layer: fixed weight grids (GPTQ)
+
+    // Layer i's fixed grid for site s (empty: min/max at build time).
+    std::span<const QuantParams> weight_grid(std::size_t layer, Site s) const noexcept {
+        if (layer >= weight_params.size()) return {};
+        return weight_params[layer][s];
+    }
 
     SiteQuant& operator[](Site s) noexcept { return sites[site_index(s)]; }
     const SiteQuant& operator[](Site s) const noexcept { return sites[site_index(s)]; }
@@ -169,6 +188,15 @@ struct QuantizationConfig {
                 require(!want || p.has_value(), "quantization_config: layer ", i, " site ", site_name(s),
                         ": static activation params missing");
                 if (p) require_valid_static(*p, (*this)[s].act, detail::concat("layer ", i, " site ", site_name(s)));
+            }
+        require(weight_params.empty() || weight_params.size() == n_layer, "quantization_config: weight grids for ",
+                weight_params.size(), " layers, the model has ", n_layer);
+        for (std::size_t i = 0; i < weight_params.size(); ++i)
+            for (Site s : kAllSites) {
+                if (weight_params[i][s].empty()) continue;
+                const bool projection = s == Site::in_proj || s == Site::x_proj || s == Site::dt_proj || s == Site::out_proj;
+                require(projection && (*this)[s].weight.has_value(), "quantization_config: layer ", i, " site ", site_name(s),
+                        ": a fixed weight grid is for the quantized weights of in_proj, x_proj, dt_proj or out_proj");
             }
         if ((*this)[Site::lm_head].act.mode == ActMode::static_per_tensor) {
             require(head_act.has_value(), "quantization_config: lm_head: static activation params missing");

@@ -286,6 +286,27 @@ inline std::optional<QuantParams> normalized(std::optional<QuantParams> p) {
 }
 inline bool neutral(const Eigen::VectorXf& v, float value) { return v.size() == 0 || (v.array() == value).all(); }
 
+// A site's linear layer: AnyLinear::build (weights quantized by min/max), or, where the config
+// fixes the weight grid (GPTQ's params), the weight quantized on that grid — GPTQ's own codes and
+// scales (kernels/packed_weights.hpp's pack_weights with params says why they come back exactly).
+template <class = void>
+AnyLinear build_site_linear(ConstMatrixView<float> weight, std::span<const float> bias, const SiteQuant& q,
+                            const std::optional<RotationSpec>& rotation, std::optional<QuantParams> act,
+                            std::span<const QuantParams> grid, bool fake) {
+    if (grid.empty()) return AnyLinear::build(weight, bias, q, rotation, act, fake);
+    require(q.weight.has_value(), "build_quantized_model: a fixed weight grid needs quantized weights");
+    std::optional<HadamardOnline> rot;
+    if (rotation) {
+        require(rotation->n == weight.cols, "build_quantized_model: online rotation of size ", rotation->n,
+                " does not match the layer's in_features ", weight.cols);
+        rot = HadamardOnline::from_spec(*rotation);
+    }
+    return visit_site_weight(*q.weight, [&]<class W>(std::type_identity<W>) {
+        return AnyLinear::from_packed(pack_weights<W>(weight, grid, w8_layout_for(runnable_arch(active_arch()))), bias, q,
+                                      std::move(rot), act, fake);
+    });
+}
+
 // A layer's recorded out_rotation (R2; W_out already holds it) ⇔ the config's, and the same matrix.
 inline void require_config_out_rotation(const MambaLayerWeights& w, const QuantizationConfig& qc, std::size_t layer,
                                         const char* who) {
@@ -402,7 +423,8 @@ QuantizedMambaModel build_quantized_model(const MambaWeights& w, const MambaConf
         const aligned_vector<float> xb = detail::dt_shift_bias(lw);
         auto site = [&](Site s, const MatrixXf& weight, std::span<const float> bias = {},
                         const std::optional<RotationSpec>& rot = std::nullopt) {
-            return AnyLinear::build(view(weight), bias, qc[s], rot, detail::normalized(lp[s]), is_fake);
+            return detail::build_site_linear(view(weight), bias, qc[s], rot, detail::normalized(lp[s]), qc.weight_grid(i, s),
+                                             is_fake);
         };
         MatrixXf conv_w = lw.conv_w;
         if (qc[Site::conv1d].weight) detail::quantize_conv_int8(conv_w, m.conv_codes_[i].codes, m.conv_codes_[i].scale);

@@ -81,7 +81,8 @@ inline QuantizedVimModel build_quantized_vim_model(const VimWeights& w, const Vi
                     " (one shared site has one quantizer)");
         auto site = [&](std::size_t d, Site s, const MatrixXf& weight, std::span<const float> bias = {},
                         const std::optional<RotationSpec>& rot = std::nullopt) {
-            return AnyLinear::build(view(weight), bias, qc[s], rot, detail::normalized(params(d, s)), is_fake);
+            return detail::build_site_linear(view(weight), bias, qc[s], rot, detail::normalized(params(d, s)),
+                                             qc.weight_grid(2 * l + d, s), is_fake);
         };
         auto branch = [&](std::size_t d) {
             const MambaLayerWeights& lw = m.layers[2 * l + d];
@@ -90,7 +91,10 @@ inline QuantizedVimModel build_quantized_vim_model(const VimWeights& w, const Vi
             if (qc[Site::conv1d].weight) detail::quantize_conv_int8(conv_w, codes, scales);
             ScanWeights sw = ScanWeights::from_A_log(view(lw.A_log), detail::span_of(lw.D), detail::span_of(lw.dt_bias));
             if (!detail::neutral(lw.gate_scale, 1.0f)) sw.set_gate_scale(detail::span_of(lw.gate_scale));
-            return RuntimeVimBlock::Branch{ConvWeights::from(view(conv_w), detail::span_of(lw.conv_b)),
+            // The language model's conv: float taps, or the integer conv on the codes when its input
+            // is static per tensor (ConvWeights copies the codes, so the buffers are reused).
+            return RuntimeVimBlock::Branch{detail::conv_weights(conv_w, codes, scales, detail::span_of(lw.conv_b),
+                                                                qc[Site::conv1d], detail::normalized(params(d, Site::conv1d))),
                                            site(d, Site::x_proj, lw.x_proj, std::span<const float>(xb.data(), xb.size())),
                                            site(d, Site::dt_proj, lw.dt_proj), std::move(sw),
                                            detail::make_runtime_scan(lw, qc, 2 * l + d)};

@@ -337,6 +337,10 @@ inline void require_finite_weights(const MambaWeights& w) {
 inline QuantizationConfig recipe_base_config(const Recipe& r, const BitsChoice& b) {
     QuantizationConfig c = uniform_quantization_config(b.weight_bits, b.group, ActMode::static_per_tensor, r.act_symmetric,
                                                        "custom");
+    // METHOD.md §2: conv1d's weights per channel (int8), its input static per tensor — the integer
+    // conv (kernels/quantized_conv1d.hpp), with the recipe's symmetry and range rule as every other
+    // static site (run_recipe calibrates it on the transformed model).
+    if (c[Site::conv1d].weight) c[Site::conv1d].act = ActQuant{ActMode::static_per_tensor, 8, r.act_symmetric};
     for (auto m : kQuantMethods)
         if (m == r.name) c.method = r.name;
     c.bits = b.label;
@@ -346,13 +350,14 @@ inline QuantParams act_params(const SiteStats& s, bool percentile, bool sym) {
     const ValueRange v = percentile ? s.percentile_range() : s.minmax_range();
     return sym ? params_from_range<8, symmetric>(v.lo, v.hi) : params_from_range<8, asymmetric>(v.lo, v.hi);
 }
-// GPTQ of one weight with the (already rotated) input second moment XᵀX.
-inline MatrixXf gptq_weight(const MatrixXf& w, const CalibrationStats& st, const std::string& key, const QuantSpec& spec,
-                            const GptqOptions& o) {
+// GPTQ of one weight with the (already rotated) input second moment XᵀX: ŵ and the grid GPTQ chose
+// its codes on (the builder packs ŵ on that grid, so the model holds GPTQ's own codes and scales).
+inline GptqResult gptq_weight(const MatrixXf& w, const CalibrationStats& st, const std::string& key, const QuantSpec& spec,
+                              const GptqOptions& o) {
     const MatrixXd h = st.at(key).covariance().second_moment();
-    return visit_quantizer(spec, [&]<class Q>(std::type_identity<Q>) -> MatrixXf {
+    return visit_quantizer(spec, [&]<class Q>(std::type_identity<Q>) -> GptqResult {
         if constexpr (std::same_as<typename Q::granularity, per_channel> || is_per_group_v<typename Q::granularity>)
-            return gptq_quantize<Q>(w, h, o).dequantized;
+            return gptq_quantize<Q>(w, h, o);
         else
             fail("GPTQ: weights must be per channel or per group, got ", QuantizationConfig::granularity_kind_label(spec));
     });
@@ -439,17 +444,23 @@ QuantizedRecipe run_recipe(const Recipe& recipe, const MambaWeights& float_weigh
                                                use_percentile(TapPoint::lm_head_input), c.config[Site::lm_head].act.symmetric);
     if (opt.gptq) {
         require(opt.bits.weight_bits > 0, "GPTQ needs quantized weights (bits ", opt.bits.label, ")");
+        c.config.weight_params.assign(n, LayerWeightParams{});
         for (std::size_t i = 0; i < n; ++i) {
             auto& l = c.weights.layers[i];
-            const auto& go = opt.gptq_options;
-            const auto& st = out.final_stats;
             // Each Hessian is the second moment of the site's input as the quantized layer sees it
             // (in_proj: hn = RMSNorm(h)·γ; out_proj: a·H after R2). The LM head is left to RTN:
             // when tied it is the embedding, which GPTQ's input-side objective does not cover.
-            l.in_proj = detail::gptq_weight(l.in_proj, st, tap_key(i, n, TapPoint::in_proj_input), *c.config[Site::in_proj].weight, go);
-            l.x_proj = detail::gptq_weight(l.x_proj, st, tap_key(i, n, TapPoint::x_proj_input), *c.config[Site::x_proj].weight, go);
-            l.dt_proj = detail::gptq_weight(l.dt_proj, st, tap_key(i, n, TapPoint::dt_proj_input), *c.config[Site::dt_proj].weight, go);
-            l.out_proj = detail::gptq_weight(l.out_proj, st, tap_key(i, n, TapPoint::out_proj_input), *c.config[Site::out_proj].weight, go);
+            // The weights become ŵ and the config keeps GPTQ's grid for the builder.
+            auto gptq = [&](Site site, TapPoint tap, MatrixXf& weight) {
+                GptqResult g = detail::gptq_weight(weight, out.final_stats, tap_key(i, n, tap), *c.config[site].weight,
+                                                   opt.gptq_options);
+                weight = std::move(g.dequantized);
+                c.config.weight_params[i][site] = std::move(g.params);
+            };
+            gptq(Site::in_proj, TapPoint::in_proj_input, l.in_proj);
+            gptq(Site::x_proj, TapPoint::x_proj_input, l.x_proj);
+            gptq(Site::dt_proj, TapPoint::dt_proj_input, l.dt_proj);
+            gptq(Site::out_proj, TapPoint::out_proj_input, l.out_proj);
             if (opt.progress) opt.progress("gptq", i + 1, n);
         }
     }
