@@ -196,7 +196,7 @@ TEST_CASE("recipes: GPTQ's codes and scales are the quantized model's (the build
         // Negative control: re-deriving the grid from ŵ by min/max moves values (a row whose largest
         // code GPTQ's error feedback pulled below the maximum gets a smaller scale, and the scale
         // 7·s/7 or 127·s/127 is not always s in float), so the test above can fail.
-        MESSAGE(bits, ": values of ŵ a min/max re-grid would change: ", moved);
+        MESSAGE(std::string(bits), ": values of ŵ a min/max re-grid would change: ", moved);
         CHECK(moved > 0);
     }
 }
