@@ -274,17 +274,23 @@ template <class Arch>
 MQ_ALWAYS_INLINE __m512 join_halves(__m256 lo, __m256 hi) noexcept {
     return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
 }
+// softplus: e^x on 16 lanes (exp_approx16), xsimd's log1p on each AVX2 half (no 16-lane twin of
+// it here), then softplus's select (x > 20 ordered, as xsimd's AVX compare).
 template <class Arch>
 MQ_ALWAYS_INLINE __m512 softplus16(__m512 v) noexcept {
     using B8 = xsimd::batch<float, avx2>;
-    return join_halves<Arch>(softplus<avx2>(B8(_mm512_extractf32x8_ps(v, 0))),
-                             softplus<avx2>(B8(_mm512_extractf32x8_ps(v, 1))));
+    const __m512 e = exp_approx16<Arch>(v);
+    const __m512 soft = join_halves<Arch>(xsimd::log1p(B8(_mm512_extractf32x8_ps(e, 0))),
+                                          xsimd::log1p(B8(_mm512_extractf32x8_ps(e, 1))));
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, _mm512_set1_ps(kSoftplusThreshold), _CMP_GT_OQ), soft, v);
 }
+// gate's operations on 16 lanes: SiLU (silu16) or z / (1 + e^{−(g·z)}).
 template <class Arch>
 MQ_ALWAYS_INLINE __m512 gate16(__m512 z, const float* g) noexcept {
-    using B8 = xsimd::batch<float, avx2>;
-    return join_halves<Arch>(gate<avx2>(B8(_mm512_extractf32x8_ps(z, 0)), g),
-                             gate<avx2>(B8(_mm512_extractf32x8_ps(z, 1)), g ? g + 8 : nullptr));
+    if (!g) return silu16<Arch>(z);
+    const __m512 gz = _mm512_mul_ps(_mm512_loadu_ps(g), z);
+    const __m512 e = exp_approx16<Arch>(_mm512_xor_ps(gz, _mm512_set1_ps(-0.0f)));
+    return _mm512_div_ps(z, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
 }
 
 template <class Arch, std::size_t N>
