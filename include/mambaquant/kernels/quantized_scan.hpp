@@ -259,7 +259,6 @@ void quantized_scan_states16(const SelectiveScanArgs<float>& a, const QuantizedS
                              std::size_t d0, std::size_t t0, std::size_t T) noexcept {
     constexpr std::size_t W = 16;
     constexpr __mmask16 all = 0xFFFF;
-    using B8 = xsimd::batch<float, avx2>;
     const std::size_t E = a.channels();
     if (d0 + W < E) // the next block's rows of A and of the state, as quantized_scan_states
         for (std::size_t j = d0 + W; j < d0 + 2 * W; ++j)
@@ -267,20 +266,9 @@ void quantized_scan_states16(const SelectiveScanArgs<float>& a, const QuantizedS
                 prefetch_read(a.A.data + j * a.A.stride + n);
                 prefetch_read(a.state.data + j * a.state.stride + n);
             }
-    // A·log2 e and the state through two AVX2 8-channel transposes each (as selective_scan_block16).
     alignas(64) float a_tile[N * W];
-    B8 lo8[N], hi8[N];
-    load_columns<avx2, N>(a.A.data + d0 * a.A.stride, a.A.stride, lo8);
-    load_columns<avx2, N>(a.A.data + (d0 + 8) * a.A.stride, a.A.stride, hi8);
-    for (std::size_t n = 0; n < N; ++n) {
-        (lo8[n] * B8(kLog2e)).store_aligned(a_tile + n * W);
-        (hi8[n] * B8(kLog2e)).store_aligned(a_tile + n * W + 8);
-    }
-    load_columns<avx2, N>(a.state.data + d0 * a.state.stride, a.state.stride, lo8);
-    load_columns<avx2, N>(a.state.data + (d0 + 8) * a.state.stride, a.state.stride, hi8);
     __m512 s[N];
-#pragma GCC unroll 32
-    for (std::size_t n = 0; n < N; ++n) s[n] = join_halves<Arch>(lo8[n], hi8[n]);
+    load_block16<Arch, N>(a, d0, a_tile, s);
     const __m512 bias = a.delta_bias ? _mm512_loadu_ps(a.delta_bias + d0) : _mm512_setzero_ps();
     for (std::size_t i = 0; i < T; ++i) {
         const std::size_t t = t0 + i;
@@ -323,13 +311,7 @@ void quantized_scan_states16(const SelectiveScanArgs<float>& a, const QuantizedS
         _mm512_storeu_ps(lo_t, _mm512_mask_min_ps(lo, all, lo, _mm512_loadu_ps(lo_t)));
         _mm512_storeu_ps(hi_t, _mm512_mask_max_ps(hi, all, hi, _mm512_loadu_ps(hi_t)));
     }
-#pragma GCC unroll 32
-    for (std::size_t n = 0; n < N; ++n) {
-        lo8[n] = B8(_mm512_extractf32x8_ps(s[n], 0));
-        hi8[n] = B8(_mm512_extractf32x8_ps(s[n], 1));
-    }
-    store_columns<avx2, N>(lo8, a.state.data + d0 * a.state.stride, a.state.stride);
-    store_columns<avx2, N>(hi8, a.state.data + (d0 + 8) * a.state.stride, a.state.stride);
+    store_block16_state<Arch, N>(s, a, d0);
 }
 
 template <class Arch, std::size_t N>
