@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 #include <vector>
 
 namespace {
@@ -152,7 +153,7 @@ TEST_CASE("MambaBlock: its conv and scan run on the arch picked at construction;
     const mq::FloatMambaBlock narrow(w, kD, kE, kN, kR, kK, 1e-5f);
     mq::reset_arch(); // the block keeps AVX2; `best` takes the CPU's best (capped by MQ_ARCH)
     const mq::FloatMambaBlock best(w, kD, kE, kN, kR, kK, 1e-5f);
-    MESSAGE("MambaBlock arch: ", mq::arch_name(mq::runnable_arch(mq::active_arch())), " beside avx2");
+    MESSAGE("MambaBlock arch: ", std::string(mq::arch_name(mq::runnable_arch(mq::active_arch()))), " beside avx2");
     auto c0 = narrow.make_cache();
     auto c1 = best.make_cache();
     // kE = 128: 16-lane conv and scan blocks on avx512vnni, each channel's arithmetic the AVX2 one's.
