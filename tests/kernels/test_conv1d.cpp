@@ -2,6 +2,8 @@
 #include <mambaquant/core/rng.hpp>
 #include <mambaquant/kernels/conv1d.hpp>
 
+#include "kernels/arch_test_util.hpp"
+
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -38,13 +40,29 @@ struct ConvData {
     }
 };
 
+bool same_bits(const mq::MatrixXf& a, const mq::MatrixXf& b) { return (a.array() == b.array()).all(); }
+
+// The SIMD conv on every arch the machine runs: the first (AVX2) into `simd`, and every wider one
+// must give its bits (output and window): each channel's arithmetic is the same on every width.
+void conv_all_arches(ConvData& simd, bool with_window, bool silu) {
+    const ConvData input = simd;
+    bool first = true;
+    mqtest::for_each_arch([&](auto arch) {
+        ConvData run = input;
+        mq::causal_conv1d(arch, run.args(with_window, silu));
+        if (first) simd = run, first = false;
+        CHECK(same_bits(run.y, simd.y));
+        CHECK(same_bits(run.window, simd.window));
+    });
+}
+
 // float64 conv + SiLU with the magnitude Σ|w·x| + |b| (scaled by |σ|-ish through SiLU's slope ≤ 1.1).
 void check_conv(std::size_t L, std::size_t E, std::size_t K, bool with_window, bool silu, std::uint64_t seed) {
     CAPTURE(L); CAPTURE(E); CAPTURE(K); CAPTURE(with_window); CAPTURE(silu);
     ConvData simd(L, E, K, seed);
     ConvData ref = simd;
     const mq::MatrixXf window0 = simd.window;
-    mq::causal_conv1d(mq::default_arch{}, simd.args(with_window, silu));
+    conv_all_arches(simd, with_window, silu);
     mq::causal_conv1d_ref(ref.args(with_window, silu));
     double worst_simd = 0.0, worst_ref = 0.0;
     for (std::size_t t = 0; t < L; ++t)
@@ -88,7 +106,8 @@ TEST_CASE("causal_conv1d: SIMD and reference match float64, Mamba shapes") {
 }
 
 TEST_CASE("causal_conv1d: odd shapes, taps, windows shorter than K−1, no SiLU") {
-    check_conv(1, 13, 4, true, true, 3);   // one decode token, channel tail only
+    check_conv(1, 13, 4, true, true, 3);   // one decode token, an AVX2 batch and a channel tail
+    check_conv(1, 1536, 4, true, true, 10); // one decode token, 16-lane blocks only
     check_conv(2, 21, 4, true, false, 4);  // L < K−1: the window shifts partly
     check_conv(17, 40, 3, true, true, 5);
     check_conv(9, 16, 2, false, true, 6);
@@ -96,11 +115,12 @@ TEST_CASE("causal_conv1d: odd shapes, taps, windows shorter than K−1, no SiLU"
     check_conv(9, 19, 1, false, true, 8);  // K = 1: no history
 }
 
-TEST_CASE("causal_conv1d: SIMD and reference agree bit for bit without SiLU (same FMAs)") {
+TEST_CASE("causal_conv1d: SIMD and reference agree bit for bit without SiLU (same FMAs), on every arch") {
+    // E = 29 = 16 + 8 + 5: a 16-lane block (avx512vnni), an AVX2 batch and a scalar tail.
     ConvData a(30, 29, 4, 9);
     ConvData b = a;
-    mq::causal_conv1d(mq::default_arch{}, a.args(true, false));
+    conv_all_arches(a, true, false);
     mq::causal_conv1d_ref(b.args(true, false));
-    CHECK((a.y.array() == b.y.array()).all());
-    CHECK((a.window.array() == b.window.array()).all());
+    CHECK(same_bits(a.y, b.y));
+    CHECK(same_bits(a.window, b.window));
 }

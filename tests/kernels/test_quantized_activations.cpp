@@ -1,6 +1,7 @@
 #include <mambaquant/kernels/fwht.hpp>
 #include <mambaquant/kernels/quantized_activations.hpp>
 
+#include "kernels/arch_test_util.hpp"
 #include "kernels/qgemm_test_util.hpp"
 
 #include <doctest/doctest.h>
@@ -17,8 +18,13 @@ void check_policy(std::size_t rows, std::size_t cols, std::size_t k_pad, std::si
     CAPTURE(cols);
     const mq::MatrixXf x = mqtest::random_matrix(rows, cols, 42, 2.0f, true);
     mq::ActBuffer<Code> fast(rows, cols, k_pad, group), ref(rows, cols, k_pad, group);
-    mq::quantize_activations<Q>(mq::default_arch{}, mq::view(x), fast);
     mq::quantize_activations_ref<Q>(mq::view(x), ref);
+    // Every arch (avx512vnni: the 64-wide row range) equals the reference; `fast` keeps the last.
+    mqtest::for_each_arch([&](auto arch) {
+        mq::quantize_activations<Q>(arch, mq::view(x), fast);
+        CHECK(fast.codes == ref.codes);
+        CHECK(fast.scale == ref.scale);
+    });
     CHECK(fast.rows == rows);
     CHECK(fast.codes == ref.codes);
     CHECK(fast.scale == ref.scale);
@@ -95,16 +101,19 @@ void check_fused(std::size_t rows, std::size_t n, std::size_t k_pad, std::size_t
     const mq::MatrixXf x = mqtest::random_matrix(rows, n, 7, 2.0f, true);
     const mq::FwhtPlan plan = mq::make_fwht_plan(n, 3);
     mq::aligned_vector<float> scratch(scratch_rows * n);
-    mq::ActBuffer<Code> fused(rows, n, k_pad, group), ref(rows, n, k_pad, group);
-    mq::fwht_quantize_activations<Q>(mq::default_arch{}, mq::view(x), plan, scratch, fused);
-    mq::MatrixXf rotated = x;
-    mq::fwht(mq::default_arch{}, mq::view(rotated), plan);
-    mq::quantize_activations<Q>(mq::default_arch{}, mq::view(std::as_const(rotated)), ref);
-    CHECK(fused.rows == rows);
-    CHECK(fused.codes == ref.codes);
-    CHECK(fused.scale == ref.scale);
-    CHECK(fused.zero == ref.zero);
-    CHECK(fused.gsum == ref.gsum);
+    // On every arch (avx512vnni: the 16-lane FWHT); the FWHT's floats are the same on every arch.
+    mqtest::for_each_arch([&](auto arch) {
+        mq::ActBuffer<Code> fused(rows, n, k_pad, group), ref(rows, n, k_pad, group);
+        mq::fwht_quantize_activations<Q>(arch, mq::view(x), plan, scratch, fused);
+        mq::MatrixXf rotated = x;
+        mq::fwht(mq::default_arch{}, mq::view(rotated), plan);
+        mq::quantize_activations<Q>(mq::default_arch{}, mq::view(std::as_const(rotated)), ref);
+        CHECK(fused.rows == rows);
+        CHECK(fused.codes == ref.codes);
+        CHECK(fused.scale == ref.scale);
+        CHECK(fused.zero == ref.zero);
+        CHECK(fused.gsum == ref.gsum);
+    });
 }
 
 TEST_CASE("fwht_quantize_activations equals fwht then quantize_activations bit for bit") {

@@ -3,6 +3,8 @@
 #include <mambaquant/kernels/quantized_conv1d.hpp>
 #include <mambaquant/quant/quantizer.hpp>
 
+#include "kernels/arch_test_util.hpp"
+
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -56,18 +58,21 @@ bool same_bits(const mq::MatrixXf& a, const mq::MatrixXf& b) { return (a.array()
 
 } // namespace
 
-TEST_CASE("quantized conv1d: SIMD equals the reference bit for bit (Mamba and odd widths, window or not, SiLU or not)") {
-    for (std::size_t E : {1536u, 20u})
-        for (bool sym : {false, true})
-            for (bool with_window : {false, true})
-                for (bool silu : {false, true}) {
-                    CAPTURE(E); CAPTURE(sym); CAPTURE(with_window); CAPTURE(silu);
-                    QConvData simd(37, E, 4, sym, 7), ref = simd;
-                    mq::quantized_causal_conv1d(mq::default_arch{}, simd.args(with_window, silu));
-                    mq::quantized_causal_conv1d_ref(ref.args(with_window, silu));
-                    CHECK(same_bits(simd.y, ref.y));
-                    CHECK(same_bits(simd.window, ref.window));
-                }
+TEST_CASE("quantized conv1d: SIMD equals the reference bit for bit on every arch (Mamba and odd widths, window or not, SiLU or not)") {
+    // E = 1536: 16-lane blocks only on avx512vnni; 20 = 16 + 4 and 29 = 16 + 8 + 5: every channel path.
+    mqtest::for_each_arch([](auto arch) {
+        for (std::size_t E : {1536u, 20u, 29u})
+            for (bool sym : {false, true})
+                for (bool with_window : {false, true})
+                    for (bool silu : {false, true}) {
+                        CAPTURE(E); CAPTURE(sym); CAPTURE(with_window); CAPTURE(silu);
+                        QConvData simd(37, E, 4, sym, 7), ref = simd;
+                        mq::quantized_causal_conv1d(arch, simd.args(with_window, silu));
+                        mq::quantized_causal_conv1d_ref(ref.args(with_window, silu));
+                        CHECK(same_bits(simd.y, ref.y));
+                        CHECK(same_bits(simd.window, ref.window));
+                    }
+    });
 }
 
 TEST_CASE("quantized conv1d: the dequantized conv Σ ŵ·x̂ + b, and chunks or decode steps equal one pass") {

@@ -2,6 +2,7 @@
 #include <mambaquant/kernels/quantized_scan.hpp>
 #include <mambaquant/quant/quantizer.hpp>
 
+#include "kernels/arch_test_util.hpp"
 #include "kernels/scan_test_data.hpp"
 
 #include <doctest/doctest.h>
@@ -263,4 +264,48 @@ TEST_CASE("quantized scan: the Hadamard on the state dimension lowers the error 
     }
     MESSAGE("quantized scan squared error: plain ", e_plain, ", Hadamard-rotated ", e_rot);
     CHECK(e_rot < e_plain);
+}
+
+// The 16-lane path (avx512vnni, E a multiple of 16) keeps the AVX2 block's per-channel
+// arithmetic and the exact per-token min/max: outputs and states equal the first arch's bit for
+// bit, with and without the rotation, both symmetries, the S-SiLU gate scales and the first-step
+// log scale, chunks of 8 with a tail (L = 21), one decode token, and E = 40 (not a multiple of 16:
+// 8-channel blocks on every arch).
+TEST_CASE("quantized scan: every arch gives the first arch's floats bit for bit") {
+    struct Case {
+        std::size_t L, E, N;
+        bool rotate, extras;
+    };
+    const auto h = hadamard16();
+    for (const Case c : {Case{21, 64, 16, true, true}, Case{21, 48, 16, false, false}, Case{1, 1536, 16, true, false},
+                         Case{9, 40, 16, true, true}, Case{12, 32, 8, false, true}}) {
+        CAPTURE(c.L); CAPTURE(c.E); CAPTURE(c.N); CAPTURE(c.rotate);
+        mqtest::ScanData base(c.L, c.E, c.N, 60 + c.E);
+        base.random_state(61);
+        std::vector<float> gate_scale(c.E), log_scale(c.N);
+        for (std::size_t d = 0; d < c.E; ++d) gate_scale[d] = 0.5f + 0.03f * static_cast<float>(d % 17);
+        for (std::size_t n = 0; n < c.N; ++n) log_scale[n] = -0.1f * static_cast<float>(n);
+        const float* rot = c.rotate && c.N == 16 ? h.data() : nullptr;
+        std::vector<mq::MatrixXf> ys, states;
+        mqtest::for_each_arch([&](auto arch) {
+            using Arch = decltype(arch);
+            auto run = [&]<class Q>(Q) {
+                Run<Q> r(base);
+                auto a = r.data.args();
+                if (c.extras) {
+                    a.gate_scale = gate_scale.data();
+                    a.first_step_log_scale = log_scale.data();
+                }
+                mq::quantized_selective_scan<Arch, Q>(arch, a, r.qargs(rot));
+                ys.push_back(r.data.y);
+                states.push_back(r.data.state);
+            };
+            run(A8{});
+            run(S8{});
+        });
+        for (std::size_t i = 2; i < ys.size(); ++i) {
+            CHECK(ys[i] == ys[i % 2]);
+            CHECK(states[i] == states[i % 2]);
+        }
+    }
 }

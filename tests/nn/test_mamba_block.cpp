@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 #include <vector>
 
 namespace {
@@ -144,4 +145,20 @@ TEST_CASE("MambaBlock: what the policies cannot apply is refused") {
     r4.state_rotation = mq::MatrixXf::Identity(kN, kN);
     CHECK_THROWS_WITH_AS(mq::FloatMambaBlock(r4, kD, kE, kN, kR, kK, 1e-5f), Contains("state_rotation (R4) needs a QuantizedScan"),
                          mq::error);
+}
+
+TEST_CASE("MambaBlock: its conv and scan run on the arch picked at construction; AVX2 and the CPU's best give the same bits") {
+    const auto w = layer();
+    mq::set_arch(mq::arch_id::avx2);
+    const mq::FloatMambaBlock narrow(w, kD, kE, kN, kR, kK, 1e-5f);
+    mq::reset_arch(); // the block keeps AVX2; `best` takes the CPU's best (capped by MQ_ARCH)
+    const mq::FloatMambaBlock best(w, kD, kE, kN, kR, kK, 1e-5f);
+    MESSAGE("MambaBlock arch: ", std::string(mq::arch_name(mq::runnable_arch(mq::active_arch()))), " beside avx2");
+    auto c0 = narrow.make_cache();
+    auto c1 = best.make_cache();
+    // kE = 128: 16-lane conv and scan blocks on avx512vnni, each channel's arithmetic the AVX2 one's.
+    const mq::MatrixXf a = run(narrow, input(24, 3), c0), b = run(best, input(24, 3), c1);
+    CHECK((a.array() == b.array()).all());
+    const mq::MatrixXf a1 = run(narrow, input(1, 4), c0), b1 = run(best, input(1, 4), c1); // a decode step
+    CHECK((a1.array() == b1.array()).all());
 }

@@ -166,6 +166,30 @@ MQ_ALWAYS_INLINE __m512 exp2_approx16(__m512 x) noexcept {
     const __m512i k = _mm512_castps_si512(km);
     return _mm512_mul_ps(p, _mm512_castsi512_ps(_mm512_mask_slli_epi32(k, all, k, 23)));
 }
+// exp_approx on 16 lanes (the avx512vnni tag's conv1d SiLU): exp_approx's IEEE operations in its
+// order (vroundps → vrndscaleps to nearest, the same integer; vcvttps2dq of an integral k is
+// exact), so the same bits as the AVX2 form and exp_approx_ref.
+template <class Arch>
+MQ_ALWAYS_INLINE __m512 exp_approx16(__m512 x) noexcept {
+    constexpr __mmask16 all = 0xFFFF;
+    x = _mm512_mask_max_ps(x, all, x, _mm512_set1_ps(kExpMin));
+    x = _mm512_mask_min_ps(x, all, x, _mm512_set1_ps(kExpMax));
+    const __m512 xl = _mm512_mul_ps(x, _mm512_set1_ps(kLog2e));
+    const __m512 k = _mm512_mask_roundscale_ps(xl, all, xl, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(detail::kLn2Hi), x); // r = x − k·ln2_hi
+    r = _mm512_fnmadd_ps(k, _mm512_set1_ps(detail::kLn2Lo), r);         // r −= k·ln2_lo
+    __m512 p = _mm512_set1_ps(detail::kExpP0);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(detail::kExpP1));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(detail::kExpP2));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(detail::kExpP3));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(detail::kExpP4));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(detail::kExpP5));
+    const __m512 r2 = _mm512_mul_ps(r, r);
+    p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0f))); // 1 + r + r²·P(r)
+    const __m512i ki = _mm512_mask_cvttps_epi32(_mm512_setzero_si512(), all, k);
+    const __m512i e = _mm512_add_epi32(ki, _mm512_set1_epi32(127));
+    return _mm512_mul_ps(p, _mm512_castsi512_ps(_mm512_mask_slli_epi32(e, all, e, 23)));
+}
 MQ_AVX512VNNI_END
 #endif
 

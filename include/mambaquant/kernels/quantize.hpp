@@ -121,6 +121,23 @@ MQ_ALWAYS_INLINE __m512 min16(__m512 a, __m512 b) noexcept { return _mm512_mask_
 template <class Arch>
 MQ_ALWAYS_INLINE __m512 max16(__m512 a, __m512 b) noexcept { return _mm512_mask_max_ps(a, 0xFFFF, a, b); }
 
+// Horizontal min/max of 16 lanes in registers (exact: the order does not matter). Not
+// _mm512_reduce_min_ps, whose undefined start vector g++ 12 flags -Wuninitialized.
+template <class Arch>
+MQ_ALWAYS_INLINE float hmin16(__m512 v) noexcept {
+    const __m256 m8 = _mm256_min_ps(_mm512_extractf32x8_ps(v, 0), _mm512_extractf32x8_ps(v, 1));
+    __m128 m4 = _mm_min_ps(_mm256_castps256_ps128(m8), _mm256_extractf128_ps(m8, 1));
+    m4 = _mm_min_ps(m4, _mm_movehl_ps(m4, m4));
+    return _mm_cvtss_f32(_mm_min_ss(m4, _mm_movehdup_ps(m4)));
+}
+template <class Arch>
+MQ_ALWAYS_INLINE float hmax16(__m512 v) noexcept {
+    const __m256 m8 = _mm256_max_ps(_mm512_extractf32x8_ps(v, 0), _mm512_extractf32x8_ps(v, 1));
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m8), _mm256_extractf128_ps(m8, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    return _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+}
+
 // Min/max of x[0, 64·⌊n/64⌋) into lo/hi and whether a NaN was seen; returns the count covered.
 template <class Arch>
 inline std::size_t row_range64(const float* x, std::size_t n, float& lo, float& hi, bool& nan) noexcept {
@@ -137,10 +154,8 @@ inline std::size_t row_range64(const float* x, std::size_t n, float& lo, float& 
         lo3 = min16<Arch>(lo3, d), hi3 = max16<Arch>(hi3, d);
         bad |= _mm512_cmp_ps_mask(a, b, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(c, d, _CMP_UNORD_Q);
     }
-    alignas(64) float ls[16], hs[16];
-    _mm512_store_ps(ls, min16<Arch>(min16<Arch>(lo0, lo1), min16<Arch>(lo2, lo3)));
-    _mm512_store_ps(hs, max16<Arch>(max16<Arch>(hi0, hi1), max16<Arch>(hi2, hi3)));
-    for (std::size_t k = 0; k < 16; ++k) lo = std::min(lo, ls[k]), hi = std::max(hi, hs[k]);
+    lo = std::min(lo, hmin16<Arch>(min16<Arch>(min16<Arch>(lo0, lo1), min16<Arch>(lo2, lo3))));
+    hi = std::max(hi, hmax16<Arch>(max16<Arch>(max16<Arch>(hi0, hi1), max16<Arch>(hi2, hi3))));
     nan = nan || bad != 0;
     return i;
 }

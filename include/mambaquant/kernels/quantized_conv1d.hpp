@@ -67,10 +67,45 @@ inline void quantized_causal_conv1d_ref(const QuantizedConv1dArgs& q) noexcept {
     detail::conv_update_window(a);
 }
 
-// SIMD form: token-major like causal_conv1d, channels in SIMD batches. A code a = q − z is formed
-// as clamp(round(x·(1/s)), qmin − z, qmax − z): the same integer as the reference's clamp(round(x/s)
-// + z, qmin, qmax) − z (all values exact in float), two operations fewer. Channel tails run the
-// reference's arithmetic.
+#if MQ_HAS_AVX512VNNI_KERNELS
+MQ_AVX512VNNI_BEGIN
+namespace detail {
+// One token's channels [0, 16·⌊E/16⌋) on 16 lanes (the avx512vnni tag), the AVX2 loop's
+// operations per channel (vroundps → vrndscaleps to nearest: the same integer), so the same bits.
+// Not VNNI: vpdpbusd sums 4 adjacent bytes of one dword, while a depthwise tap sum runs down a
+// column (one channel, K tokens); interleaving K = 4 rows of codes per channel costs more
+// shuffles than the 4 FMAs it would replace, and the float sums are already exact.
+template <class Arch>
+std::size_t quantized_causal_conv1d_row16(const QuantizedConv1dArgs& q, const float* const* rows, float* out, float lo_s,
+                                          float hi_s) noexcept {
+    constexpr __mmask16 all = 0xFFFF;
+    const __m512 lo = _mm512_set1_ps(lo_s), hi = _mm512_set1_ps(hi_s);
+    const CausalConv1dArgs& a = q.conv;
+    const std::size_t E = a.channels(), K = a.taps(), end = E - E % 16;
+    const __m512 inv = _mm512_set1_ps(q.input.inv_scale);
+    for (std::size_t d = 0; d < end; d += 16) {
+        __m512 acc = _mm512_setzero_ps();
+        for (std::size_t k = 0; k < K; ++k)
+            if (rows[k]) {
+                const __m512 s = _mm512_mul_ps(_mm512_loadu_ps(rows[k] + d), inv);
+                __m512 code = _mm512_mask_roundscale_ps(s, all, s, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                code = _mm512_mask_min_ps(code, all, _mm512_mask_max_ps(code, all, code, lo), hi);
+                acc = _mm512_fmadd_ps(_mm512_loadu_ps(a.weight.data + k * a.weight.stride + d), code, acc);
+            }
+        __m512 v = _mm512_fmadd_ps(acc, _mm512_loadu_ps(q.out_scale + d), a.bias ? _mm512_loadu_ps(a.bias + d) : _mm512_setzero_ps());
+        if (a.silu) v = silu16<Arch>(v);
+        _mm512_storeu_ps(out + d, v);
+    }
+    return end;
+}
+} // namespace detail
+MQ_AVX512VNNI_END
+#endif
+
+// SIMD form: token-major like causal_conv1d, channels in SIMD batches (16 lanes on avx512vnni,
+// then one AVX2 batch). A code a = q − z is formed as clamp(round(x·(1/s)), qmin − z, qmax − z):
+// the same integer as the reference's clamp(round(x/s) + z, qmin, qmax) − z (all values exact in
+// float), two operations fewer. Channel tails run the reference's arithmetic.
 template <class Arch>
 void quantized_causal_conv1d(Arch, const QuantizedConv1dArgs& q) noexcept {
     MQ_ASSERT(detail::quantized_conv_args_consistent(q), "quantized_causal_conv1d: inconsistent arguments");
@@ -86,6 +121,10 @@ void quantized_causal_conv1d(Arch, const QuantizedConv1dArgs& q) noexcept {
         for (std::size_t k = 0; k < K; ++k) rows[k] = detail::conv_history_row(a, t, k);
         float* out = a.y.data + t * a.y.stride;
         std::size_t d = 0;
+#if MQ_HAS_AVX512VNNI_KERNELS
+        if constexpr (is_avx512vnni_v<Arch>)
+            d = detail::quantized_causal_conv1d_row16<Arch>(q, rows, out, lo_s, hi_s);
+#endif
         for (; d < vec_end; d += Bt::size) {
             Bt acc(0.0f);
             for (std::size_t k = 0; k < K; ++k)

@@ -247,19 +247,128 @@ void quantized_scan_outputs(const SelectiveScanArgs<float>& a, const QuantizedSc
     }
 }
 
+// Both passes at 16 lanes (the avx512vnni tag, E a multiple of 16): the AVX2 block's operations
+// per channel in its order (exp2_approx16, softplus16 and gate16 from selective_scan.hpp; min/max
+// exact; vroundps → vrndscaleps to nearest, the same integer), so the states, the per-token
+// ranges, the codes and the outputs equal the AVX2 path's bit for bit. The chunk's states are
+// laid out [T][E/16][N][16] instead of [T][E/8][N][8]: scratch only.
+#if MQ_HAS_AVX512VNNI_KERNELS
+MQ_AVX512VNNI_BEGIN
+template <class Arch, std::size_t N>
+void quantized_scan_states16(const SelectiveScanArgs<float>& a, const QuantizedScanArgs& q, const QuantizedScanScratch& w,
+                             std::size_t d0, std::size_t t0, std::size_t T) noexcept {
+    constexpr std::size_t W = 16;
+    constexpr __mmask16 all = 0xFFFF;
+    const std::size_t E = a.channels();
+    if (d0 + W < E) // the next block's rows of A and of the state, as quantized_scan_states
+        for (std::size_t j = d0 + W; j < d0 + 2 * W; ++j)
+            for (std::size_t n = 0; n < N; n += 64 / sizeof(float)) {
+                prefetch_read(a.A.data + j * a.A.stride + n);
+                prefetch_read(a.state.data + j * a.state.stride + n);
+            }
+    alignas(64) float a_tile[N * W];
+    __m512 s[N];
+    load_block16<Arch, N>(a, d0, a_tile, s);
+    const __m512 bias = a.delta_bias ? _mm512_loadu_ps(a.delta_bias + d0) : _mm512_setzero_ps();
+    for (std::size_t i = 0; i < T; ++i) {
+        const std::size_t t = t0 + i;
+        const __m512 xv = _mm512_loadu_ps(a.x.data + t * a.x.stride + d0);
+        __m512 dt = _mm512_loadu_ps(a.delta.data + t * a.delta.stride + d0);
+        if (a.delta_softplus) dt = softplus16<Arch>(_mm512_add_ps(dt, bias));
+        const __m512 dx = _mm512_mul_ps(dt, xv);
+        const float* brow = a.B.data + t * a.B.stride;
+        const bool first = t == 0 && a.first_step_log_scale;
+#pragma GCC unroll 32
+        for (std::size_t n = 0; n < N; ++n) {
+            const __m512 at = _mm512_load_ps(a_tile + n * W);
+            const __m512 arg = first ? _mm512_fmadd_ps(dt, at, _mm512_set1_ps(a.first_step_log_scale[n] * kLog2e))
+                                     : _mm512_mul_ps(dt, at);
+            s[n] = _mm512_fmadd_ps(exp2_approx16<Arch>(arg), s[n], _mm512_mul_ps(dx, _mm512_set1_ps(brow[n])));
+        }
+        __m512 r[N];
+        if (q.rotation) {
+#pragma GCC unroll 32
+            for (std::size_t n = 0; n < N; ++n) r[n] = _mm512_setzero_ps();
+            for (std::size_t m = 0; m < N; ++m) {
+                const float* hrow = q.rotation + m * N;
+#pragma GCC unroll 32
+                for (std::size_t n = 0; n < N; ++n) r[n] = _mm512_fmadd_ps(s[m], _mm512_set1_ps(hrow[n]), r[n]);
+            }
+        } else {
+#pragma GCC unroll 32
+            for (std::size_t n = 0; n < N; ++n) r[n] = s[n];
+        }
+        __m512 lo = r[0], hi = r[0];
+        float* dst = w.states + (i * E + d0) * N;
+#pragma GCC unroll 32
+        for (std::size_t n = 0; n < N; ++n) {
+            lo = _mm512_mask_min_ps(lo, all, lo, r[n]);
+            hi = _mm512_mask_max_ps(hi, all, hi, r[n]);
+            _mm512_store_ps(dst + n * W, r[n]);
+        }
+        float* lo_t = w.lo + i * kQuantizedScanMaxLanes;
+        float* hi_t = w.hi + i * kQuantizedScanMaxLanes;
+        _mm512_storeu_ps(lo_t, _mm512_mask_min_ps(lo, all, lo, _mm512_loadu_ps(lo_t)));
+        _mm512_storeu_ps(hi_t, _mm512_mask_max_ps(hi, all, hi, _mm512_loadu_ps(hi_t)));
+    }
+    store_block16_state<Arch, N>(s, a, d0);
+}
+
+template <class Arch, std::size_t N>
+void quantized_scan_outputs16(const SelectiveScanArgs<float>& a, const QuantizedScanScratch& w, std::size_t d0,
+                              std::size_t t0, std::size_t T) noexcept {
+    constexpr std::size_t W = 16;
+    constexpr __mmask16 all = 0xFFFF;
+    const std::size_t E = a.channels();
+    const __m512 dskip = a.D ? _mm512_loadu_ps(a.D + d0) : _mm512_setzero_ps();
+    for (std::size_t i = 0; i < T; ++i) {
+        const std::size_t t = t0 + i;
+        const __m512 inv = _mm512_set1_ps(w.si[i]), qlo = _mm512_set1_ps(w.qlo[i]), qhi = _mm512_set1_ps(w.qhi[i]);
+        const float* src = w.states + (i * E + d0) * N;
+        const float* crow = w.c + t * N;
+        __m512 acc = _mm512_setzero_ps();
+#pragma GCC unroll 32
+        for (std::size_t n = 0; n < N; ++n) {
+            const __m512 v = _mm512_mul_ps(_mm512_load_ps(src + n * W), inv);
+            __m512 code = _mm512_mask_roundscale_ps(v, all, v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            code = _mm512_mask_min_ps(code, all, _mm512_mask_max_ps(code, all, code, qlo), qhi);
+            acc = _mm512_fmadd_ps(code, _mm512_set1_ps(crow[n]), acc);
+        }
+        __m512 out = _mm512_mul_ps(acc, _mm512_set1_ps(w.ss[i] * w.cs[t]));
+        out = _mm512_fmadd_ps(dskip, _mm512_loadu_ps(a.x.data + t * a.x.stride + d0), out);
+        if (a.z.data)
+            out = _mm512_mul_ps(out, gate16<Arch>(_mm512_loadu_ps(a.z.data + t * a.z.stride + d0),
+                                                  a.gate_scale ? a.gate_scale + d0 : nullptr));
+        _mm512_storeu_ps(a.y.data + t * a.y.stride + d0, out);
+    }
+}
+MQ_AVX512VNNI_END
+#endif // MQ_HAS_AVX512VNNI_KERNELS
+
 template <class Arch, std::size_t N, QuantizerPolicy Q>
 void quantized_scan_blocks(const SelectiveScanArgs<float>& a, const QuantizedScanArgs& q) noexcept {
-    constexpr std::size_t W = simd_width_v<Arch>;
-    static_assert(W <= kQuantizedScanMaxLanes, "quantized scan: SIMD width above the workspace's lanes");
+    static_assert(simd_width_v<Arch> <= kQuantizedScanMaxLanes, "quantized scan: SIMD width above the workspace's lanes");
     constexpr float kQmin = static_cast<float>(Q::range::min), kQmax = static_cast<float>(Q::range::max);
     const std::size_t L = a.length(), E = a.channels();
+    // Channel blocks of 16 on avx512vnni where E allows, else of the xsimd batch width.
+    bool wide = false;
+#if MQ_HAS_AVX512VNNI_KERNELS
+    if constexpr (is_avx512vnni_v<Arch>) wide = E % 16 == 0;
+#endif
+    const std::size_t W = wide ? 16 : simd_width_v<Arch>;
     const QuantizedScanScratch w(q.workspace, L, N);
     quantize_scan_C<Q>(a.C, w.c, w.cs);
     for (std::size_t t0 = 0; t0 < L; t0 += kQuantizedScanChunk) {
         const std::size_t T = std::min(kQuantizedScanChunk, L - t0);
         std::fill(w.lo, w.lo + T * kQuantizedScanMaxLanes, std::numeric_limits<float>::infinity());
         std::fill(w.hi, w.hi + T * kQuantizedScanMaxLanes, -std::numeric_limits<float>::infinity());
-        for (std::size_t d0 = 0; d0 < E; d0 += W) quantized_scan_states<Arch, N>(a, q, w, d0, t0, T);
+#if MQ_HAS_AVX512VNNI_KERNELS
+        if constexpr (is_avx512vnni_v<Arch>)
+            if (wide)
+                for (std::size_t d0 = 0; d0 < E; d0 += W) quantized_scan_states16<Arch, N>(a, q, w, d0, t0, T);
+#endif
+        if (!wide)
+            for (std::size_t d0 = 0; d0 < E; d0 += W) quantized_scan_states<Arch, N>(a, q, w, d0, t0, T);
         for (std::size_t i = 0; i < T; ++i) {
             const float* lo_t = w.lo + i * kQuantizedScanMaxLanes;
             const float* hi_t = w.hi + i * kQuantizedScanMaxLanes;
@@ -269,7 +378,13 @@ void quantized_scan_blocks(const SelectiveScanArgs<float>& a, const QuantizedSca
             w.qlo[i] = kQmin - static_cast<float>(p.zero);
             w.qhi[i] = kQmax - static_cast<float>(p.zero);
         }
-        for (std::size_t d0 = 0; d0 < E; d0 += W) quantized_scan_outputs<Arch, N>(a, w, d0, t0, T);
+#if MQ_HAS_AVX512VNNI_KERNELS
+        if constexpr (is_avx512vnni_v<Arch>)
+            if (wide)
+                for (std::size_t d0 = 0; d0 < E; d0 += W) quantized_scan_outputs16<Arch, N>(a, w, d0, t0, T);
+#endif
+        if (!wide)
+            for (std::size_t d0 = 0; d0 < E; d0 += W) quantized_scan_outputs<Arch, N>(a, w, d0, t0, T);
     }
 }
 } // namespace detail

@@ -274,40 +274,65 @@ template <class Arch>
 MQ_ALWAYS_INLINE __m512 join_halves(__m256 lo, __m256 hi) noexcept {
     return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
 }
+// softplus: e^x on 16 lanes (exp_approx16), xsimd's log1p on each AVX2 half (no 16-lane twin of
+// it here), then softplus's select (x > 20 ordered, as xsimd's AVX compare).
 template <class Arch>
 MQ_ALWAYS_INLINE __m512 softplus16(__m512 v) noexcept {
     using B8 = xsimd::batch<float, avx2>;
-    return join_halves<Arch>(softplus<avx2>(B8(_mm512_extractf32x8_ps(v, 0))),
-                             softplus<avx2>(B8(_mm512_extractf32x8_ps(v, 1))));
+    const __m512 e = exp_approx16<Arch>(v);
+    const __m512 soft = join_halves<Arch>(xsimd::log1p(B8(_mm512_extractf32x8_ps(e, 0))),
+                                          xsimd::log1p(B8(_mm512_extractf32x8_ps(e, 1))));
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, _mm512_set1_ps(kSoftplusThreshold), _CMP_GT_OQ), soft, v);
 }
+// gate's operations on 16 lanes: SiLU (silu16) or z / (1 + e^{−(g·z)}).
 template <class Arch>
 MQ_ALWAYS_INLINE __m512 gate16(__m512 z, const float* g) noexcept {
+    if (!g) return silu16<Arch>(z);
+    const __m512 gz = _mm512_mul_ps(_mm512_loadu_ps(g), z);
+    const __m512 e = exp_approx16<Arch>(_mm512_xor_ps(gz, _mm512_set1_ps(-0.0f)));
+    return _mm512_div_ps(z, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+}
+
+// A 16-channel block's A·log2 e (into an L1 tile of N·16 floats, as the AVX2 block's) and its
+// state, column by column: two AVX2 8-channel transposes each, joined into 16 lanes (decode runs
+// this for every token). Shared by the float and the quantized scan's 16-lane blocks.
+template <class Arch, std::size_t N>
+MQ_ALWAYS_INLINE void load_block16(const SelectiveScanArgs<float>& a, std::size_t d0, float* a_tile, __m512* s) noexcept {
     using B8 = xsimd::batch<float, avx2>;
-    return join_halves<Arch>(gate<avx2>(B8(_mm512_extractf32x8_ps(z, 0)), g),
-                             gate<avx2>(B8(_mm512_extractf32x8_ps(z, 1)), g ? g + 8 : nullptr));
+    B8 lo8[N], hi8[N];
+    load_columns<avx2, N>(a.A.data + d0 * a.A.stride, a.A.stride, lo8);
+    load_columns<avx2, N>(a.A.data + (d0 + 8) * a.A.stride, a.A.stride, hi8);
+    for (std::size_t n = 0; n < N; ++n) {
+        (lo8[n] * B8(kLog2e)).store_aligned(a_tile + n * 16);
+        (hi8[n] * B8(kLog2e)).store_aligned(a_tile + n * 16 + 8);
+    }
+    load_columns<avx2, N>(a.state.data + d0 * a.state.stride, a.state.stride, lo8);
+    load_columns<avx2, N>(a.state.data + (d0 + 8) * a.state.stride, a.state.stride, hi8);
+#pragma GCC unroll 32
+    for (std::size_t n = 0; n < N; ++n) s[n] = join_halves<Arch>(lo8[n], hi8[n]);
+}
+// The inverse for the state: back into the row-major [E, N] tensor.
+template <class Arch, std::size_t N>
+MQ_ALWAYS_INLINE void store_block16_state(const __m512* s, const SelectiveScanArgs<float>& a, std::size_t d0) noexcept {
+    using B8 = xsimd::batch<float, avx2>;
+    B8 lo8[N], hi8[N];
+#pragma GCC unroll 32
+    for (std::size_t n = 0; n < N; ++n) {
+        lo8[n] = B8(_mm512_extractf32x8_ps(s[n], 0));
+        hi8[n] = B8(_mm512_extractf32x8_ps(s[n], 1));
+    }
+    store_columns<avx2, N>(lo8, a.state.data + d0 * a.state.stride, a.state.stride);
+    store_columns<avx2, N>(hi8, a.state.data + (d0 + 8) * a.state.stride, a.state.stride);
 }
 
 template <class Arch, std::size_t N>
 void selective_scan_block16(const SelectiveScanArgs<float>& a, std::size_t d0) noexcept {
     constexpr std::size_t W = 16;
     const std::size_t L = a.length();
-    // A·log2 e (into an L1 tile, as the AVX2 block) and the state, column by column: two AVX2
-    // 8-channel transposes per block joined into 16 lanes (decode runs this for every token).
-    using B8 = xsimd::batch<float, avx2>;
     alignas(64) float a_tile[N * W];
-    B8 lo8[N], hi8[N];
-    load_columns<avx2, N>(a.A.data + d0 * a.A.stride, a.A.stride, lo8);
-    load_columns<avx2, N>(a.A.data + (d0 + 8) * a.A.stride, a.A.stride, hi8);
-    for (std::size_t n = 0; n < N; ++n) {
-        (lo8[n] * B8(kLog2e)).store_aligned(a_tile + n * W);
-        (hi8[n] * B8(kLog2e)).store_aligned(a_tile + n * W + 8);
-    }
-    load_columns<avx2, N>(a.state.data + d0 * a.state.stride, a.state.stride, lo8);
-    load_columns<avx2, N>(a.state.data + (d0 + 8) * a.state.stride, a.state.stride, hi8);
-    // Unrolled, so that s[] is only ever indexed by constants and lives in registers.
+    // Unrolled helpers, so that s[] is only ever indexed by constants and lives in registers.
     __m512 s[N];
-#pragma GCC unroll 32
-    for (std::size_t n = 0; n < N; ++n) s[n] = join_halves<Arch>(lo8[n], hi8[n]);
+    load_block16<Arch, N>(a, d0, a_tile, s);
     const __m512 bias = a.delta_bias ? _mm512_loadu_ps(a.delta_bias + d0) : _mm512_setzero_ps();
     const __m512 dskip = a.D ? _mm512_loadu_ps(a.D + d0) : _mm512_setzero_ps();
     for (std::size_t t = 0; t < L; ++t) {
@@ -345,13 +370,7 @@ void selective_scan_block16(const SelectiveScanArgs<float>& a, std::size_t d0) n
                                                   a.gate_scale ? a.gate_scale + d0 : nullptr));
         _mm512_storeu_ps(a.y.data + t * a.y.stride + d0, out);
     }
-#pragma GCC unroll 32
-    for (std::size_t n = 0; n < N; ++n) {
-        lo8[n] = B8(_mm512_extractf32x8_ps(s[n], 0));
-        hi8[n] = B8(_mm512_extractf32x8_ps(s[n], 1));
-    }
-    store_columns<avx2, N>(lo8, a.state.data + d0 * a.state.stride, a.state.stride);
-    store_columns<avx2, N>(hi8, a.state.data + (d0 + 8) * a.state.stride, a.state.stride);
+    store_block16_state<Arch, N>(s, a, d0);
 }
 
 // Blocks of 16, then one AVX2 block of 8 if 8 channels remain, then the reference's tail: every

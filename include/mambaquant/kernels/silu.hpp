@@ -25,6 +25,18 @@ MQ_ALWAYS_INLINE xsimd::batch<float, Arch> silu(xsimd::batch<float, Arch> x) noe
     return x / (B(1.0f) + exp_approx<Arch>(-x));
 }
 
+#if MQ_HAS_AVX512VNNI_KERNELS
+MQ_AVX512VNNI_BEGIN
+// SiLU on 16 lanes (the avx512vnni tag): silu's operations (−x as a sign flip, exp_approx16, one
+// add, one IEEE division), so the same bits as the AVX2 form and silu_approx_ref.
+template <class Arch>
+MQ_ALWAYS_INLINE __m512 silu16(__m512 x) noexcept {
+    const __m512 e = exp_approx16<Arch>(_mm512_xor_ps(x, _mm512_set1_ps(-0.0f)));
+    return _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+}
+MQ_AVX512VNNI_END
+#endif
+
 // y[i] = SiLU(x[i]); x and y may alias (in place).
 template <class Arch>
 void silu(Arch, const float* x, float* y, std::size_t n) noexcept {

@@ -155,7 +155,9 @@ public:
         const ConstMatrixView<float> xz = view(std::as_const(ws.xz));
         const ConstMatrixView<float> x(xz.data, xz.rows, E_, xz.stride), z(xz.data + E_, xz.rows, E_, xz.stride);
         detail::tap(tap, layer, TapPoint::conv_input, x);
-        causal_conv1d(conv_, x, &cache.conv, view(ws.xc), /*apply_silu=*/true);          // x = SiLU(conv(x) + b)
+        dispatch(scan_arch_, [&](auto arch) {                                              // x = SiLU(conv(x) + b)
+            causal_conv1d(conv_, x, &cache.conv, view(ws.xc), /*apply_silu=*/true, arch);
+        });
         detail::tap(tap, layer, TapPoint::x_proj_input, view(std::as_const(ws.xc)));
         x_proj_.forward(view(std::as_const(ws.xc)), view(ws.dbc), ws.lin);                // [L, R+2N] = [dt | B | C]
         const ConstMatrixView<float> dbc = view(std::as_const(ws.dbc));
@@ -189,7 +191,7 @@ protected:
     ConvWeights conv_;
     ScanWeights scan_w_;
     Scan scan_;
-    // The scan's SIMD arch, picked once at construction (mq::active_arch(); README "SIMD arch").
+    // The conv's and the scan's SIMD arch, picked once at construction (mq::active_arch(); README "SIMD arch").
     arch_id scan_arch_ = runnable_arch(active_arch());
 };
 
