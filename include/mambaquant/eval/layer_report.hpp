@@ -78,7 +78,7 @@ namespace detail {
 // Tap layers ≥ n_layer are the head's.
 template <class = void>
 void add_layer_report(std::map<std::pair<std::size_t, TapPoint>, LayerReportRow>& rows, const TapRecorder& ref,
-                             const TapRecorder& q, const QuantizationConfig& qc, std::size_t n_layer) {
+                      const TapRecorder& q, const QuantizationConfig& qc, std::size_t n_layer) {
     const MatrixXf rot_out = qc.out_rotation ? rotation_matrix<float>(*qc.out_rotation) : MatrixXf();
     // With R4 the quantized model's C arrives rotated (C·H): rotate it back to compare in one basis.
     const MatrixXf rot_state_t =

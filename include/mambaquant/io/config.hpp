@@ -46,7 +46,7 @@ namespace detail {
 // A config field read with its type checked; `where` names the file (and "ssm_cfg." prefix).
 template <class = void>
 std::size_t config_size(const nlohmann::json& obj, const char* key, std::string_view where, bool required,
-                               std::size_t fallback) {
+                        std::size_t fallback) {
     if (!obj.contains(key) || obj[key].is_null()) {
         require(!required, where, ": required field \"", key, "\" is missing");
         return fallback;
@@ -120,7 +120,7 @@ void config_check_sizes(const MambaConfig& c, std::string_view where) {
 }
 template <class = void>
 void config_agree(bool has_both, std::size_t a, std::size_t b, const char* key_a, const char* key_b,
-                         std::string_view where) {
+                  std::string_view where) {
     require(!has_both || a == b, where, ": contradictory fields \"", key_a, "\" = ", a, " and \"", key_b, "\" = ", b);
 }
 

@@ -61,7 +61,7 @@ void append_quant_weight(std::vector<TensorData>& out, const std::string& base, 
 namespace detail {
 template <class = void>
 std::span<const std::byte> checked_tensor_bytes(const Checkpoint& ck, const std::string& name, DType dtype,
-                                                       const std::vector<std::size_t>& shape, std::size_t elem_bytes) {
+                                                const std::vector<std::size_t>& shape, std::size_t elem_bytes) {
     require(ck.contains(name), ck.path().string(), ": quantized tensor \"", name, "\" not found");
     const TensorInfo& t = ck.info(name);
     require(t.dtype == dtype, ck.path().string(), ": tensor \"", name, "\" has dtype ", dtype_name(t.dtype), ", expected ",
@@ -81,7 +81,7 @@ std::span<const std::byte> checked_tensor_bytes(const Checkpoint& ck, const std:
 // code in range; each error names the tensor.
 template <class = void>
 StoredQuantWeight read_quant_weight(const Checkpoint& ck, const std::string& base, int bits, bool symmetric,
-                                           std::size_t rows, std::size_t cols, std::size_t group) {
+                                    std::size_t rows, std::size_t cols, std::size_t group) {
     require(bits == 8 || bits == 4, "read_quant_weight: \"", base, "\": bits must be 4 or 8, got ", bits);
     require(group > 0 && cols % group == 0, "read_quant_weight: \"", base, "\": group ", group, " does not divide ", cols);
     StoredQuantWeight w;

@@ -237,7 +237,7 @@ MQ_EXTERN_TEMPLATE(SafetensorsHeader parse_safetensors_header_json<>(std::string
 // Reads the 8-byte header length and checks it against the file size; returns the length.
 template <class = void>
 std::size_t safetensors_header_length(std::span<const std::byte> first_bytes, std::uint64_t file_size,
-                                             std::string_view source) {
+                                      std::string_view source) {
     require(file_size >= 8 && first_bytes.size() >= 8, source, ": truncated file: ", file_size,
             " bytes, a safetensors file needs at least 8 (the header length)");
     const std::uint64_t n = detail::read_u64_le(first_bytes.data());

@@ -252,7 +252,7 @@ public:
 // params are left to the caller.
 template <class = void>
 QuantizationConfig uniform_quantization_config(int weight_bits, std::size_t group, ActMode act,
-                                                      bool act_symmetric = false, std::string method = "rtn") {
+                                               bool act_symmetric = false, std::string method = "rtn") {
     QuantizationConfig c;
     c.method = std::move(method);
     c.bits = detail::concat("w", weight_bits, "a8");

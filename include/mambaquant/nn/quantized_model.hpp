@@ -286,7 +286,7 @@ void dequantize_conv_int8(const std::vector<std::uint8_t>& codes, const std::vec
 // its integer sums are exact in float, so the twin's conv is x̂·ŵ summed exactly, scaled once).
 template <class = void>
 ConvWeights conv_weights(const MatrixXf& w_hat, const std::vector<std::uint8_t>& codes, const std::vector<float>& scale,
-                                std::span<const float> bias, const SiteQuant& q, const std::optional<QuantParams>& input) {
+                         std::span<const float> bias, const SiteQuant& q, const std::optional<QuantParams>& input) {
     if (q.act.mode != ActMode::static_per_tensor) return ConvWeights::from(view(w_hat), bias);
     require(input.has_value(), "build_quantized_model: conv1d: static activation params missing");
     const ConstMatrixView<std::int8_t> c(reinterpret_cast<const std::int8_t*>(codes.data()), static_cast<std::size_t>(w_hat.rows()),

@@ -58,7 +58,7 @@ struct VimModelWeights {
 namespace detail {
 template <class = void>
 MatrixXf vim_matrix(const Checkpoint& ck, const std::string& name, const std::vector<std::size_t>& shape,
-                           std::size_t rows, std::size_t cols) {
+                    std::size_t rows, std::size_t cols) {
     MatrixXf m(static_cast<Eigen::Index>(rows), static_cast<Eigen::Index>(cols));
     ck.load_float_into(name, shape, std::span<float>(m.data(), rows * cols));
     return m;

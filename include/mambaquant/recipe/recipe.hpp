@@ -276,7 +276,7 @@ Recipe quamba_recipe(double percentile = 0.99999) {
 
 template <class = void>
 Recipe mambaquant_recipe(steps::R1Basis r1 = steps::R1Basis::klt_pooled,
-                                steps::KltMoment moment = steps::KltMoment::second_moment) {
+                         steps::KltMoment moment = steps::KltMoment::second_moment) {
     Recipe r;
     r.name = "mambaquant";
     // Stage 1 (float statistics): dt shift → S2, S4, S5, S7.
@@ -374,7 +374,7 @@ QuantParams act_params(const SiteStats& s, bool percentile, bool sym) {
 // GPTQ of one weight with the (already rotated) input second moment XᵀX.
 template <class = void>
 MatrixXf gptq_weight(const MatrixXf& w, const CalibrationStats& st, const std::string& key, const QuantSpec& spec,
-                            const GptqOptions& o) {
+                     const GptqOptions& o) {
     const MatrixXd h = st.at(key).covariance().second_moment();
     return visit_quantizer(spec, [&]<class Q>(std::type_identity<Q>) -> MatrixXf {
         if constexpr (std::same_as<typename Q::granularity, per_channel> || is_per_group_v<typename Q::granularity>)

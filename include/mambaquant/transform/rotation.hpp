@@ -76,7 +76,7 @@ std::size_t largest_hadamard_block(std::size_t n) noexcept {
 // Exact Hadamard (randomized when `randomized`) when n allows it, otherwise the caller's fallback.
 template <class = void>
 RotationSpec choose_rotation(std::size_t n, UnsupportedSize fallback, std::uint64_t seed = 0,
-                                    bool randomized = false) {
+                             bool randomized = false) {
     require(n > 0, "choose_rotation: size must be positive");
     RotationSpec spec;
     spec.n = n;

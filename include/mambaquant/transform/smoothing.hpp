@@ -59,7 +59,7 @@ Eigen::VectorXd smooth_column_absmax(const Eigen::Ref<const MatrixXf>& w) {
 // ranges: afterwards max|X_j/s_j| = max|W_j·s_j| when α = 0.5 (and no floor applies).
 template <class = void>
 Eigen::VectorXd smoothing_scales(const Eigen::VectorXd& act_absmax, const Eigen::VectorXd& weight_absmax,
-                                        SmoothParams p = {}, const char* site = "smoothing_scales") {
+                                 SmoothParams p = {}, const char* site = "smoothing_scales") {
     require(p.alpha >= 0.0 && p.alpha <= 1.0, site, ": alpha must be in [0, 1], got ", p.alpha);
     require(std::isfinite(p.floor) && p.floor > 0.0, site, ": floor must be finite and > 0, got ", p.floor);
     detail::smooth_require_stat(act_absmax, act_absmax.size(), site, "activation max|X|");
@@ -87,7 +87,7 @@ MambaLayerWeights apply_norm_smoothing(const MambaLayerWeights& w, const Eigen::
 // s from max|hn_j| (the in_proj input) and the in_proj columns.
 template <class = void>
 SmoothResult smooth_norm(const MambaLayerWeights& w, const Eigen::VectorXd& in_proj_input_absmax,
-                                SmoothParams p = {}) {
+                         SmoothParams p = {}) {
     validate(w);
     const Eigen::VectorXd s =
         smoothing_scales(in_proj_input_absmax, detail::smooth_column_absmax(w.in_proj), p, "smooth_norm");
@@ -116,7 +116,7 @@ MambaLayerWeights apply_gate_smoothing(const MambaLayerWeights& w, const Eigen::
 // s from max|a_e| (the out_proj input, measured on the layer as it is) and the out_proj columns.
 template <class = void>
 SmoothResult smooth_gate(const MambaLayerWeights& w, const Eigen::VectorXd& out_proj_input_absmax,
-                                SmoothParams p = {}) {
+                         SmoothParams p = {}) {
     validate(w);
     const Eigen::VectorXd s =
         smoothing_scales(out_proj_input_absmax, detail::smooth_column_absmax(w.out_proj), p, "smooth_gate (S2)");
@@ -147,7 +147,7 @@ MambaLayerWeights apply_state_smoothing(const MambaLayerWeights& w, const Eigen:
 }
 template <class = void>
 Eigen::VectorXd state_smoothing_scales(const Eigen::VectorXd& state_absmax, const Eigen::VectorXd& c_absmax,
-                                              StateSmoothParams p = {}) {
+                                       StateSmoothParams p = {}) {
     const char* site = "state_smoothing_scales (S4)";
     require(std::isfinite(p.lo) && std::isfinite(p.hi) && p.lo > 0.0 && p.lo <= p.hi, site,
             ": clamp must satisfy 0 < lo <= hi, got [", p.lo, ", ", p.hi, "]");
@@ -161,7 +161,7 @@ Eigen::VectorXd state_smoothing_scales(const Eigen::VectorXd& state_absmax, cons
 }
 template <class = void>
 SmoothResult smooth_state(const MambaLayerWeights& w, const Eigen::VectorXd& state_absmax,
-                                 const Eigen::VectorXd& c_absmax, StateSmoothParams p = {}) {
+                          const Eigen::VectorXd& c_absmax, StateSmoothParams p = {}) {
     validate(w);
     require(state_absmax.size() == static_cast<Eigen::Index>(w.d_state()), "smooth_state (S4): max|state| has ",
             state_absmax.size(), " entries, expected d_state = ", w.d_state());
@@ -207,7 +207,7 @@ MambaLayerWeights apply_conv_smoothing(const MambaLayerWeights& w, const Eigen::
 // s from max|x_e| of the conv input and max_k |w[e,k]| (each channel has its own conv filter).
 template <class = void>
 SmoothResult smooth_conv(const MambaLayerWeights& w, const Eigen::VectorXd& conv_input_absmax,
-                                SmoothParams p = {}) {
+                         SmoothParams p = {}) {
     validate(w);
     const Eigen::VectorXd wmax = w.conv_w.cast<double>().cwiseAbs().rowwise().maxCoeff();
     const Eigen::VectorXd s = smoothing_scales(conv_input_absmax, wmax, p, "smooth_conv (S7)");
@@ -233,7 +233,7 @@ MambaLayerWeights apply_dt_shift(const MambaLayerWeights& w, const Eigen::Vector
 // μ = (min + max)/2 of the dt input as the layer computes it.
 template <class = void>
 SmoothResult shift_dt(const MambaLayerWeights& w, const Eigen::VectorXd& dt_input_min,
-                             const Eigen::VectorXd& dt_input_max) {
+                      const Eigen::VectorXd& dt_input_max) {
     validate(w);
     const Eigen::Index r = static_cast<Eigen::Index>(w.dt_rank());
     require(dt_input_min.size() == r && dt_input_max.size() == r, "shift_dt: dt statistics have ", dt_input_min.size(),

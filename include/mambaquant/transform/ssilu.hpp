@@ -44,7 +44,7 @@ struct SSiLU {
 // rather than bit for bit (tests bound the difference).
 template <class = void>
 void ssilu_gate_ref(const float* MQ_RESTRICT y, const float* MQ_RESTRICT z, const float* MQ_RESTRICT s,
-                           float* MQ_RESTRICT out, std::size_t n) noexcept {
+                    float* MQ_RESTRICT out, std::size_t n) noexcept {
     const SSiLU act;
     for (std::size_t i = 0; i < n; ++i) out[i] = y[i] * act(z[i], s[i]);
 }
