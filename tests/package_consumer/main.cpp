@@ -2,8 +2,13 @@
 // Built twice, with and without mambaquant::lapacke; the KLT's default backend follows. Built once
 // more with -mavx2 -mfma -mf16c (consumer_avx2): the kernels then dispatch at run time up to the
 // CPU's best (AVX-512 VNNI where present). Without the flags the build prints a note saying what
-// it gets (simd.hpp), and the program says which arch it runs.
+// it gets (simd.hpp), and the program says which arch it runs. MQ_EXPECT_COMPILED_ARCH (set by
+// CMakeLists.txt) is the arch the build must have compiled up to: "baseline" without flags. Built
+// a fourth time against the installed companion (consumer_compiled, MQ_COMPILED): the KLT and the
+// config reader below then come from the library (extern templates).
 #include <mambaquant/mambaquant.hpp>
+
+#include <string_view>
 
 #include <algorithm>
 #include <cmath>
@@ -22,7 +27,19 @@ int main() {
     std::printf("SIMD: compiled up to %s, CPU supports %s, runs %s\n", mq::arch_name(mq::compiled_arch()),
                 mq::arch_name(mq::detected_arch()), mq::arch_name(runs));
     const bool arch_ok = static_cast<int>(runs) ==
-                         std::min(static_cast<int>(mq::compiled_arch()), static_cast<int>(mq::detected_arch()));
+                             std::min(static_cast<int>(mq::compiled_arch()), static_cast<int>(mq::detected_arch())) &&
+                         std::string_view(mq::arch_name(mq::compiled_arch())) == MQ_EXPECT_COMPILED_ARCH;
+    if (!arch_ok) std::printf("expected to be compiled up to %s\n", MQ_EXPECT_COMPILED_ARCH);
+#ifdef MQ_COMPILED
+    const mq::MambaConfig cfg = mq::parse_mamba_config(
+        R"({"d_model": 64, "n_layer": 2, "vocab_size": 100, "ssm_cfg": {}, "rms_norm": true,
+            "residual_in_fp32": true, "fused_add_norm": true, "pad_vocab_size_multiple": 8, "tie_embeddings": true})",
+        "consumer config");
+    std::printf("companion: config d_inner %zu, padded vocab %zu\n", cfg.d_inner, cfg.padded_vocab);
+    const bool compiled_ok = cfg.d_inner == 128 && cfg.padded_vocab == 104;
+#else
+    const bool compiled_ok = true;
+#endif
     // A W8A8 layer on that arch equals the scalar reference bit for bit.
     mq::MatrixXf w(16, 64), x(3, 64), y(3, 16), y_ref(3, 16);
     for (Eigen::Index i = 0; i < w.size(); ++i) w.data()[i] = std::sin(0.37f * float(i));
@@ -35,5 +52,5 @@ int main() {
     mq::quantize_activations_ref<mq::A8PerToken>(mq::view(x), a);
     mq::qgemm_ref(a, pw, mq::Epilogue<float>{}, mq::view(y_ref));
     const bool gemm_ok = layer.arch() == runs && y == y_ref;
-    return p.scale > 0.0f && std::fabs(klt.eigenvalues[0] - 4.0) < 1e-12 && arch_ok && gemm_ok ? 0 : 1;
+    return p.scale > 0.0f && std::fabs(klt.eigenvalues[0] - 4.0) < 1e-12 && arch_ok && gemm_ok && compiled_ok ? 0 : 1;
 }

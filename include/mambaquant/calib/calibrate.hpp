@@ -41,7 +41,8 @@ struct CalibrationPlan {
     std::size_t window = 2048;
 };
 
-inline std::string tap_key(std::size_t layer, std::size_t n_layer, TapPoint p) {
+template <class = void>
+std::string tap_key(std::size_t layer, std::size_t n_layer, TapPoint p) {
     if (layer >= n_layer) return tap_point_name(p);
     return site_key(layer, tap_point_name(p));
 }

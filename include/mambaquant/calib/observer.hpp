@@ -90,7 +90,8 @@ namespace detail {
     fail(observer, "::observe: tensor '", name, "' has a non-finite value in row ", r);
 }
 
-inline void require_samples(std::uint64_t n, std::string_view observer) {
+template <class = void>
+void require_samples(std::uint64_t n, std::string_view observer) {
     require(n > 0, observer, ": no samples observed (count = 0); call observe() with calibration data before asking for a range");
 }
 

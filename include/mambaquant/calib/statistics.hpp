@@ -97,7 +97,8 @@ private:
 
 // Key of a site: "layers.<i>.<site>" for a layer's site, the bare site name for model-level ones
 // (e.g. "lm_head").
-inline std::string site_key(std::size_t layer, std::string_view site) {
+template <class = void>
+std::string site_key(std::size_t layer, std::string_view site) {
     return "layers." + std::to_string(layer) + "." + std::string(site);
 }
 

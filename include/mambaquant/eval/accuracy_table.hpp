@@ -32,7 +32,8 @@ struct AccuracyRow {
 inline constexpr const char* kAccuracyCsvHeader = "model,method,bits,bpb,delta_pct,size_mib,prefill_tok_s,decode_tok_s";
 
 // Writes rows to `path` through a temporary file renamed into place.
-inline void write_accuracy_csv(const std::filesystem::path& path, const std::vector<AccuracyRow>& rows) {
+template <class = void>
+void write_accuracy_csv(const std::filesystem::path& path, const std::vector<AccuracyRow>& rows) {
     write_atomically(path, [&](std::ostream& f) {
         f << kAccuracyCsvHeader << '\n' << std::setprecision(6);
         for (const auto& r : rows)
@@ -41,12 +42,14 @@ inline void write_accuracy_csv(const std::filesystem::path& path, const std::vec
     });
 }
 
-inline void print_accuracy_header(std::ostream& out) {
+template <class = void>
+void print_accuracy_header(std::ostream& out) {
     out << std::left << std::setw(24) << "model" << std::setw(19) << "method" << std::setw(6) << "bits" << std::right
         << std::setw(9) << "bpb" << std::setw(9) << "delta%" << std::setw(9) << "MiB" << std::setw(11) << "prefill/s"
         << std::setw(10) << "decode/s" << '\n';
 }
-inline void print_accuracy_row(std::ostream& out, const AccuracyRow& r) {
+template <class = void>
+void print_accuracy_row(std::ostream& out, const AccuracyRow& r) {
     out << std::left << std::setw(24) << r.model << std::setw(19) << r.method << std::setw(6) << r.bits << std::right
         << std::fixed << std::setprecision(4) << std::setw(9) << r.bpb << std::setprecision(2) << std::setw(9)
         << r.delta_pct << std::setprecision(3) << std::setw(9) << r.size_mib << std::setprecision(0) << std::setw(11)
@@ -55,7 +58,8 @@ inline void print_accuracy_row(std::ostream& out, const AccuracyRow& r) {
 }
 
 // A one-line progress bar on stderr: "  what [#######.............]  7/20".
-inline void progress_bar(std::string_view what, std::size_t done, std::size_t total) {
+template <class = void>
+void progress_bar(std::string_view what, std::size_t done, std::size_t total) {
     constexpr std::size_t kWidth = 24;
     const std::size_t filled = total ? done * kWidth / total : kWidth;
     std::string bar(filled, '#');

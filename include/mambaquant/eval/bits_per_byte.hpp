@@ -40,7 +40,8 @@ struct EvalResult {
 };
 
 // −log₂ softmax(logits_row)[target], computed stably in double.
-inline double neg_log2_prob(const float* logits, std::size_t vocab, std::uint32_t target) {
+template <class = void>
+double neg_log2_prob(const float* logits, std::size_t vocab, std::uint32_t target) {
     double mx = logits[0];
     for (std::size_t v = 1; v < vocab; ++v) mx = std::max(mx, static_cast<double>(logits[v]));
     double sum = 0.0;

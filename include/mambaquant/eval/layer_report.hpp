@@ -59,7 +59,8 @@ public:
     }
     std::map<std::pair<std::size_t, TapPoint>, MatrixXf> values;
 };
-inline std::optional<Site> site_of(TapPoint p) {
+template <class = void>
+std::optional<Site> site_of(TapPoint p) {
     switch (p) {
     case TapPoint::in_proj_input: return Site::in_proj;
     case TapPoint::conv_input: return Site::conv1d;
@@ -75,8 +76,9 @@ inline std::optional<Site> site_of(TapPoint p) {
 namespace detail {
 // Adds one run's recorded tensors (float `ref`, quantized `q`) to the per-(layer, tap point) sums.
 // Tap layers ≥ n_layer are the head's.
-inline void add_layer_report(std::map<std::pair<std::size_t, TapPoint>, LayerReportRow>& rows, const TapRecorder& ref,
-                             const TapRecorder& q, const QuantizationConfig& qc, std::size_t n_layer) {
+template <class = void>
+void add_layer_report(std::map<std::pair<std::size_t, TapPoint>, LayerReportRow>& rows, const TapRecorder& ref,
+                      const TapRecorder& q, const QuantizationConfig& qc, std::size_t n_layer) {
     const MatrixXf rot_out = qc.out_rotation ? rotation_matrix<float>(*qc.out_rotation) : MatrixXf();
     // With R4 the quantized model's C arrives rotated (C·H): rotate it back to compare in one basis.
     const MatrixXf rot_state_t =
@@ -112,7 +114,8 @@ inline void add_layer_report(std::map<std::pair<std::size_t, TapPoint>, LayerRep
         row.quant.add(xs.data(), xq.data(), static_cast<std::size_t>(xs.size()));
     }
 }
-inline std::vector<LayerReportRow> layer_report_rows(std::map<std::pair<std::size_t, TapPoint>, LayerReportRow>& rows) {
+template <class = void>
+std::vector<LayerReportRow> layer_report_rows(std::map<std::pair<std::size_t, TapPoint>, LayerReportRow>& rows) {
     std::vector<LayerReportRow> out;
     for (auto& [k, r] : rows) out.push_back(std::move(r));
     return out;
@@ -140,7 +143,8 @@ std::vector<LayerReportRow> layer_report(const Reference& reference, const Quant
 
 // layers.csv: layer,site,quant_sqnr_db,quant_cosine,drift_sqnr_db,drift_cosine (written to a
 // temporary file, then renamed). Sites without a static quantizer leave the quant columns empty.
-inline void write_layer_report(const std::filesystem::path& path, const std::vector<LayerReportRow>& rows) {
+template <class = void>
+void write_layer_report(const std::filesystem::path& path, const std::vector<LayerReportRow>& rows) {
     write_atomically(path, [&](std::ostream& f) {
         f << "layer,site,quant_sqnr_db,quant_cosine,drift_sqnr_db,drift_cosine\n";
         for (const auto& r : rows) {

@@ -41,7 +41,8 @@ struct VimImages {
 // A split ("test" or "calib") of a model directory's digits.safetensors (tools/train_vim.py
 // writes it: "<split>.images" U8 [n, H, W] and "<split>.labels" U8 [n]), scaled by the config's
 // pixel_scale and checked against its image size and class count.
-inline VimImages load_vim_images(const std::filesystem::path& file, std::string_view split, const VimConfig& cfg) {
+template <class = void>
+VimImages load_vim_images(const std::filesystem::path& file, std::string_view split, const VimConfig& cfg) {
     const SafetensorsFile f = SafetensorsFile::open(file);
     const std::string in = std::string(split) + ".images", ln = std::string(split) + ".labels";
     const TensorInfo& ti = f.info(in);
@@ -63,7 +64,8 @@ inline VimImages load_vim_images(const std::filesystem::path& file, std::string_
 }
 
 // Fraction of rows whose largest logit is the label's.
-inline double top1(const MatrixXf& logits, std::span<const std::uint8_t> labels) {
+template <class = void>
+double top1(const MatrixXf& logits, std::span<const std::uint8_t> labels) {
     require(static_cast<std::size_t>(logits.rows()) == labels.size(), "top1: ", logits.rows(), " rows of logits, ",
             labels.size(), " labels");
     if (labels.empty()) return 0.0;
@@ -102,7 +104,8 @@ struct VimAccuracyRow {
 inline constexpr const char* kVimAccuracyCsvHeader = "model,method,bits,top1,delta_points";
 
 // Writes rows to `path` through a temporary file renamed into place.
-inline void write_vim_accuracy_csv(const std::filesystem::path& path, const std::vector<VimAccuracyRow>& rows) {
+template <class = void>
+void write_vim_accuracy_csv(const std::filesystem::path& path, const std::vector<VimAccuracyRow>& rows) {
     const std::filesystem::path tmp = path.string() + ".tmp";
     {
         std::ofstream f(tmp);
@@ -114,11 +117,13 @@ inline void write_vim_accuracy_csv(const std::filesystem::path& path, const std:
     std::filesystem::rename(tmp, path);
 }
 
-inline void print_vim_accuracy_header(std::ostream& out) {
+template <class = void>
+void print_vim_accuracy_header(std::ostream& out) {
     out << std::left << std::setw(24) << "model" << std::setw(16) << "method" << std::setw(6) << "bits" << std::right
         << std::setw(9) << "top1%" << std::setw(9) << "delta" << '\n';
 }
-inline void print_vim_accuracy_row(std::ostream& out, const VimAccuracyRow& r) {
+template <class = void>
+void print_vim_accuracy_row(std::ostream& out, const VimAccuracyRow& r) {
     out << std::left << std::setw(24) << r.model << std::setw(16) << r.method << std::setw(6) << r.bits << std::right
         << std::fixed << std::setprecision(2) << std::setw(9) << r.top1 << std::setw(9) << r.delta_points << '\n'
         << std::defaultfloat << std::setprecision(6);
@@ -137,9 +142,11 @@ struct VimTableOptions {
 // calibrated on the "calib" split, scored on the integer path over the "test" split. Rows: the
 // float model, then per bits and method one row (methods with random signs: a "method@seed" row
 // per seed, then the mean named "method"), as out/accuracy.csv names them. `table` (optional)
-// receives the rows printed as the table (float and the means).
-inline std::vector<VimAccuracyRow> vim_accuracy_rows(const std::filesystem::path& dir, const VimTableOptions& o,
-                                                     std::vector<VimAccuracyRow>* table = nullptr) {
+// receives the rows printed as the table (float and the means). (A template never spelled by
+// callers: instantiated only where called.)
+template <class = void>
+std::vector<VimAccuracyRow> vim_accuracy_rows(const std::filesystem::path& dir, const VimTableOptions& o,
+                                              std::vector<VimAccuracyRow>* table = nullptr) {
     const VimConfig cfg = load_vim_config(dir);
     const VimWeights fw = load_vim_weights(dir);
     const VimImages test = load_vim_images(dir / "digits.safetensors", "test", cfg);

@@ -44,8 +44,9 @@ struct MambaConfig {
 namespace detail {
 
 // A config field read with its type checked; `where` names the file (and "ssm_cfg." prefix).
-inline std::size_t config_size(const nlohmann::json& obj, const char* key, std::string_view where, bool required,
-                               std::size_t fallback) {
+template <class = void>
+std::size_t config_size(const nlohmann::json& obj, const char* key, std::string_view where, bool required,
+                        std::size_t fallback) {
     if (!obj.contains(key) || obj[key].is_null()) {
         require(!required, where, ": required field \"", key, "\" is missing");
         return fallback;
@@ -62,12 +63,14 @@ inline std::size_t config_size(const nlohmann::json& obj, const char* key, std::
             "\" must be a positive integer, got ", j.dump());
     return v;
 }
-inline bool config_bool(const nlohmann::json& obj, const char* key, std::string_view where, bool fallback) {
+template <class = void>
+bool config_bool(const nlohmann::json& obj, const char* key, std::string_view where, bool fallback) {
     if (!obj.contains(key) || obj[key].is_null()) return fallback;
     require(obj[key].is_boolean(), where, ": field \"", key, "\" must be true or false, got ", obj[key].dump());
     return obj[key].get<bool>();
 }
-inline float config_float(const nlohmann::json& obj, const char* key, std::string_view where, float fallback) {
+template <class = void>
+float config_float(const nlohmann::json& obj, const char* key, std::string_view where, float fallback) {
     if (!obj.contains(key) || obj[key].is_null()) return fallback;
     require(obj[key].is_number(), where, ": field \"", key, "\" must be a number, got ", obj[key].dump());
     const double v = obj[key].get<double>();
@@ -75,7 +78,8 @@ inline float config_float(const nlohmann::json& obj, const char* key, std::strin
     return static_cast<float>(v);
 }
 // dt_rank / time_step_rank: "auto" (= ceil(D/16)) or a positive integer.
-inline std::size_t config_rank(const nlohmann::json& obj, const char* key, std::string_view where, std::size_t d_model) {
+template <class = void>
+std::size_t config_rank(const nlohmann::json& obj, const char* key, std::string_view where, std::size_t d_model) {
     const std::size_t automatic = (d_model + 15) / 16;
     if (!obj.contains(key) || obj[key].is_null()) return automatic;
     if (obj[key].is_string()) {
@@ -86,14 +90,16 @@ inline std::size_t config_rank(const nlohmann::json& obj, const char* key, std::
     return config_size(obj, key, where, true, 0);
 }
 // a·b for sizes read from a file: an overflow (expand × hidden_size = 2⁴⁰ · 2⁴⁰) is an error.
-inline std::size_t config_product(std::size_t a, std::size_t b, const char* what, std::string_view where) {
+template <class = void>
+std::size_t config_product(std::size_t a, std::size_t b, const char* what, std::string_view where) {
     std::size_t p = 0;
     require(!__builtin_mul_overflow(a, b, &p), where, ": ", what, " = ", a, " × ", b, " overflows");
     return p;
 }
 // Every tensor the config implies must have an element count (and byte count) that a size_t and
 // an Eigen index hold; the checkpoint's real sizes bound them further at load (io/mamba_tensors.hpp).
-inline void config_check_sizes(const MambaConfig& c, std::string_view where) {
+template <class = void>
+void config_check_sizes(const MambaConfig& c, std::string_view where) {
     constexpr std::size_t kMaxElements = static_cast<std::size_t>(PTRDIFF_MAX) / sizeof(double);
     const std::size_t dbc = c.dt_rank + 2 * c.d_state; // each ≤ 2⁴⁰: no overflow
     const std::pair<const char*, std::size_t> dims[][2] = {
@@ -112,8 +118,9 @@ inline void config_check_sizes(const MambaConfig& c, std::string_view where) {
     }
     require(c.d_inner <= kMaxElements / 2, where, ": d_inner ", c.d_inner, " is too large");
 }
-inline void config_agree(bool has_both, std::size_t a, std::size_t b, const char* key_a, const char* key_b,
-                         std::string_view where) {
+template <class = void>
+void config_agree(bool has_both, std::size_t a, std::size_t b, const char* key_a, const char* key_b,
+                  std::string_view where) {
     require(!has_both || a == b, where, ": contradictory fields \"", key_a, "\" = ", a, " and \"", key_b, "\" = ", b);
 }
 

@@ -120,7 +120,8 @@ constexpr std::uint16_t float_to_bf16(float f) noexcept {
 
 // Decodes `count` little-endian elements of type `t` from `src` into floats. The source is raw
 // file bytes (maybe unaligned inside a mapped file), so every element goes through memcpy.
-inline void convert_to_float(DType t, const std::byte* src, float* dst, std::size_t count) {
+template <class = void>
+void convert_to_float(DType t, const std::byte* src, float* dst, std::size_t count) {
     static_assert(std::endian::native == std::endian::little, "mambaquant io assumes a little-endian host");
     switch (t) {
     case DType::F32: std::memcpy(dst, src, count * 4); return;

@@ -28,7 +28,8 @@ struct MambaTensorShape {
 };
 
 // The tensors of layer i (the conv bias only when the config has one), in load order.
-inline std::vector<MambaTensorShape> mamba_layer_tensors(const MambaConfig& c, std::size_t i) {
+template <class = void>
+std::vector<MambaTensorShape> mamba_layer_tensors(const MambaConfig& c, std::size_t i) {
     const std::size_t D = c.d_model, E = c.d_inner, N = c.d_state, R = c.dt_rank, K = c.d_conv;
     const std::string p = detail::concat("backbone.layers.", i, "."), mx = p + "mixer.";
     std::vector<MambaTensorShape> t = {{p + "norm.weight", {D}}, {mx + "in_proj.weight", {2 * E, D}}, {mx + "conv1d.weight", {E, 1, K}}};
@@ -39,7 +40,8 @@ inline std::vector<MambaTensorShape> mamba_layer_tensors(const MambaConfig& c, s
 }
 
 // The config's sizes in one line, for messages.
-inline std::string mamba_config_summary(const MambaConfig& c) {
+template <class = void>
+std::string mamba_config_summary(const MambaConfig& c) {
     return detail::concat("the config (d_model ", c.d_model, ", n_layer ", c.n_layer, ", vocab ", c.padded_vocab,
                           ", d_inner ", c.d_inner, ", d_state ", c.d_state, ", dt_rank ", c.dt_rank, ", d_conv ",
                           c.d_conv, c.conv_bias ? ", conv bias" : ", no conv bias", ")");
@@ -50,7 +52,8 @@ inline std::string mamba_config_summary(const MambaConfig& c) {
 // checkpoint left unread. Cost: a few map lookups per tensor, no allocation proportional to a
 // dimension, so a config with 10⁹ layers or a 2⁴⁰ vocabulary fails here on the file's real sizes.
 // Layers are claimed in order and a missing layer is named as such (n_layer larger than the file).
-inline MambaTensorNames claim_mamba_tensors(const MambaConfig& c, TensorClaims& claims) {
+template <class = void>
+MambaTensorNames claim_mamba_tensors(const MambaConfig& c, TensorClaims& claims) {
     const std::size_t D = c.d_model, V = c.padded_vocab;
     const std::string& src = claims.source();
     MambaTensorNames names;
@@ -75,7 +78,8 @@ inline MambaTensorNames claim_mamba_tensors(const MambaConfig& c, TensorClaims& 
 }
 
 // The same check on a checkpoint (what BasicMambaModel::from_checkpoint runs first).
-inline MambaTensorNames check_mamba_checkpoint(const MambaConfig& c, const Checkpoint& ck) {
+template <class = void>
+MambaTensorNames check_mamba_checkpoint(const MambaConfig& c, const Checkpoint& ck) {
     TensorClaims claims(ck);
     return claim_mamba_tensors(c, claims);
 }

@@ -92,7 +92,8 @@ struct FloatTensor {
 
 namespace detail {
 
-inline std::string shape_string(const std::vector<std::size_t>& shape) {
+template <class = void>
+std::string shape_string(const std::vector<std::size_t>& shape) {
     std::string s = "[";
     for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
     return s + "]";
@@ -100,7 +101,8 @@ inline std::string shape_string(const std::vector<std::size_t>& shape) {
 
 // Deepest [ / { nesting outside strings. Checked before nlohmann parses so that a hostile header
 // ("[[[[...") is rejected in linear time with bounded memory.
-inline int json_nesting_depth(std::string_view s) noexcept {
+template <class = void>
+int json_nesting_depth(std::string_view s) noexcept {
     int depth = 0, deepest = 0;
     bool in_string = false, escaped = false;
     for (char c : s) {
@@ -144,7 +146,8 @@ nlohmann::json parse_untrusted_json(std::string_view text, std::string_view sour
 }
 MQ_EXTERN_TEMPLATE(nlohmann::json parse_untrusted_json<>(std::string_view, std::string_view, int))
 
-inline bool json_to_size(const nlohmann::json& j, std::size_t& out) noexcept {
+template <class = void>
+bool json_to_size(const nlohmann::json& j, std::size_t& out) noexcept {
     if (j.is_number_unsigned()) {
         const auto v = j.get<std::uint64_t>();
         if (v > static_cast<std::uint64_t>(SIZE_MAX)) return false;
@@ -232,8 +235,9 @@ SafetensorsHeader parse_safetensors_header_json(std::string_view json_text, std:
 MQ_EXTERN_TEMPLATE(SafetensorsHeader parse_safetensors_header_json<>(std::string_view, std::size_t, std::string_view))
 
 // Reads the 8-byte header length and checks it against the file size; returns the length.
-inline std::size_t safetensors_header_length(std::span<const std::byte> first_bytes, std::uint64_t file_size,
-                                             std::string_view source) {
+template <class = void>
+std::size_t safetensors_header_length(std::span<const std::byte> first_bytes, std::uint64_t file_size,
+                                      std::string_view source) {
     require(file_size >= 8 && first_bytes.size() >= 8, source, ": truncated file: ", file_size,
             " bytes, a safetensors file needs at least 8 (the header length)");
     const std::uint64_t n = detail::read_u64_le(first_bytes.data());
@@ -277,7 +281,8 @@ namespace detail {
 
 // The whole text of a small file (config.json, an index). Only a regular file of at most
 // `max_bytes` is read: a FIFO or a device (/dev/zero) would block or never end, growing memory.
-inline std::string read_text_file(const std::filesystem::path& path, std::uintmax_t max_bytes = kJsonMaxFile) {
+template <class = void>
+std::string read_text_file(const std::filesystem::path& path, std::uintmax_t max_bytes = kJsonMaxFile) {
 #if MQ_HAS_MMAP
     // One descriptor for the check and the read, so the file cannot be swapped in between.
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);

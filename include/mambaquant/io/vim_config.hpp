@@ -56,7 +56,8 @@ struct VimConfig {
 // image_size ([H, W] or one number), channels, patch_size, num_classes. Defaults as the
 // reference: d_state 16, d_conv 4, expand 2, dt_rank "auto", eps 1e-5, conv bias, divide_out,
 // class token in the middle (M/2). Anything but bimamba v2 is refused by name.
-inline VimConfig parse_vim_config(std::string_view text, std::string_view source = "config.json") {
+template <class = void>
+VimConfig parse_vim_config(std::string_view text, std::string_view source = "config.json") {
     using detail::config_size;
     const nlohmann::json j = detail::parse_untrusted_json(text, source, 1);
     require(j.is_object(), source, ": config must be a JSON object, got ", j.type_name());
@@ -115,7 +116,8 @@ inline VimConfig parse_vim_config(std::string_view text, std::string_view source
     return c;
 }
 
-inline VimConfig load_vim_config(const std::filesystem::path& path) {
+template <class = void>
+VimConfig load_vim_config(const std::filesystem::path& path) {
     const auto file = std::filesystem::is_directory(path) ? path / "config.json" : path;
     return parse_vim_config(detail::read_text_file(file), file.string());
 }

@@ -39,7 +39,8 @@ enum class TapPoint : std::uint8_t {
 };
 inline constexpr std::size_t kTapPointCount = 11;
 
-inline const char* tap_point_name(TapPoint p) noexcept {
+template <class = void>
+const char* tap_point_name(TapPoint p) noexcept {
     switch (p) {
     case TapPoint::in_proj_input: return "in_proj_input";
     case TapPoint::conv_input: return "conv_input";
@@ -64,7 +65,8 @@ struct ActivationTap {
 };
 
 namespace detail {
-inline void tap(ActivationTap* t, std::size_t layer, TapPoint p, ConstMatrixView<float> v) {
+template <class = void>
+void tap(ActivationTap* t, std::size_t layer, TapPoint p, ConstMatrixView<float> v) {
     if (t) t->on_activation(layer, p, v);
 }
 } // namespace detail

@@ -52,13 +52,15 @@ struct MambaSequenceState {
 
 namespace detail {
 // Rows of the prefill chunk starting at `begin` of L: at most `chunk`, never leaving a 1-row tail.
-inline Eigen::Index prefill_chunk_rows(Eigen::Index L, Eigen::Index begin, std::size_t chunk) noexcept {
+template <class = void>
+Eigen::Index prefill_chunk_rows(Eigen::Index L, Eigen::Index begin, std::size_t chunk) noexcept {
     const auto c = static_cast<Eigen::Index>(chunk);
     return L - begin <= c + 1 ? L - begin : c;
 }
 // normed = RMSNorm_f(rows [first, n) of h), shown to `tap` as the LM head's input (after n_layer layers).
-inline void final_norm_rows(const MatrixXf& h, Eigen::Index first, const Eigen::RowVectorXf& norm_f, float eps,
-                            MatrixXf& normed, ActivationTap* tap, std::size_t n_layer) {
+template <class = void>
+void final_norm_rows(const MatrixXf& h, Eigen::Index first, const Eigen::RowVectorXf& norm_f, float eps,
+                     MatrixXf& normed, ActivationTap* tap, std::size_t n_layer) {
     const Eigen::Index D = h.cols(), rows = h.rows() - first;
     normed.resize(rows, D);
     rms_norm(ConstMatrixView<float>(h.data() + first * D, static_cast<std::size_t>(rows), static_cast<std::size_t>(D)), norm_f,

@@ -60,7 +60,8 @@ inline constexpr std::array<Site, kSiteCount> kAllSites{Site::in_proj,     Site:
                                                         Site::dt_proj,     Site::scan_output, Site::out_proj,
                                                         Site::embedding,   Site::lm_head};
 
-inline const char* site_name(Site s) noexcept {
+template <class = void>
+const char* site_name(Site s) noexcept {
     switch (s) {
     case Site::in_proj: return "in_proj";
     case Site::conv1d: return "conv1d";
@@ -73,7 +74,8 @@ inline const char* site_name(Site s) noexcept {
     }
     return "unknown";
 }
-inline std::optional<Site> site_from_name(std::string_view name) noexcept {
+template <class = void>
+std::optional<Site> site_from_name(std::string_view name) noexcept {
     for (Site s : kAllSites)
         if (name == site_name(s)) return s;
     return std::nullopt;
@@ -86,7 +88,8 @@ enum class ActMode : std::uint8_t {
     dynamic_per_token, // (scale, zero) from each token's range at run time
     static_per_tensor, // one (scale, zero) per layer and site, from calibration
 };
-inline const char* act_mode_name(ActMode m) noexcept {
+template <class = void>
+const char* act_mode_name(ActMode m) noexcept {
     switch (m) {
     case ActMode::none: return "float";
     case ActMode::dynamic_per_token: return "dynamic_per_token";
@@ -275,8 +278,9 @@ public:
 // or per group `group`; dt_proj per channel) with A8 activations of `act` mode; conv1d int8 weights; scan output A8
 // per token; embedding rows quantized as the head (a tied table is then stored once). Static
 // params are left to the caller.
-inline QuantizationConfig uniform_quantization_config(int weight_bits, std::size_t group, ActMode act,
-                                                      bool act_symmetric = false, std::string method = "rtn") {
+template <class = void>
+QuantizationConfig uniform_quantization_config(int weight_bits, std::size_t group, ActMode act,
+                                               bool act_symmetric = false, std::string method = "rtn") {
     QuantizationConfig c;
     c.method = std::move(method);
     c.bits = detail::concat("w", weight_bits, "a8");
@@ -301,17 +305,20 @@ inline QuantizationConfig uniform_quantization_config(int weight_bits, std::size
 // ---- JSON (config.json's "quantization_config"): choices only, static params are tensors ----
 
 namespace detail {
-inline nlohmann::json rotation_json(const RotationSpec& r) {
+template <class = void>
+nlohmann::json rotation_json(const RotationSpec& r) {
     nlohmann::json j{{"kind", rotation_kind_name(r.kind)}, {"size", r.n}};
     if (r.kind == RotationKind::randomized_hadamard || r.kind == RotationKind::random_orthogonal) j["seed"] = r.seed;
     if (r.kind == RotationKind::block_hadamard) j["block"] = r.block;
     return j;
 }
 // A non-negative JSON integer (parsed text gives unsigned; a json built in code may hold signed).
-inline bool json_unsigned(const nlohmann::json& j) {
+template <class = void>
+bool json_unsigned(const nlohmann::json& j) {
     return j.is_number_unsigned() || (j.is_number_integer() && j.get<std::int64_t>() >= 0);
 }
-inline RotationSpec rotation_from_json(const nlohmann::json& j, const std::string& where) {
+template <class = void>
+RotationSpec rotation_from_json(const nlohmann::json& j, const std::string& where) {
     require(j.is_object(), where, ": expected an object");
     require(j.contains("kind") && j["kind"].is_string(), where, ".kind: missing or not a string");
     require(j.contains("size") && json_unsigned(j["size"]), where, ".size: missing or not an unsigned integer");
@@ -337,7 +344,8 @@ inline RotationSpec rotation_from_json(const nlohmann::json& j, const std::strin
     }
     return r;
 }
-inline const nlohmann::json& json_member(const nlohmann::json& j, const char* key, const std::string& where) {
+template <class = void>
+const nlohmann::json& json_member(const nlohmann::json& j, const char* key, const std::string& where) {
     require(j.is_object() && j.contains(key), where, ": missing \"", key, "\"");
     return j[key];
 }

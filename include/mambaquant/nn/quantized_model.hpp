@@ -83,6 +83,11 @@ public:
     const AnyLinear& lm_head() const noexcept { return head_; }
     std::size_t vocab_rows() const noexcept { return config_.padded_vocab; }
 
+    // The members that reach the layers' kernels are templates never spelled by callers: a
+    // non-template member would instantiate every layer type's forward pass in each translation
+    // unit that includes this header (core/config.hpp).
+
+    template <class = void>
     State make_state() const {
         State s;
         for (const auto& b : layers_) s.caches.push_back(b.make_cache());
@@ -90,6 +95,7 @@ public:
     }
 
     // Bytes of everything the model holds for inference (weights, params, norms, scan constants).
+    template <class = void>
     std::size_t bytes() const {
         std::size_t b = head_.bytes() + static_cast<std::size_t>(norm_f_.size()) * sizeof(float);
         b += std::visit([](const auto& e) -> std::size_t {
@@ -109,6 +115,7 @@ public:
 
     // Runs tokens from `state`, advancing it; logits as BasicMambaModel::prefill. `tap` sees every
     // site's input (nn/activation_tap.hpp).
+    template <class = void>
     MatrixXf prefill(std::span<const std::uint32_t> tokens, State& state, Logits which = Logits::all,
                      ActivationTap* tap = nullptr) const {
         run(tokens, state, which, tap);
@@ -116,6 +123,7 @@ public:
     }
 
     // One decode step into `logits` [padded vocab]; allocates nothing once the state is warm.
+    template <class = void>
     void decode(std::uint32_t token, State& state, std::span<float> logits) const {
         require(logits.size() == config_.padded_vocab, "QuantizedMambaModel::decode: logits span of ", logits.size(),
                 ", vocabulary is ", config_.padded_vocab);
@@ -124,9 +132,11 @@ public:
         std::copy(state.logits.data(), state.logits.data() + logits.size(), logits.data());
     }
 
+    template <class = void>
     std::vector<std::uint32_t> generate_greedy(std::span<const std::uint32_t> prompt, std::size_t count) const {
         return detail::greedy_continuation(*this, prompt, count, config_.padded_vocab);
     }
+    template <class = void>
     void set_thread_pool(ThreadPool* pool) {
         head_.set_thread_pool(pool);
         for (auto& l : layers_) l.set_thread_pool(pool);
@@ -148,6 +158,7 @@ public:
 private:
     using Embedding = std::variant<std::monostate, MatrixXf, PackedW8, PackedW4>; // monostate: rows of the head
 
+    template <class = void>
     void embed(std::span<const std::uint32_t> tokens, MatrixXf& h) const {
         const auto D = static_cast<Eigen::Index>(config_.d_model);
         h.resize(static_cast<Eigen::Index>(tokens.size()), D);
@@ -230,7 +241,8 @@ MQ_EXTERN_TEMPLATE(void QuantizedMambaModel::run<>(std::span<const std::uint32_t
 
 namespace detail {
 // A tied table quantized as the head is stored (and held) once: the head's packed rows.
-inline bool embedding_shares_head(bool tied, const QuantizationConfig& qc) {
+template <class = void>
+bool embedding_shares_head(bool tied, const QuantizationConfig& qc) {
     const SiteQuant& eq = qc[Site::embedding];
     const SiteQuant& hq = qc[Site::lm_head];
     if (!tied || !eq.weight || !hq.weight) return false;
@@ -242,7 +254,8 @@ inline bool embedding_shares_head(bool tied, const QuantizationConfig& qc) {
 // float conv input the conv runs on ŵ = q·s (float arithmetic on the dequantized taps); with a
 // static per-tensor input it runs on the codes (conv_weights below). Returns the codes and
 // scales, and writes ŵ into w.
-inline void quantize_conv_int8(MatrixXf& w, std::vector<std::uint8_t>& codes, std::vector<float>& scale) {
+template <class = void>
+void quantize_conv_int8(MatrixXf& w, std::vector<std::uint8_t>& codes, std::vector<float>& scale) {
     const auto E = w.rows(), K = w.cols();
     codes.assign(static_cast<std::size_t>(E * K), 0);
     scale.assign(static_cast<std::size_t>(E), 1.0f);
@@ -261,7 +274,8 @@ inline void quantize_conv_int8(MatrixXf& w, std::vector<std::uint8_t>& codes, st
         }
     }
 }
-inline void dequantize_conv_int8(const std::vector<std::uint8_t>& codes, const std::vector<float>& scale, MatrixXf& w) {
+template <class = void>
+void dequantize_conv_int8(const std::vector<std::uint8_t>& codes, const std::vector<float>& scale, MatrixXf& w) {
     for (Eigen::Index e = 0; e < w.rows(); ++e)
         for (Eigen::Index k = 0; k < w.cols(); ++k)
             w(e, k) = static_cast<float>(static_cast<std::int8_t>(codes[static_cast<std::size_t>(e * w.cols() + k)])) *
@@ -270,8 +284,9 @@ inline void dequantize_conv_int8(const std::vector<std::uint8_t>& codes, const s
 // A layer's conv as the config says: float taps (ŵ when the weights are int8), or the integer conv
 // on the codes when its input is quantized (static per tensor; the fake-quant twin runs it too:
 // its integer sums are exact in float, so the twin's conv is x̂·ŵ summed exactly, scaled once).
-inline ConvWeights conv_weights(const MatrixXf& w_hat, const std::vector<std::uint8_t>& codes, const std::vector<float>& scale,
-                                std::span<const float> bias, const SiteQuant& q, const std::optional<QuantParams>& input) {
+template <class = void>
+ConvWeights conv_weights(const MatrixXf& w_hat, const std::vector<std::uint8_t>& codes, const std::vector<float>& scale,
+                         std::span<const float> bias, const SiteQuant& q, const std::optional<QuantParams>& input) {
     if (q.act.mode != ActMode::static_per_tensor) return ConvWeights::from(view(w_hat), bias);
     require(input.has_value(), "build_quantized_model: conv1d: static activation params missing");
     const ConstMatrixView<std::int8_t> c(reinterpret_cast<const std::int8_t*>(codes.data()), static_cast<std::size_t>(w_hat.rows()),
@@ -280,11 +295,13 @@ inline ConvWeights conv_weights(const MatrixXf& w_hat, const std::vector<std::ui
 }
 // Static params as the kernels use them: inv_scale = 1/scale exactly as params_from_range sets it,
 // so a saved and reloaded model quantizes bit for bit the same.
-inline std::optional<QuantParams> normalized(std::optional<QuantParams> p) {
+template <class = void>
+std::optional<QuantParams> normalized(std::optional<QuantParams> p) {
     if (p) p->inv_scale = 1.0f / p->scale;
     return p;
 }
-inline bool neutral(const Eigen::VectorXf& v, float value) { return v.size() == 0 || (v.array() == value).all(); }
+template <class = void>
+bool neutral(const Eigen::VectorXf& v, float value) { return v.size() == 0 || (v.array() == value).all(); }
 
 // A site's linear layer: AnyLinear::build (weights quantized by min/max), or, where the config
 // fixes the weight grid (GPTQ's params), the weight quantized on that grid — GPTQ's own codes and
@@ -308,8 +325,10 @@ AnyLinear build_site_linear(ConstMatrixView<float> weight, std::span<const float
 }
 
 // A layer's recorded out_rotation (R2; W_out already holds it) ⇔ the config's, and the same matrix.
-inline void require_config_out_rotation(const MambaLayerWeights& w, const QuantizationConfig& qc, std::size_t layer,
-                                        const char* who) {
+template <class = void>
+// instantiated only where called (core/config.hpp)
+void require_config_out_rotation(const MambaLayerWeights& w, const QuantizationConfig& qc, std::size_t layer,
+                                 const char* who) {
     const bool has_out_rot = w.out_rotation.size() != 0;
     require(has_out_rot == qc.out_rotation.has_value(), who, ": layer ", layer, ": out_rotation is ",
             has_out_rot ? "set in the weights" : "absent from the weights", " but the config ",
@@ -320,7 +339,8 @@ inline void require_config_out_rotation(const MambaLayerWeights& w, const Quanti
     require_same_rotation(w.out_rotation, HadamardOnline::from_spec(*qc.out_rotation), who);
 }
 // The scan of a layer from its extras and the config; refuses what the config cannot run.
-inline RuntimeScan make_runtime_scan(const MambaLayerWeights& w, const QuantizationConfig& qc, std::size_t layer) {
+template <class = void>
+RuntimeScan make_runtime_scan(const MambaLayerWeights& w, const QuantizationConfig& qc, std::size_t layer) {
     const bool smoothed = !neutral(w.state_scale, 1.0f);
     const std::span<const float> s = smoothed ? span_of(w.state_scale) : std::span<const float>{};
     const bool rotated = w.state_rotation.size() != 0;
@@ -449,7 +469,8 @@ MQ_EXTERN_TEMPLATE(QuantizedMambaModel build_quantized_model<>(const MambaWeight
 
 namespace detail {
 // The stored form of a packed weight (io/quantized_checkpoint.hpp's layout).
-inline StoredQuantWeight stored_weight(const PackedW8& p) {
+template <class = void>
+StoredQuantWeight stored_weight(const PackedW8& p) {
     StoredQuantWeight s;
     s.bits = 8;
     s.symmetric = true;
@@ -463,7 +484,8 @@ inline StoredQuantWeight stored_weight(const PackedW8& p) {
             s.codes[r * p.k + c] = static_cast<std::uint8_t>(static_cast<std::int8_t>(p.code(r, c)));
     return s;
 }
-inline StoredQuantWeight stored_weight(const PackedW4& p) {
+template <class = void>
+StoredQuantWeight stored_weight(const PackedW4& p) {
     StoredQuantWeight s;
     s.bits = 4;
     s.symmetric = p.symmetric;

@@ -29,7 +29,8 @@ using RuntimeVimBlock = BasicVimBlock<AnyLinear, AnyLinear, RuntimeScan>;
 using QuantizedVimModel = BasicVimModel<RuntimeVimBlock, AnyLinear>;
 
 namespace detail {
-inline bool same_params(const std::optional<QuantParams>& a, const std::optional<QuantParams>& b) {
+template <class = void>
+bool same_params(const std::optional<QuantParams>& a, const std::optional<QuantParams>& b) {
     return a.has_value() == b.has_value() && (!a || (a->scale == b->scale && a->zero == b->zero));
 }
 } // namespace detail
@@ -48,9 +49,11 @@ inline bool same_params(const std::optional<QuantParams>& a, const std::optional
 //                            (its input is pixels, not an activation site); b_pe, the class token
 //                            and the position rows stay float, as biases do.
 // Every run-time extra is applied or refused as in build_quantized_model. A float config gives
-// the float model through the same classes.
-inline QuantizedVimModel build_quantized_vim_model(const VimWeights& w, const VimConfig& cfg,
-                                                   const QuantizationConfig& qc, FakeQuant fake = FakeQuant::no) {
+// the float model through the same classes. (A template never spelled by callers: instantiated only
+// where called, and with MQ_COMPILED compiled once in the companion library, src/vim.cpp.)
+template <class = void>
+QuantizedVimModel build_quantized_vim_model(const VimWeights& w, const VimConfig& cfg, const QuantizationConfig& qc,
+                                            FakeQuant fake = FakeQuant::no) {
     validate(w, cfg);
     const std::size_t n_dir = 2 * cfg.n_layer;
     qc.validate(n_dir);
@@ -105,5 +108,9 @@ inline QuantizedVimModel build_quantized_vim_model(const VimWeights& w, const Vi
     }
     return QuantizedVimModel(cfg, std::move(emb), std::move(layers), m.norm_f.transpose(), std::move(head));
 }
+MQ_EXTERN_TEMPLATE(QuantizedVimModel build_quantized_vim_model<>(const VimWeights&, const VimConfig&,
+                                                                 const QuantizationConfig&, FakeQuant))
+MQ_EXTERN_TEMPLATE(MatrixXf QuantizedVimModel::logits(const ImageBatch&, ThreadPool*, std::vector<MatrixXf>*, std::size_t,
+                                                      ActivationTap*) const)
 
 MQ_NAMESPACE_END

@@ -62,6 +62,7 @@ public:
     const MatrixXf& weights() const noexcept { return w_; }
     const aligned_vector<float>& bias() const noexcept { return bias_; }
 
+    template <class = void> // instantiated only where called (core/config.hpp)
     void forward(ConstMatrixView<float> x, MatrixView<float> y, MatrixXf& scratch) const {
         const auto L = static_cast<Eigen::Index>(x.rows);
         if (scratch.rows() < L || scratch.cols() != w_.cols()) scratch.resize(L, w_.cols());
@@ -145,10 +146,12 @@ decltype(auto) visit_site_act(const ActQuant& a, F&& f) {
 }
 
 // One row of a packed weight, dequantized (the embedding lookup of a quantized table).
-inline void dequantize_packed_row(const PackedW8& p, std::size_t r, float* out) noexcept {
+template <class = void>
+void dequantize_packed_row(const PackedW8& p, std::size_t r, float* out) noexcept {
     for (std::size_t c = 0; c < p.k; ++c) out[c] = static_cast<float>(p.code(r, c)) * p.scale[r];
 }
-inline void dequantize_packed_row(const PackedW4& p, std::size_t r, float* out) noexcept {
+template <class = void>
+void dequantize_packed_row(const PackedW4& p, std::size_t r, float* out) noexcept {
     for (std::size_t c = 0; c < p.k; ++c) {
         const std::size_t i = p.param_index(r, c / p.group);
         out[c] = static_cast<float>(p.nibble(r, c) - p.zero[i]) * p.scale[i];
@@ -188,21 +191,27 @@ public:
     static AnyLinear from_packed(Packed packed, std::span<const float> bias, const SiteQuant& q,
                                  std::optional<HadamardOnline> rot, std::optional<QuantParams> static_params, bool fake);
 
+    // The members below that visit every alternative are templates never spelled by callers, as
+    // build and forward: a non-template member would instantiate them for all 44 alternatives in
+    // every translation unit that includes this header (core/config.hpp).
     bool empty() const noexcept { return std::holds_alternative<std::monostate>(v_); }
     const variant_type& variant() const noexcept { return v_; }
 
+    template <class = void>
     std::size_t in_features() const {
         return std::visit([](const auto& l) -> std::size_t {
             if constexpr (std::is_same_v<std::decay_t<decltype(l)>, std::monostate>) return 0;
             else return l.in_features();
         }, v_);
     }
+    template <class = void>
     std::size_t out_features() const {
         return std::visit([](const auto& l) -> std::size_t {
             if constexpr (std::is_same_v<std::decay_t<decltype(l)>, std::monostate>) return 0;
             else return l.out_features();
         }, v_);
     }
+    template <class = void>
     const aligned_vector<float>& bias() const {
         return std::visit([](const auto& l) -> const aligned_vector<float>& {
             if constexpr (std::is_same_v<std::decay_t<decltype(l)>, std::monostate>) fail("AnyLinear: empty");
@@ -210,6 +219,7 @@ public:
         }, v_);
     }
     // Bytes of the weights as held in memory (packed codes + params, or floats) and the bias.
+    template <class = void>
     std::size_t bytes() const {
         return std::visit([](const auto& l) -> std::size_t {
             using L = std::decay_t<decltype(l)>;
@@ -221,6 +231,7 @@ public:
             else return l.weights().bytes() + l.bias().size() * sizeof(float);
         }, v_);
     }
+    template <class = void>
     void set_thread_pool(ThreadPool* pool) {
         std::visit([&](auto& l) {
             using L = std::decay_t<decltype(l)>;
@@ -247,6 +258,7 @@ public:
             }
         }, v_);
     }
+    template <class = void>
     bool is_packed() const noexcept {
         return std::visit([](const auto& l) {
             using L = std::decay_t<decltype(l)>;

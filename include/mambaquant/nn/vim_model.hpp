@@ -56,20 +56,23 @@ struct VimModelWeights {
 };
 
 namespace detail {
-inline MatrixXf vim_matrix(const Checkpoint& ck, const std::string& name, const std::vector<std::size_t>& shape,
-                           std::size_t rows, std::size_t cols) {
+template <class = void>
+MatrixXf vim_matrix(const Checkpoint& ck, const std::string& name, const std::vector<std::size_t>& shape,
+                    std::size_t rows, std::size_t cols) {
     MatrixXf m(static_cast<Eigen::Index>(rows), static_cast<Eigen::Index>(cols));
     ck.load_float_into(name, shape, std::span<float>(m.data(), rows * cols));
     return m;
 }
-inline Eigen::RowVectorXf vim_row(const FloatTensor& t) {
+template <class = void>
+Eigen::RowVectorXf vim_row(const FloatTensor& t) {
     return Eigen::Map<const Eigen::RowVectorXf>(t.data.data(), static_cast<Eigen::Index>(t.data.size()));
 }
 } // namespace detail
 
 // Reads every tensor a Vim model needs, shapes checked against the config; a missing
 // backward-direction tensor is named.
-inline VimModelWeights read_vim_weights(const VimConfig& cfg, const Checkpoint& ck) {
+template <class = void>
+VimModelWeights read_vim_weights(const VimConfig& cfg, const Checkpoint& ck) {
     require(cfg.cls_token_position <= cfg.num_patches(), "VimModel: cls_token_position ", cfg.cls_token_position,
             " is outside the sequence of ", cfg.seq_len(), " tokens");
     using detail::vim_matrix, detail::vim_row;
@@ -209,31 +212,7 @@ public:
     // as layer 2·n_layer): the images then run one at a time on the calling thread, so each call
     // of the tap holds one sequence from a zero state (as a calibration window).
     MatrixXf logits(const ImageBatch& images, ThreadPool* pool = &default_thread_pool(),
-                    std::vector<MatrixXf>* hidden = nullptr, std::size_t group = 16, ActivationTap* tap = nullptr) const {
-        check_images(images);
-        require(group > 0, "VimModel::logits: group must be positive");
-        require(!(hidden && tap), "VimModel::logits: hidden states and a tap are separate runs");
-        MatrixXf out(static_cast<Eigen::Index>(images.count), static_cast<Eigen::Index>(config_.num_classes));
-        if (images.count == 0) return out;
-        if (hidden) {
-            hidden->assign(layers_.size() + 1, MatrixXf());
-            run_group(images, 0, images.count, out, hidden, nullptr);
-            return out;
-        }
-        if (tap) {
-            for (std::size_t i = 0; i < images.count; ++i) run_group(images, i, i + 1, out, nullptr, tap);
-            return out;
-        }
-        const std::size_t groups = (images.count + group - 1) / group;
-        parallel_ranges(
-            pool, groups,
-            [&](std::size_t gb, std::size_t ge) {
-                for (std::size_t g = gb; g < ge; ++g)
-                    run_group(images, g * group, std::min(images.count, (g + 1) * group), out, nullptr, nullptr);
-            },
-            2);
-        return out;
-    }
+                    std::vector<MatrixXf>* hidden = nullptr, std::size_t group = 16, ActivationTap* tap = nullptr) const;
 
     // Top-1 class of every image.
     std::vector<std::size_t> predict(const ImageBatch& images, ThreadPool* pool = &default_thread_pool()) const {
@@ -292,6 +271,37 @@ private:
     Eigen::RowVectorXf norm_f_;
     Head head_;                   // [classes, D] with its bias
 };
+
+// Out of the class, so that `extern template` (MQ_EXTERN_TEMPLATE) keeps it out of the translation
+// units that link the companion library (nn/quantized_vim_model.hpp, src/vim.cpp): an in-class
+// body is inline and instantiated wherever it is called anyway.
+template <class Block, class Head>
+MatrixXf BasicVimModel<Block, Head>::logits(const ImageBatch& images, ThreadPool* pool, std::vector<MatrixXf>* hidden,
+                                            std::size_t group, ActivationTap* tap) const {
+    check_images(images);
+    require(group > 0, "VimModel::logits: group must be positive");
+    require(!(hidden && tap), "VimModel::logits: hidden states and a tap are separate runs");
+    MatrixXf out(static_cast<Eigen::Index>(images.count), static_cast<Eigen::Index>(config_.num_classes));
+    if (images.count == 0) return out;
+    if (hidden) {
+        hidden->assign(layers_.size() + 1, MatrixXf());
+        run_group(images, 0, images.count, out, hidden, nullptr);
+        return out;
+    }
+    if (tap) {
+        for (std::size_t i = 0; i < images.count; ++i) run_group(images, i, i + 1, out, nullptr, tap);
+        return out;
+    }
+    const std::size_t groups = (images.count + group - 1) / group;
+    parallel_ranges(
+        pool, groups,
+        [&](std::size_t gb, std::size_t ge) {
+            for (std::size_t g = gb; g < ge; ++g)
+                run_group(images, g * group, std::min(images.count, (g + 1) * group), out, nullptr, nullptr);
+        },
+        2);
+    return out;
+}
 
 using VimModel = BasicVimModel<VimBlock<>>;
 

@@ -77,13 +77,15 @@ struct Recipe {
 // ---- steps (each one line of METHOD.md §3–4) ---------------------------------------------------
 namespace steps {
 
-inline const SiteStats& stat(const RecipeContext& c, std::size_t layer, TapPoint p) {
+template <class = void>
+const SiteStats& stat(const RecipeContext& c, std::size_t layer, TapPoint p) {
     require(c.stats != nullptr, "recipe: a step needs calibration statistics but its stage has none");
     return c.stats->at(tap_key(layer, c.weights.layers.size(), p));
 }
 
 // dt shift: μ = mid-range of the dt input; b_dt absorbs μ·W_dtᵀ.
-inline RecipeStep shift_dt() {
+template <class = void>
+RecipeStep shift_dt() {
     return [](RecipeContext& c) {
         for (std::size_t i = 0; i < c.weights.layers.size(); ++i) {
             const auto& s = stat(c, i, TapPoint::dt_proj_input).channels();
@@ -92,7 +94,8 @@ inline RecipeStep shift_dt() {
     };
 }
 // SmoothQuant on the norm → in_proj (the SmoothQuant baseline).
-inline RecipeStep smooth_norm(double alpha = 0.5) {
+template <class = void>
+RecipeStep smooth_norm(double alpha = 0.5) {
     return [alpha](RecipeContext& c) {
         for (std::size_t i = 0; i < c.weights.layers.size(); ++i)
             c.weights.layers[i] = ::mq::smooth_norm(c.weights.layers[i], stat(c, i, TapPoint::in_proj_input).channels().absmax(),
@@ -101,7 +104,8 @@ inline RecipeStep smooth_norm(double alpha = 0.5) {
     };
 }
 // S2: S-SiLU at the out_proj input.
-inline RecipeStep smooth_gate(double alpha = 0.5) {
+template <class = void>
+RecipeStep smooth_gate(double alpha = 0.5) {
     return [alpha](RecipeContext& c) {
         for (std::size_t i = 0; i < c.weights.layers.size(); ++i)
             c.weights.layers[i] =
@@ -110,7 +114,8 @@ inline RecipeStep smooth_gate(double alpha = 0.5) {
     };
 }
 // S4: B/C smoothing per state index from max|state| and max|C|.
-inline RecipeStep smooth_state() {
+template <class = void>
+RecipeStep smooth_state() {
     return [](RecipeContext& c) {
         for (std::size_t i = 0; i < c.weights.layers.size(); ++i) {
             require(c.stats->contains(site_key(i, "scan_state")),
@@ -123,7 +128,8 @@ inline RecipeStep smooth_state() {
 }
 // S5: x_proj dt rows → dt_proj. After the dt shift (same stage, same statistics) the dt input is
 // dt − μ with μ the mid-range, so max|dt_r − μ_r| = (max_r − min_r)/2 exactly.
-inline RecipeStep smooth_dt_after_shift(double alpha = 0.5) {
+template <class = void>
+RecipeStep smooth_dt_after_shift(double alpha = 0.5) {
     return [alpha](RecipeContext& c) {
         for (std::size_t i = 0; i < c.weights.layers.size(); ++i) {
             const auto& s = stat(c, i, TapPoint::dt_proj_input).channels();
@@ -134,7 +140,8 @@ inline RecipeStep smooth_dt_after_shift(double alpha = 0.5) {
 // S7: in_proj x rows → conv1d. Layers sharing in_proj (a Vim layer's directions) feed one x to
 // several convs: s is then from the max over all their filters (as SmoothQuant does for q, k, v
 // reading one input), and every one of those convs absorbs the same s.
-inline RecipeStep smooth_conv(double alpha = 0.5) {
+template <class = void>
+RecipeStep smooth_conv(double alpha = 0.5) {
     return [alpha](RecipeContext& c) {
         const std::size_t n = c.weights.layers.size(), g = c.shared_layers;
         require(g >= 1 && n % g == 0, "smooth_conv (S7): ", n, " layers are not groups of ", g);
@@ -150,7 +157,8 @@ inline RecipeStep smooth_conv(double alpha = 0.5) {
     };
 }
 
-inline MatrixXd hadamard_for(const RecipeContext& c, std::size_t n, bool randomized, std::uint64_t seed) {
+template <class = void>
+MatrixXd hadamard_for(const RecipeContext& c, std::size_t n, bool randomized, std::uint64_t seed) {
     return rotation_matrix<double>(choose_rotation(n, c.fallback, seed, randomized));
 }
 
@@ -165,7 +173,8 @@ inline MatrixXd hadamard_for(const RecipeContext& c, std::size_t n, bool randomi
 // centred K leaves μ·K·H unequal across channels (in_proj input 8-bit SQNR 40.9 dB vs 44.8 dB
 // with the second moment; see the README's accuracy section).
 enum class KltMoment : std::uint8_t { second_moment, centred };
-inline MatrixXd klt_moment(const CovarianceAccumulator& a, KltMoment m) {
+template <class = void>
+MatrixXd klt_moment(const CovarianceAccumulator& a, KltMoment m) {
     if (m == KltMoment::centred) return a.covariance();
     require(a.count() >= 1, "klt_moment: no rows accumulated");
     return a.second_moment() / static_cast<double>(a.count());
@@ -175,7 +184,8 @@ inline MatrixXd klt_moment(const CovarianceAccumulator& a, KltMoment m) {
 // in_proj input's moment (see KltMoment) with γ folded out, M(hn/γ) = diag(1/γ)·M(hn)·diag(1/γ),
 // pooled over layers as the mean of the per-layer matrices, or layer 0).
 enum class R1Basis : std::uint8_t { hadamard, klt_pooled, klt_layer0 };
-inline RecipeStep rotate_residual(R1Basis basis, KltMoment moment = KltMoment::second_moment) {
+template <class = void>
+RecipeStep rotate_residual(R1Basis basis, KltMoment moment = KltMoment::second_moment) {
     return [basis, moment](RecipeContext& c) {
         const std::size_t d = static_cast<std::size_t>(c.weights.embedding.cols());
         const MatrixXd h = hadamard_for(c, d, true, c.seed);
@@ -197,7 +207,8 @@ inline RecipeStep rotate_residual(R1Basis basis, KltMoment moment = KltMoment::s
     };
 }
 // R5: dt path per layer, Q5 = K5·H_R with K5 from the dt input's moment (see KltMoment).
-inline RecipeStep rotate_dt_path(KltMoment moment = KltMoment::second_moment) {
+template <class = void>
+RecipeStep rotate_dt_path(KltMoment moment = KltMoment::second_moment) {
     return [moment](RecipeContext& c) {
         for (std::size_t i = 0; i < c.weights.layers.size(); ++i) {
             const MatrixXd cov = klt_moment(stat(c, i, TapPoint::dt_proj_input).covariance(), moment);
@@ -207,7 +218,8 @@ inline RecipeStep rotate_dt_path(KltMoment moment = KltMoment::second_moment) {
     };
 }
 // R2: plain Hadamard at the out_proj input, online (fused with its quantization).
-inline RecipeStep rotate_out_proj_input() {
+template <class = void>
+RecipeStep rotate_out_proj_input() {
     return [](RecipeContext& c) {
         const std::size_t e = static_cast<std::size_t>(c.model.d_inner);
         const RotationSpec spec = choose_rotation(e, UnsupportedSize::error); // online needs an exact Hadamard
@@ -217,7 +229,8 @@ inline RecipeStep rotate_out_proj_input() {
     };
 }
 // R4: Hadamard over the state dimension before the quantized state·C.
-inline RecipeStep rotate_state() {
+template <class = void>
+RecipeStep rotate_state() {
     return [](RecipeContext& c) {
         const RotationSpec spec = choose_rotation(c.model.d_state, UnsupportedSize::error);
         const MatrixXd h = rotation_matrix<double>(spec);
@@ -229,35 +242,41 @@ inline RecipeStep rotate_state() {
 } // namespace steps
 
 // ---- the five methods (METHOD.md §5) -----------------------------------------------------------
-inline CalibrationPlan plan_with(std::initializer_list<TapPoint> covariance, bool state = false) {
+template <class = void>
+CalibrationPlan plan_with(std::initializer_list<TapPoint> covariance, bool state = false) {
     CalibrationPlan p;
     for (TapPoint t : covariance) p.covariance[static_cast<std::size_t>(t)] = true;
     p.state = state;
     return p;
 }
 
-inline Recipe rtn_recipe() { return {"rtn", {}, {}, false, RangeRule::minmax, 0.999999, {}, false}; }
+template <class = void>
+Recipe rtn_recipe() { return {"rtn", {}, {}, false, RangeRule::minmax, 0.999999, {}, false}; }
 
-inline Recipe smoothquant_recipe(double alpha = 0.5) {
+template <class = void>
+Recipe smoothquant_recipe(double alpha = 0.5) {
     // The norm → in_proj smoothing; out_proj's input a = y ⊙ SiLU(z) has no linear producer to
     // absorb a scale without S-SiLU (that is MambaQuant's S2), so SmoothQuant stops at in_proj.
     return {"smoothquant", {{{steps::smooth_norm(alpha)}, {}}}, {}, true, RangeRule::minmax, 0.999999, {}, false};
 }
 
-inline Recipe quarot_recipe() {
+template <class = void>
+Recipe quarot_recipe() {
     return {"quarot",      {{{steps::rotate_residual(steps::R1Basis::hadamard)}, {}}}, {steps::rotate_out_proj_input()},
             false,         RangeRule::minmax, 0.999999, {}, true};
 }
 
-inline Recipe quamba_recipe(double percentile = 0.99999) {
+template <class = void>
+Recipe quamba_recipe(double percentile = 0.99999) {
     // Percentile clipping of the scan input (x_proj's input, Quamba's outlier site), min/max
     // elsewhere, online Hadamard at out_proj's input, static symmetric per-tensor activations.
     return {"quamba", {}, {steps::rotate_out_proj_input()}, true, RangeRule::minmax, percentile, {TapPoint::x_proj_input},
             false};
 }
 
-inline Recipe mambaquant_recipe(steps::R1Basis r1 = steps::R1Basis::klt_pooled,
-                                steps::KltMoment moment = steps::KltMoment::second_moment) {
+template <class = void>
+Recipe mambaquant_recipe(steps::R1Basis r1 = steps::R1Basis::klt_pooled,
+                         steps::KltMoment moment = steps::KltMoment::second_moment) {
     Recipe r;
     r.name = "mambaquant";
     // Stage 1 (float statistics): dt shift → S2, S4, S5, S7.
@@ -274,9 +293,11 @@ inline Recipe mambaquant_recipe(steps::R1Basis r1 = steps::R1Basis::klt_pooled,
     return r;
 }
 
-inline std::vector<std::string_view> recipe_names() { return {"rtn", "smoothquant", "quarot", "quamba", "mambaquant"}; }
+template <class = void>
+std::vector<std::string_view> recipe_names() { return {"rtn", "smoothquant", "quarot", "quamba", "mambaquant"}; }
 
-inline Recipe recipe_by_name(std::string_view name) {
+template <class = void>
+Recipe recipe_by_name(std::string_view name) {
     if (name == "rtn") return rtn_recipe();
     if (name == "smoothquant") return smoothquant_recipe();
     if (name == "quarot") return quarot_recipe();
@@ -291,7 +312,8 @@ struct BitsChoice {
     int weight_bits = 0; // 0: float
     std::size_t group = 0; // W4 per group (0: per channel)
 };
-inline BitsChoice bits_by_name(std::string_view name) {
+template <class = void>
+BitsChoice bits_by_name(std::string_view name) {
     if (name == "fp32") return {"fp32", 0, 0};
     if (name == "w8a8") return {"w8a8", 8, 0};
     if (name == "w4a8") return {"w4a8", 4, 0};
@@ -316,7 +338,8 @@ struct QuantizedRecipe {
 
 namespace detail {
 // A NaN or ∞ in a weight would turn every statistic downstream into garbage: refuse it by name.
-inline void require_finite_weights(const MambaWeights& w) {
+template <class = void>
+void require_finite_weights(const MambaWeights& w) {
     auto check = [](const auto& m, const std::string& name) {
         if (m.size() == 0 || m.allFinite()) return;
         for (Eigen::Index i = 0; i < m.size(); ++i)
@@ -334,7 +357,8 @@ inline void require_finite_weights(const MambaWeights& w) {
         check(l.A_log, p + "A_log"), check(l.D, p + "D"), check(l.out_proj, p + "out_proj"), check(l.norm, p + "norm");
     }
 }
-inline QuantizationConfig recipe_base_config(const Recipe& r, const BitsChoice& b) {
+template <class = void>
+QuantizationConfig recipe_base_config(const Recipe& r, const BitsChoice& b) {
     QuantizationConfig c = uniform_quantization_config(b.weight_bits, b.group, ActMode::static_per_tensor, r.act_symmetric,
                                                        "custom");
     // METHOD.md §2: conv1d's weights per channel (int8), its input static per tensor — the integer
@@ -346,14 +370,16 @@ inline QuantizationConfig recipe_base_config(const Recipe& r, const BitsChoice& 
     c.bits = b.label;
     return c;
 }
-inline QuantParams act_params(const SiteStats& s, bool percentile, bool sym) {
+template <class = void>
+QuantParams act_params(const SiteStats& s, bool percentile, bool sym) {
     const ValueRange v = percentile ? s.percentile_range() : s.minmax_range();
     return sym ? params_from_range<8, symmetric>(v.lo, v.hi) : params_from_range<8, asymmetric>(v.lo, v.hi);
 }
 // GPTQ of one weight with the (already rotated) input second moment XᵀX: ŵ and the grid GPTQ chose
 // its codes on (the builder packs ŵ on that grid, so the model holds GPTQ's own codes and scales).
-inline GptqResult gptq_weight(const MatrixXf& w, const CalibrationStats& st, const std::string& key, const QuantSpec& spec,
-                              const GptqOptions& o) {
+template <class = void>
+GptqResult gptq_weight(const MatrixXf& w, const CalibrationStats& st, const std::string& key, const QuantSpec& spec,
+                       const GptqOptions& o) {
     const MatrixXd h = st.at(key).covariance().second_moment();
     return visit_quantizer(spec, [&]<class Q>(std::type_identity<Q>) -> GptqResult {
         if constexpr (std::same_as<typename Q::granularity, per_channel> || is_per_group_v<typename Q::granularity>)
@@ -367,7 +393,8 @@ inline GptqResult gptq_weight(const MatrixXf& w, const CalibrationStats& st, con
 // The offline-transformed float weights of a recipe's result: the online rotations undone (R2:
 // W_out·H·Hᵀ; R4: C rows H·Hᵀ·W_C), so the plain float path computes the original function in the
 // same transformed basis — the reference of the per-layer report.
-inline MambaWeights without_online_rotations(MambaWeights w) {
+template <class = void>
+MambaWeights without_online_rotations(MambaWeights w) {
     for (auto& l : w.layers) {
         if (l.out_rotation.size()) {
             l.out_proj = (l.out_proj.cast<double>() * l.out_rotation.cast<double>().transpose()).cast<float>();

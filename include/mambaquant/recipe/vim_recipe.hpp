@@ -34,9 +34,11 @@ struct QuantizedVimRecipe {
 // R1 rotates the table (patch embedding, class token, position rows, head) with the layers; the
 // Vim-specific choices of METHOD.md — static per-tensor activation scales, the percentile observer
 // where the method says so, B/C smoothing (S4) per direction with the first-step absorption — are
-// the recipes' own.
-inline QuantizedVimRecipe run_vim_recipe(const Recipe& recipe, const VimWeights& float_weights, const VimConfig& cfg,
-                                         const ImageBatch& calib, const QuantizeOptions& opt) {
+// the recipes' own. (A template never spelled by callers; with MQ_COMPILED compiled once in the
+// companion library, src/vim.cpp.)
+template <class = void>
+QuantizedVimRecipe run_vim_recipe(const Recipe& recipe, const VimWeights& float_weights, const VimConfig& cfg,
+                                  const ImageBatch& calib, const QuantizeOptions& opt) {
     validate(float_weights, cfg);
     require(calib.count > 0, "run_vim_recipe: no calibration images");
     QuantizedRecipe r = run_recipe(
@@ -52,10 +54,13 @@ inline QuantizedVimRecipe run_vim_recipe(const Recipe& recipe, const VimWeights&
     validate(out.weights, cfg);
     return out;
 }
+MQ_EXTERN_TEMPLATE(QuantizedVimRecipe run_vim_recipe<>(const Recipe&, const VimWeights&, const VimConfig&, const ImageBatch&,
+                                                       const QuantizeOptions&))
 
 // The offline-transformed float weights (online rotations undone): the float function in the
 // transformed basis, the per-layer report's reference.
-inline VimWeights without_online_rotations(VimWeights w) {
+template <class = void>
+VimWeights without_online_rotations(VimWeights w) {
     w.directions = without_online_rotations(std::move(w.directions));
     return w;
 }

@@ -94,7 +94,8 @@ void require_finite(Arch arch, ConstMatrixView<float> v, const char* name, bool 
                     " is negative (pass the raw projection with delta_softplus = true)");
         }
 }
-inline void require_view(ConstMatrixView<float> v, std::size_t rows, std::size_t cols, const char* name) {
+template <class = void>
+void require_view(ConstMatrixView<float> v, std::size_t rows, std::size_t cols, const char* name) {
     require(v.data != nullptr || v.size() == 0, "selective_scan: ", name, " has no data");
     require(v.rows == rows && v.cols == cols, "selective_scan: ", name, ": expected shape [", rows, " x ", cols,
             "], got [", v.rows, " x ", v.cols, "]");

@@ -26,7 +26,8 @@ struct Klt {
 };
 
 // Makes column j's largest-|entry| positive (ties: the lowest index wins).
-inline void fix_eigenvector_signs(MatrixXd& basis) noexcept {
+template <class = void>
+void fix_eigenvector_signs(MatrixXd& basis) noexcept {
     for (Eigen::Index j = 0; j < basis.cols(); ++j) {
         Eigen::Index best = 0;
         double best_abs = -1.0;

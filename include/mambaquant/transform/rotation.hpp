@@ -36,7 +36,8 @@ enum class RotationKind {
     random_orthogonal,   // Q of the QR of a seeded Gaussian matrix (Haar distributed)
 };
 
-inline const char* rotation_kind_name(RotationKind k) noexcept {
+template <class = void>
+const char* rotation_kind_name(RotationKind k) noexcept {
     switch (k) {
     case RotationKind::hadamard: return "hadamard";
     case RotationKind::randomized_hadamard: return "randomized_hadamard";
@@ -64,7 +65,8 @@ enum class UnsupportedSize {
 };
 
 // The largest supported Hadamard size b ≥ 2 with b | n, or 0 if none (odd n).
-inline std::size_t largest_hadamard_block(std::size_t n) noexcept {
+template <class = void>
+std::size_t largest_hadamard_block(std::size_t n) noexcept {
     std::size_t best = 0;
     for (std::size_t b = 2; b <= n; ++b)
         if (n % b == 0 && try_decompose_hadamard_size(b)) best = b;
@@ -72,8 +74,9 @@ inline std::size_t largest_hadamard_block(std::size_t n) noexcept {
 }
 
 // Exact Hadamard (randomized when `randomized`) when n allows it, otherwise the caller's fallback.
-inline RotationSpec choose_rotation(std::size_t n, UnsupportedSize fallback, std::uint64_t seed = 0,
-                                    bool randomized = false) {
+template <class = void>
+RotationSpec choose_rotation(std::size_t n, UnsupportedSize fallback, std::uint64_t seed = 0,
+                             bool randomized = false) {
     require(n > 0, "choose_rotation: size must be positive");
     RotationSpec spec;
     spec.n = n;
@@ -290,7 +293,9 @@ public:
     // The SIMD arch its kernels run on: mq::active_arch() when it was constructed.
     arch_id arch() const noexcept { return arch_; }
 
-    // x ← x·Q on every row.
+    // x ← x·Q on every row. A template never spelled by callers: a non-template member would
+    // instantiate the FWHT for every arch in each translation unit that includes this header.
+    template <class = void>
     void apply(MatrixView<float> x) const noexcept {
         MQ_ASSERT(x.cols == n_, "HadamardOnline::apply: row length must equal the rotation size");
         dispatch(arch_, [&](auto arch) { fwht(arch, blocks_of(x), plan_); });

@@ -33,19 +33,22 @@ struct SmoothResult {
 };
 
 namespace detail {
-inline void smooth_require_stat(const Eigen::VectorXd& v, Eigen::Index n, const char* site, const char* what) {
+template <class = void>
+void smooth_require_stat(const Eigen::VectorXd& v, Eigen::Index n, const char* site, const char* what) {
     require(v.size() == n, site, ": ", what, " has ", v.size(), " channels, expected ", n);
     for (Eigen::Index i = 0; i < n; ++i)
         require(std::isfinite(v[i]) && v[i] >= 0.0, site, ": ", what, "[", i, "] = ", v[i],
                 " (must be finite and >= 0)");
 }
-inline void smooth_require_scale(const Eigen::VectorXd& s, Eigen::Index n, const char* site) {
+template <class = void>
+void smooth_require_scale(const Eigen::VectorXd& s, Eigen::Index n, const char* site) {
     require(s.size() == n, site, ": scale has ", s.size(), " entries, expected ", n);
     for (Eigen::Index i = 0; i < n; ++i)
         require(std::isfinite(s[i]) && s[i] > 0.0, site, ": scale[", i, "] = ", s[i], " (must be finite and > 0)");
 }
 // max_i |W_ij| over the rows of W: one value per input column j.
-inline Eigen::VectorXd smooth_column_absmax(const Eigen::Ref<const MatrixXf>& w) {
+template <class = void>
+Eigen::VectorXd smooth_column_absmax(const Eigen::Ref<const MatrixXf>& w) {
     return w.cast<double>().cwiseAbs().colwise().maxCoeff().transpose();
 }
 } // namespace detail
@@ -54,8 +57,9 @@ inline Eigen::VectorXd smooth_column_absmax(const Eigen::Ref<const MatrixXf>& w)
 // X_j: channel j of the activation entering the weight; W_j: column j of the consuming weight.
 // Dividing X_j by s_j and multiplying W_j by s_j leaves x·Wᵀ unchanged and balances the two
 // ranges: afterwards max|X_j/s_j| = max|W_j·s_j| when α = 0.5 (and no floor applies).
-inline Eigen::VectorXd smoothing_scales(const Eigen::VectorXd& act_absmax, const Eigen::VectorXd& weight_absmax,
-                                        SmoothParams p = {}, const char* site = "smoothing_scales") {
+template <class = void>
+Eigen::VectorXd smoothing_scales(const Eigen::VectorXd& act_absmax, const Eigen::VectorXd& weight_absmax,
+                                 SmoothParams p = {}, const char* site = "smoothing_scales") {
     require(p.alpha >= 0.0 && p.alpha <= 1.0, site, ": alpha must be in [0, 1], got ", p.alpha);
     require(std::isfinite(p.floor) && p.floor > 0.0, site, ": floor must be finite and > 0, got ", p.floor);
     detail::smooth_require_stat(act_absmax, act_absmax.size(), site, "activation max|X|");
@@ -71,7 +75,8 @@ inline Eigen::VectorXd smoothing_scales(const Eigen::VectorXd& act_absmax, const
 // ---- norm → in_proj (the SmoothQuant baseline) -----------------------------------------------
 // hn = RMSNorm(h)·γ, so dividing channel j of hn by s_j is γ_j ← γ_j/s_j, and in_proj absorbs it:
 //   W_in ← W_in·diag(s)   (both the x and the z rows read hn).
-inline MambaLayerWeights apply_norm_smoothing(const MambaLayerWeights& w, const Eigen::VectorXd& s) {
+template <class = void>
+MambaLayerWeights apply_norm_smoothing(const MambaLayerWeights& w, const Eigen::VectorXd& s) {
     validate(w);
     detail::smooth_require_scale(s, w.norm.size(), "apply_norm_smoothing");
     MambaLayerWeights out = w;
@@ -80,8 +85,9 @@ inline MambaLayerWeights apply_norm_smoothing(const MambaLayerWeights& w, const 
     return out;
 }
 // s from max|hn_j| (the in_proj input) and the in_proj columns.
-inline SmoothResult smooth_norm(const MambaLayerWeights& w, const Eigen::VectorXd& in_proj_input_absmax,
-                                SmoothParams p = {}) {
+template <class = void>
+SmoothResult smooth_norm(const MambaLayerWeights& w, const Eigen::VectorXd& in_proj_input_absmax,
+                         SmoothParams p = {}) {
     validate(w);
     const Eigen::VectorXd s =
         smoothing_scales(in_proj_input_absmax, detail::smooth_column_absmax(w.in_proj), p, "smooth_norm");
@@ -94,7 +100,8 @@ inline SmoothResult smooth_norm(const MambaLayerWeights& w, const Eigen::VectorX
 // and out_proj absorbs s: W_out ← W_out·diag(s). The layer's gate_scale becomes gate_scale⊙s
 // (an already smoothed gate composes: with z'' = z'/s₁, z''·σ(s₀s₁⊙z'') = S-SiLU_{s₀}(z')/s₁).
 // Must precede R2: the online Hadamard at the out_proj input sees the smoothed a'.
-inline MambaLayerWeights apply_gate_smoothing(const MambaLayerWeights& w, const Eigen::VectorXd& s) {
+template <class = void>
+MambaLayerWeights apply_gate_smoothing(const MambaLayerWeights& w, const Eigen::VectorXd& s) {
     validate(w);
     const Eigen::Index e = static_cast<Eigen::Index>(w.d_inner());
     detail::smooth_require_scale(s, e, "apply_gate_smoothing");
@@ -107,8 +114,9 @@ inline MambaLayerWeights apply_gate_smoothing(const MambaLayerWeights& w, const 
     return out;
 }
 // s from max|a_e| (the out_proj input, measured on the layer as it is) and the out_proj columns.
-inline SmoothResult smooth_gate(const MambaLayerWeights& w, const Eigen::VectorXd& out_proj_input_absmax,
-                                SmoothParams p = {}) {
+template <class = void>
+SmoothResult smooth_gate(const MambaLayerWeights& w, const Eigen::VectorXd& out_proj_input_absmax,
+                         SmoothParams p = {}) {
     validate(w);
     const Eigen::VectorXd s =
         smoothing_scales(out_proj_input_absmax, detail::smooth_column_absmax(w.out_proj), p, "smooth_gate (S2)");
@@ -123,7 +131,8 @@ inline SmoothResult smooth_gate(const MambaLayerWeights& w, const Eigen::VectorX
 // exact. A carried state in the original units enters through the first step only:
 //   log dA'_0 = Δ_0·A + log(1/s)   (one addcmul), later steps unchanged;
 // state_scale (⊙ s) records s for that. Must precede R4 (the state rotation acts on state/s).
-inline MambaLayerWeights apply_state_smoothing(const MambaLayerWeights& w, const Eigen::VectorXd& s) {
+template <class = void>
+MambaLayerWeights apply_state_smoothing(const MambaLayerWeights& w, const Eigen::VectorXd& s) {
     validate(w);
     const Eigen::Index r = static_cast<Eigen::Index>(w.dt_rank()), n = static_cast<Eigen::Index>(w.d_state());
     detail::smooth_require_scale(s, n, "apply_state_smoothing");
@@ -136,8 +145,9 @@ inline MambaLayerWeights apply_state_smoothing(const MambaLayerWeights& w, const
     out.state_scale = (w.state_scale.cast<double>().array() * s.array()).cast<float>().matrix();
     return out;
 }
-inline Eigen::VectorXd state_smoothing_scales(const Eigen::VectorXd& state_absmax, const Eigen::VectorXd& c_absmax,
-                                              StateSmoothParams p = {}) {
+template <class = void>
+Eigen::VectorXd state_smoothing_scales(const Eigen::VectorXd& state_absmax, const Eigen::VectorXd& c_absmax,
+                                       StateSmoothParams p = {}) {
     const char* site = "state_smoothing_scales (S4)";
     require(std::isfinite(p.lo) && std::isfinite(p.hi) && p.lo > 0.0 && p.lo <= p.hi, site,
             ": clamp must satisfy 0 < lo <= hi, got [", p.lo, ", ", p.hi, "]");
@@ -149,8 +159,9 @@ inline Eigen::VectorXd state_smoothing_scales(const Eigen::VectorXd& state_absma
         s[i] = std::clamp(std::sqrt(std::max(state_absmax[i], kTiny) / std::max(c_absmax[i], kTiny)), p.lo, p.hi);
     return s;
 }
-inline SmoothResult smooth_state(const MambaLayerWeights& w, const Eigen::VectorXd& state_absmax,
-                                 const Eigen::VectorXd& c_absmax, StateSmoothParams p = {}) {
+template <class = void>
+SmoothResult smooth_state(const MambaLayerWeights& w, const Eigen::VectorXd& state_absmax,
+                          const Eigen::VectorXd& c_absmax, StateSmoothParams p = {}) {
     validate(w);
     require(state_absmax.size() == static_cast<Eigen::Index>(w.d_state()), "smooth_state (S4): max|state| has ",
             state_absmax.size(), " entries, expected d_state = ", w.d_state());
@@ -161,7 +172,8 @@ inline SmoothResult smooth_state(const MambaLayerWeights& w, const Eigen::Vector
 // ---- S5: x_proj dt rows → dt_proj --------------------------------------------------------------
 // dt = x·W_x,dtᵀ − dt_shift; W_x,dt ← diag(1/s)·W_x,dt and dt_shift ← dt_shift/s give dt/s, and
 // W_dt ← W_dt·diag(s) restores (dt/s)·(W_dt·diag(s))ᵀ = dt·W_dtᵀ.
-inline MambaLayerWeights apply_dt_smoothing(const MambaLayerWeights& w, const Eigen::VectorXd& s) {
+template <class = void>
+MambaLayerWeights apply_dt_smoothing(const MambaLayerWeights& w, const Eigen::VectorXd& s) {
     validate(w);
     const Eigen::Index r = static_cast<Eigen::Index>(w.dt_rank());
     detail::smooth_require_scale(s, r, "apply_dt_smoothing");
@@ -172,7 +184,8 @@ inline MambaLayerWeights apply_dt_smoothing(const MambaLayerWeights& w, const Ei
     return out;
 }
 // s from max|dt_r| of the dt input as the layer computes it (after any shift) and dt_proj columns.
-inline SmoothResult smooth_dt(const MambaLayerWeights& w, const Eigen::VectorXd& dt_input_absmax, SmoothParams p = {}) {
+template <class = void>
+SmoothResult smooth_dt(const MambaLayerWeights& w, const Eigen::VectorXd& dt_input_absmax, SmoothParams p = {}) {
     validate(w);
     const Eigen::VectorXd s = smoothing_scales(dt_input_absmax, detail::smooth_column_absmax(w.dt_proj), p, "smooth_dt (S5)");
     return {apply_dt_smoothing(w, s), s};
@@ -181,7 +194,8 @@ inline SmoothResult smooth_dt(const MambaLayerWeights& w, const Eigen::VectorXd&
 // ---- S7: in_proj x rows → conv1d ---------------------------------------------------------------
 // The conv is depthwise: conv_t[e] = Σ_k w[e,k]·x_{t−K+1+k}[e] + b[e]. With W_in,x ← diag(1/s)·W_in,x
 // the conv input is x/s, and w[e,:] ← s_e·w[e,:] gives the same conv output (bias unchanged).
-inline MambaLayerWeights apply_conv_smoothing(const MambaLayerWeights& w, const Eigen::VectorXd& s) {
+template <class = void>
+MambaLayerWeights apply_conv_smoothing(const MambaLayerWeights& w, const Eigen::VectorXd& s) {
     validate(w);
     const Eigen::Index e = static_cast<Eigen::Index>(w.d_inner());
     detail::smooth_require_scale(s, e, "apply_conv_smoothing");
@@ -191,8 +205,9 @@ inline MambaLayerWeights apply_conv_smoothing(const MambaLayerWeights& w, const 
     return out;
 }
 // s from max|x_e| of the conv input and max_k |w[e,k]| (each channel has its own conv filter).
-inline SmoothResult smooth_conv(const MambaLayerWeights& w, const Eigen::VectorXd& conv_input_absmax,
-                                SmoothParams p = {}) {
+template <class = void>
+SmoothResult smooth_conv(const MambaLayerWeights& w, const Eigen::VectorXd& conv_input_absmax,
+                         SmoothParams p = {}) {
     validate(w);
     const Eigen::VectorXd wmax = w.conv_w.cast<double>().cwiseAbs().rowwise().maxCoeff();
     const Eigen::VectorXd s = smoothing_scales(conv_input_absmax, wmax, p, "smooth_conv (S7)");
@@ -204,7 +219,8 @@ inline SmoothResult smooth_conv(const MambaLayerWeights& w, const Eigen::VectorX
 // centres it for a symmetric quantizer, and dt_proj's bias absorbs the shift:
 //   (dt − μ)·W_dtᵀ + (b_dt + W_dt·μ) = dt·W_dtᵀ + b_dt.
 // dt_shift ← dt_shift + μ (the run time subtracts it from the dt input, fused with quantization).
-inline MambaLayerWeights apply_dt_shift(const MambaLayerWeights& w, const Eigen::VectorXd& mu) {
+template <class = void>
+MambaLayerWeights apply_dt_shift(const MambaLayerWeights& w, const Eigen::VectorXd& mu) {
     validate(w);
     const Eigen::Index r = static_cast<Eigen::Index>(w.dt_rank());
     require(mu.size() == r, "apply_dt_shift: shift has ", mu.size(), " entries, expected dt_rank = ", r);
@@ -215,8 +231,9 @@ inline MambaLayerWeights apply_dt_shift(const MambaLayerWeights& w, const Eigen:
     return out;
 }
 // μ = (min + max)/2 of the dt input as the layer computes it.
-inline SmoothResult shift_dt(const MambaLayerWeights& w, const Eigen::VectorXd& dt_input_min,
-                             const Eigen::VectorXd& dt_input_max) {
+template <class = void>
+SmoothResult shift_dt(const MambaLayerWeights& w, const Eigen::VectorXd& dt_input_min,
+                      const Eigen::VectorXd& dt_input_max) {
     validate(w);
     const Eigen::Index r = static_cast<Eigen::Index>(w.dt_rank());
     require(dt_input_min.size() == r && dt_input_max.size() == r, "shift_dt: dt statistics have ", dt_input_min.size(),

@@ -42,8 +42,9 @@ struct SSiLU {
 // out_i = y_i · S-SiLU_{s_i}(z_i): the gated out_proj input of one token row (n = E).
 // The reference twin uses std::exp; the SIMD form uses xsimd::exp, so the two agree to a few ulps
 // rather than bit for bit (tests bound the difference).
-inline void ssilu_gate_ref(const float* MQ_RESTRICT y, const float* MQ_RESTRICT z, const float* MQ_RESTRICT s,
-                           float* MQ_RESTRICT out, std::size_t n) noexcept {
+template <class = void>
+void ssilu_gate_ref(const float* MQ_RESTRICT y, const float* MQ_RESTRICT z, const float* MQ_RESTRICT s,
+                    float* MQ_RESTRICT out, std::size_t n) noexcept {
     const SSiLU act;
     for (std::size_t i = 0; i < n; ++i) out[i] = y[i] * act(z[i], s[i]);
 }

@@ -59,7 +59,8 @@ struct SymmetricEigen {
 
 namespace detail {
 #if MQ_HAS_LAPACKE
-inline SymmetricEigen lapack_symmetric_eigen(const MatrixXd& a, EigenBackend backend) {
+template <class = void>
+SymmetricEigen lapack_symmetric_eigen(const MatrixXd& a, EigenBackend backend) {
     require(a.rows() <= INT_MAX / 2, "symmetric_eigen: d = ", a.rows(), " exceeds LAPACK's 32-bit index range");
     const auto n = static_cast<lapack_int>(a.rows());
     // Only the lower triangle is read; a symmetric row-major matrix is its own column-major copy.
