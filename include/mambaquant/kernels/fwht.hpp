@@ -1023,15 +1023,17 @@ constexpr unsigned fwht16_pass_count(unsigned log2P) noexcept {
 }
 
 // Rows of at least this many floats ask for the next row while this one is transformed (a batch
-// of them is beyond L2). One prefetch per line, spread over a pass rather than issued as a burst
+// of 1024 such rows is beyond L2). One prefetch per line, spread over a pass rather than issued as a burst
 // at the start of the row (prefetch_row, the AVX2 path's way): a burst of 128–512 prefetches
 // fills the line-fill queue and stalls the row's own loads. Where: `next_late` = false puts them
 // in the first pass, into L1 (in-place fwht: measured best), true in the last pass, into L2 (the
 // fused kernel, whose first pass already streams its source row in: measured best there).
-// Measured (Xeon, AVX-512 path, 1024 rows, load 3–5, medians of 4, ns/element) burst / none /
+// Measured (Xeon, AVX-512 path, 1024 rows, load 2–5, medians of 4, ns/element) burst / none /
 // spread as chosen: fwht 4096 0.377 / 0.305 / 0.275, 8192 0.463 / 0.596 / 0.362; fused 4096
-// 0.517 / 0.416–0.466 / 0.414, 8192 0.906 / 0.956–1.14 / 0.535.
-inline constexpr std::size_t kFwht16PrefetchMin = 2048;
+// 0.517 / 0.416–0.466 / 0.414, 8192 0.906 / 0.956–1.14 / 0.535. Below 2048, none / spread:
+// fwht 768 0.284 / 0.258, 1024 0.224 / 0.207, 1536 0.317 / 0.255; fused 768 0.399 / 0.364,
+// 1024 0.302 / 0.301, 1536 0.410 / 0.355.
+inline constexpr std::size_t kFwht16PrefetchMin = 512;
 
 // FWHT of one chunk of P ≥ 16 floats from src to dst (may be equal), the scale folded into the
 // last pass when asked (and then, with Track, the min/max gathered). next: the same chunk of the
