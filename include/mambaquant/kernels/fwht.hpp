@@ -1023,9 +1023,9 @@ constexpr unsigned fwht16_pass_count(unsigned log2P) noexcept {
 }
 
 // Rows of at least this many floats ask for the next row while this one is transformed (a batch
-// of 1024 such rows is beyond L2). One prefetch per line, spread over a pass rather than issued as a burst
-// at the start of the row (prefetch_row, the AVX2 path's way): a burst of 128–512 prefetches
-// fills the line-fill queue and stalls the row's own loads. Where: `next_late` = false puts them
+// of 1024 such rows is beyond L2). One prefetch per line, spread over a pass rather than issued
+// as a burst at the start of the row (prefetch_row, the AVX2 path's way): a burst of 128–512
+// prefetches fills the line-fill queue and stalls the row's own loads. Where: `next_late` = false puts them
 // in the first pass, into L1 (in-place fwht: measured best), true in the last pass, into L2 (the
 // fused kernel, whose first pass already streams its source row in: measured best there).
 // Measured (Xeon, AVX-512 path, 1024 rows, load 2–5, medians of 4, ns/element) burst / none /
