@@ -146,7 +146,7 @@ inline float exp2_approx_ref(float x) noexcept {
 #if MQ_HAS_AVX512VNNI_KERNELS
 MQ_AVX512VNNI_BEGIN
 // exp2_approx on 16 lanes (the avx512vnni tag's scan): the same IEEE operations, so the same bits.
-// min/max and the shift in their all-lanes masked form (the plain intrinsics pass an undefined
+// min/max and vscalefps in their all-lanes masked form (the plain intrinsics pass an undefined
 // vector on which g++ 12 warns -Wmaybe-uninitialized, GCC bug 105593).
 template <class Arch>
 MQ_ALWAYS_INLINE __m512 exp2_approx16(__m512 x) noexcept {
@@ -163,12 +163,15 @@ MQ_ALWAYS_INLINE __m512 exp2_approx16(__m512 x) noexcept {
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(detail::kExp2P4));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(detail::kExp2P5));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-    const __m512i k = _mm512_castps_si512(km);
-    return _mm512_mul_ps(p, _mm512_castsi512_ps(_mm512_mask_slli_epi32(k, all, k, 23)));
+    // p·2^k by vscalefps (p·2^⌊k⌋, k integral): one instruction instead of the shift that builds
+    // 2^k and the multiply. The same rounding of the same exact product p·2^k (2^k is normal for
+    // k ∈ [−126, 127], |p| < 2), so the same bits; the scan's inner loop is port-bound, so the
+    // saved µop per state element is time saved.
+    return _mm512_mask_scalef_ps(p, all, p, _mm512_sub_ps(km, magic));
 }
 // exp_approx on 16 lanes (the avx512vnni tag's conv1d SiLU): exp_approx's IEEE operations in its
-// order (vroundps → vrndscaleps to nearest, the same integer; vcvttps2dq of an integral k is
-// exact), so the same bits as the AVX2 form and exp_approx_ref.
+// order (vroundps → vrndscaleps to nearest, the same integer k; the scaling by 2^k as below), so
+// the same bits as the AVX2 form and exp_approx_ref.
 template <class Arch>
 MQ_ALWAYS_INLINE __m512 exp_approx16(__m512 x) noexcept {
     constexpr __mmask16 all = 0xFFFF;
@@ -186,28 +189,51 @@ MQ_ALWAYS_INLINE __m512 exp_approx16(__m512 x) noexcept {
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(detail::kExpP5));
     const __m512 r2 = _mm512_mul_ps(r, r);
     p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0f))); // 1 + r + r²·P(r)
-    const __m512i ki = _mm512_mask_cvttps_epi32(_mm512_setzero_si512(), all, k);
-    const __m512i e = _mm512_add_epi32(ki, _mm512_set1_epi32(127));
-    return _mm512_mul_ps(p, _mm512_castsi512_ps(_mm512_mask_slli_epi32(e, all, e, 23)));
+    // p·2^k by vscalefps, as in exp2_approx16: the same product as building 2^k in the exponent
+    // bits and multiplying (k ∈ [−126, 127] integral), so the same bits, in one µop instead of four.
+    return _mm512_mask_scalef_ps(p, all, p, k);
 }
+
+namespace detail {
+// The spans' 16-lane body: y = exp2_approx16(x) / exp_approx16(x) for x[0, 16·⌊n/16⌋); returns
+// the count done.
+template <class Arch, bool Base2>
+inline std::size_t exp_approx16_span(const float* MQ_RESTRICT x, float* MQ_RESTRICT y, std::size_t n) noexcept {
+    std::size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 v = _mm512_loadu_ps(x + i);
+        _mm512_storeu_ps(y + i, Base2 ? exp2_approx16<Arch>(v) : exp_approx16<Arch>(v));
+    }
+    return i;
+}
+} // namespace detail
 MQ_AVX512VNNI_END
 #endif
 
+// y[i] = 2^{x[i]} over a span (16-lane body on the avx512vnni tag, vector body, scalar tail with
+// the bit-identical twin).
 template <class Arch>
 void exp2_approx(Arch, const float* MQ_RESTRICT x, float* MQ_RESTRICT y, std::size_t n) noexcept {
     using B = xsimd::batch<float, Arch>;
     const std::size_t vec_end = simd_floor<Arch>(n);
     std::size_t i = 0;
+#if MQ_HAS_AVX512VNNI_KERNELS
+    if constexpr (is_avx512vnni_v<Arch>) i = detail::exp_approx16_span<Arch, true>(x, y, n);
+#endif
     for (; i < vec_end; i += B::size) exp2_approx<Arch>(B::load_unaligned(x + i)).store_unaligned(y + i);
     for (; i < n; ++i) y[i] = exp2_approx_ref(x[i]);
 }
 
-// y[i] = e^{x[i]} over a span (vector body, scalar tail with the bit-identical twin).
+// y[i] = e^{x[i]} over a span (16-lane body on the avx512vnni tag, vector body, scalar tail with
+// the bit-identical twin).
 template <class Arch>
 void exp_approx(Arch, const float* MQ_RESTRICT x, float* MQ_RESTRICT y, std::size_t n) noexcept {
     using B = xsimd::batch<float, Arch>;
     const std::size_t vec_end = simd_floor<Arch>(n);
     std::size_t i = 0;
+#if MQ_HAS_AVX512VNNI_KERNELS
+    if constexpr (is_avx512vnni_v<Arch>) i = detail::exp_approx16_span<Arch, false>(x, y, n);
+#endif
     for (; i < vec_end; i += B::size) exp_approx<Arch>(B::load_unaligned(x + i)).store_unaligned(y + i);
     for (; i < n; ++i) y[i] = exp_approx_ref(x[i]);
 }

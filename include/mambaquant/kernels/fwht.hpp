@@ -941,6 +941,26 @@ struct Fwht16MinMax {
           hi(_mm512_set1_ps(-std::numeric_limits<float>::infinity())) {}
 };
 
+// min (Max = false) or max of v[0 … N−1] as a tree, v[i] with v[i + N/2] first: written as a
+// compile-time recursion so that it stays in registers (a loop nest over a local array was
+// neither unrolled nor kept in registers by g++ 12 for N = 16: ~100 stack accesses per step).
+template <class Arch, bool Max, std::size_t... I>
+MQ_ALWAYS_INLINE void fwht16_fold_level(const __m512* v, __m512* u, std::index_sequence<I...>) noexcept {
+    constexpr std::size_t half = sizeof...(I);
+    if constexpr (Max) ((u[I] = fwht16_max<Arch>(v[I], v[I + half])), ...);
+    else ((u[I] = fwht16_min<Arch>(v[I], v[I + half])), ...);
+}
+template <class Arch, bool Max, std::size_t N>
+MQ_ALWAYS_INLINE __m512 fwht16_fold(const __m512* v) noexcept {
+    if constexpr (N == 1) {
+        return v[0];
+    } else {
+        __m512 u[N / 2];
+        fwht16_fold_level<Arch, Max>(v, u, std::make_index_sequence<N / 2>{});
+        return fwht16_fold<Arch, Max, N / 2>(u);
+    }
+}
+
 // The end of a pass: on the row's last pass scale (and with Track gather min/max as a tree), then
 // store v[t] at dst + t·stride.
 template <class Arch, std::size_t R, bool Track>
@@ -949,31 +969,26 @@ MQ_ALWAYS_INLINE void fwht16_store(__m512* v, float* dst, std::size_t stride, bo
     if (scale_out) {
         for (std::size_t t = 0; t < R; ++t) v[t] = _mm512_mul_ps(v[t], sc);
         if constexpr (Track) {
-            __m512 l[R], h[R];
-            for (std::size_t t = 0; t < R; ++t) l[t] = h[t] = v[t];
-            for (std::size_t w = R / 2; w >= 1; w /= 2)
-                for (std::size_t i = 0; i < w; ++i) {
-                    l[i] = fwht16_min<Arch>(l[i], l[i + w]);
-                    h[i] = fwht16_max<Arch>(h[i], h[i + w]);
-                }
-            mm.lo = fwht16_min<Arch>(mm.lo, l[0]);
-            mm.hi = fwht16_max<Arch>(mm.hi, h[0]);
+            mm.lo = fwht16_min<Arch>(mm.lo, fwht16_fold<Arch, false, R>(v));
+            mm.hi = fwht16_max<Arch>(mm.hi, fwht16_fold<Arch, true, R>(v));
         }
     }
     for (std::size_t t = 0; t < R; ++t) _mm512_storeu_ps(dst + t * stride, v[t]);
 }
 
 // First pass over a chunk of P ≥ 16 floats: G = min(16, P/16) registers from src (times the
-// signs), the four in-register stages and log2(G) cross-register stages, stored to dst.
+// signs), the four in-register stages and log2(G) cross-register stages, stored to dst; next
+// (or null): the next row's chunk, prefetched into L1 line by line as this one is loaded.
 template <class Arch, std::size_t G, bool Track>
 inline void fwht16_first_pass(const float* src, float* dst, std::size_t P, const float* signs, bool scale_out,
-                              float scale, Fwht16MinMax<Arch>& mm) noexcept {
+                              float scale, Fwht16MinMax<Arch>& mm, const float* next) noexcept {
     const Fwht16Signs<Arch> sg;
     const __m512 sc = _mm512_set1_ps(scale);
     for (std::size_t base = 0; base < P; base += G * 16) {
         __m512 v[G];
         for (std::size_t t = 0; t < G; ++t) {
             v[t] = _mm512_loadu_ps(src + base + t * 16);
+            if (next) _mm_prefetch(reinterpret_cast<const char*>(next + base + t * 16), _MM_HINT_T0);
             if (signs) v[t] = _mm512_mul_ps(v[t], _mm512_loadu_ps(signs + base + t * 16));
             v[t] = fwht16_lane_stages<Arch>(v[t], sg);
         }
@@ -982,15 +997,19 @@ inline void fwht16_first_pass(const float* src, float* dst, std::size_t P, const
     }
 }
 
-// Stages h, 2h, …, (R/2)·h in one pass over a chunk of P floats.
+// Stages h, 2h, …, (R/2)·h in one pass over a chunk of P floats; next (or null): the next row's
+// chunk, prefetched into L2 at the offsets this pass loads (a pass touches every line once).
 template <class Arch, std::size_t R, bool Track>
 inline void fwht16_radix_pass(float* x, std::size_t P, std::size_t h, bool scale_out, float scale,
-                              Fwht16MinMax<Arch>& mm) noexcept {
+                              Fwht16MinMax<Arch>& mm, const float* next = nullptr) noexcept {
     const __m512 sc = _mm512_set1_ps(scale);
     for (std::size_t base = 0; base < P; base += R * h)
         for (std::size_t j = base; j < base + h; j += 16) {
             __m512 v[R];
-            for (std::size_t t = 0; t < R; ++t) v[t] = _mm512_loadu_ps(x + j + t * h);
+            for (std::size_t t = 0; t < R; ++t) {
+                v[t] = _mm512_loadu_ps(x + j + t * h);
+                if (next) _mm_prefetch(reinterpret_cast<const char*>(next + j + t * h), _MM_HINT_T1);
+            }
             fwht16_reg_stages<Arch, R>(v);
             fwht16_store<Arch, R, Track>(v, x + j, h, scale_out, sc, mm);
         }
@@ -1003,21 +1022,37 @@ constexpr unsigned fwht16_pass_count(unsigned log2P) noexcept {
     return 1 + (log2P - 8 + 3) / 4;
 }
 
+// Rows of at least this many floats ask for the next row while this one is transformed (a batch
+// of 1024 such rows is beyond L2). One prefetch per line, spread over a pass rather than issued
+// as a burst at the start of the row (prefetch_row, the AVX2 path's way): a burst of 128–512
+// prefetches fills the line-fill queue and stalls the row's own loads. Where: `next_late` = false puts them
+// in the first pass, into L1 (in-place fwht: measured best), true in the last pass, into L2 (the
+// fused kernel, whose first pass already streams its source row in: measured best there).
+// Measured (Xeon, AVX-512 path, 1024 rows, load 2–5, medians of 4, ns/element) burst / none /
+// spread as chosen: fwht 4096 0.377 / 0.305 / 0.275, 8192 0.463 / 0.596 / 0.362; fused 4096
+// 0.517 / 0.416–0.466 / 0.414, 8192 0.906 / 0.956–1.14 / 0.535. Below 2048, none / spread:
+// fwht 768 0.284 / 0.258, 1024 0.224 / 0.207, 1536 0.317 / 0.255; fused 768 0.399 / 0.364,
+// 1024 0.302 / 0.301, 1536 0.410 / 0.355.
+inline constexpr std::size_t kFwht16PrefetchMin = 512;
+
 // FWHT of one chunk of P ≥ 16 floats from src to dst (may be equal), the scale folded into the
-// last pass when asked (and then, with Track, the min/max gathered).
+// last pass when asked (and then, with Track, the min/max gathered). next: the same chunk of the
+// next row to prefetch (or null), in the first pass or, with next_late, the last.
 template <class Arch, bool Track>
 inline void fwht16_chunk(const float* src, float* dst, std::size_t P, unsigned log2P, const float* signs,
-                         bool scale_out, float scale, Fwht16MinMax<Arch>& mm) noexcept {
+                         bool scale_out, float scale, Fwht16MinMax<Arch>& mm, const float* next,
+                         bool next_late) noexcept {
     const unsigned cross = log2P - 4;
     const unsigned first = std::min(cross, 4u);
     unsigned rest = cross - first;
     const bool first_last = scale_out && rest == 0;
+    const float* next_first = next_late && rest > 0 ? nullptr : next;
     switch (first) {
-    case 0: fwht16_first_pass<Arch, 1, Track>(src, dst, P, signs, first_last, scale, mm); break;
-    case 1: fwht16_first_pass<Arch, 2, Track>(src, dst, P, signs, first_last, scale, mm); break;
-    case 2: fwht16_first_pass<Arch, 4, Track>(src, dst, P, signs, first_last, scale, mm); break;
-    case 3: fwht16_first_pass<Arch, 8, Track>(src, dst, P, signs, first_last, scale, mm); break;
-    default: fwht16_first_pass<Arch, 16, Track>(src, dst, P, signs, first_last, scale, mm); break;
+    case 0: fwht16_first_pass<Arch, 1, Track>(src, dst, P, signs, first_last, scale, mm, next_first); break;
+    case 1: fwht16_first_pass<Arch, 2, Track>(src, dst, P, signs, first_last, scale, mm, next_first); break;
+    case 2: fwht16_first_pass<Arch, 4, Track>(src, dst, P, signs, first_last, scale, mm, next_first); break;
+    case 3: fwht16_first_pass<Arch, 8, Track>(src, dst, P, signs, first_last, scale, mm, next_first); break;
+    default: fwht16_first_pass<Arch, 16, Track>(src, dst, P, signs, first_last, scale, mm, next_first); break;
     }
     std::size_t h = std::size_t{16} << first;
     unsigned passes = (rest + 3) / 4;
@@ -1026,11 +1061,12 @@ inline void fwht16_chunk(const float* src, float* dst, std::size_t P, unsigned l
         rest -= take;
         --passes;
         const bool last = scale_out && rest == 0;
+        const float* nx = next_late && rest == 0 ? next : nullptr;
         switch (take) {
-        case 1: fwht16_radix_pass<Arch, 2, Track>(dst, P, h, last, scale, mm); break;
-        case 2: fwht16_radix_pass<Arch, 4, Track>(dst, P, h, last, scale, mm); break;
-        case 3: fwht16_radix_pass<Arch, 8, Track>(dst, P, h, last, scale, mm); break;
-        default: fwht16_radix_pass<Arch, 16, Track>(dst, P, h, last, scale, mm); break;
+        case 1: fwht16_radix_pass<Arch, 2, Track>(dst, P, h, last, scale, mm, nx); break;
+        case 2: fwht16_radix_pass<Arch, 4, Track>(dst, P, h, last, scale, mm, nx); break;
+        case 3: fwht16_radix_pass<Arch, 8, Track>(dst, P, h, last, scale, mm, nx); break;
+        default: fwht16_radix_pass<Arch, 16, Track>(dst, P, h, last, scale, mm, nx); break;
         }
         h <<= take;
     }
@@ -1199,11 +1235,13 @@ inline bool fwht16_split_last_stage(const FwhtPlan& plan) noexcept {
 }
 
 // One row, src → dst (may be equal): chunks at 16 lanes, then the dense stage and the inverse
-// signs (the AVX2 code). With Track, returns true and the row's min/max in lo, hi when the last
-// pass could gather them (else the caller finds them).
+// signs (the AVX2 code); next/next_late: the next row to prefetch (see kFwht16PrefetchMin). With
+// Track, returns true and the row's min/max in lo, hi when the last pass could gather them (else
+// the caller finds them).
 template <class Arch, bool Track>
 inline bool fwht16_row(const float* src, float* dst, const FwhtPlan& plan, bool split,
-                       xsimd::batch<float, avx2>* u_vec, float* u_scalar, float& lo, float& hi) noexcept {
+                       xsimd::batch<float, avx2>* u_vec, float* u_scalar, float& lo, float& hi, const float* next,
+                       bool next_late) noexcept {
     const std::size_t m = plan.factors.m;
     const std::size_t chunks = split ? 2 * m : m, C = split ? plan.factors.pow2 / 2 : plan.factors.pow2;
     const unsigned log2C = split ? plan.factors.log2_pow2 - 1 : plan.factors.log2_pow2;
@@ -1212,7 +1250,7 @@ inline bool fwht16_row(const float* src, float* dst, const FwhtPlan& plan, bool 
     if (C >= 16) {
         for (std::size_t a = 0; a < chunks; ++a)
             fwht16_chunk<Arch, Track>(src + a * C, dst + a * C, C, log2C, signs ? signs + a * C : nullptr, m == 1,
-                                      plan.scale, mm);
+                                      plan.scale, mm, next ? next + a * C : nullptr, next_late);
     } else {
         // Chunks shorter than a register (n < 16, or m·2^k with 2^k < 16): the AVX2 code.
         fwht_chunk_stage<avx2>(src, dst, plan, split);
@@ -1256,8 +1294,8 @@ inline void fwht16_rows(MatrixView<float> x, const FwhtPlan& plan) noexcept {
     float lo, hi;
     for (std::size_t r = 0; r < x.rows; ++r) {
         float* row = x.row_ptr(r);
-        if (plan.n >= 4096 && r + 1 < x.rows) prefetch_row(x.row_ptr(r + 1), plan.n);
-        fwht16_row<Arch, false>(row, row, plan, split, u_vec, u_scalar, lo, hi);
+        const float* next = plan.n >= kFwht16PrefetchMin && r + 1 < x.rows ? x.row_ptr(r + 1) : nullptr;
+        fwht16_row<Arch, false>(row, row, plan, split, u_vec, u_scalar, lo, hi, next, false);
     }
 }
 
@@ -1331,12 +1369,13 @@ void fwht_rows(Arch, ConstMatrixView<float> x, const FwhtPlan& plan, std::span<f
     alignas(64) float u_scalar[16 * (kHadamardBlockSizes.back() / 4)];
     auto transform = [&](std::size_t r, float* y) {
         const float* row = x.row_ptr(r);
-        if (n >= 4096 && r + 1 < x.rows) detail::prefetch_row(x.row_ptr(r + 1), n);
+        if (!wide && n >= 4096 && r + 1 < x.rows) detail::prefetch_row(x.row_ptr(r + 1), n);
         float lo = 0, hi = 0;
         bool tracked;
 #if MQ_HAS_AVX512VNNI_KERNELS
         if constexpr (wide) {
-            tracked = detail::fwht16_row<Arch, true>(row, y, plan, split, u_vec, u_scalar, lo, hi);
+            const float* next = n >= detail::kFwht16PrefetchMin && r + 1 < x.rows ? x.row_ptr(r + 1) : nullptr;
+            tracked = detail::fwht16_row<Arch, true>(row, y, plan, split, u_vec, u_scalar, lo, hi, next, true);
         } else
 #endif
         {
