@@ -49,9 +49,10 @@ std::string tap_key(std::size_t layer, std::size_t n_layer, TapPoint p) {
 
 // The ActivationTap that fills a CalibrationStats. `scan` gives each layer's A = −exp(A_log) and
 // b_dt (only read when plan.state).
-class CalibrationCollector final : public ActivationTap {
+template <class = void>
+class BasicCalibrationCollector final : public ActivationTap {
 public:
-    CalibrationCollector(CalibrationStats& stats, const CalibrationPlan& plan, const MambaWeights* weights,
+    BasicCalibrationCollector(CalibrationStats& stats, const CalibrationPlan& plan, const MambaWeights* weights,
                          std::size_t n_layer)
         : stats_(stats), plan_(plan), weights_(weights), n_layer_(n_layer) {
         require(!plan.state || weights != nullptr, "CalibrationCollector: state statistics need the layer weights");
@@ -108,12 +109,14 @@ private:
     std::size_t n_layer_;
     MatrixXf rotated_, x_, delta_;
 };
+using CalibrationCollector = BasicCalibrationCollector<>; // a template: compiled only where used (core/config.hpp)
 
 // Fixed calibration windows: `count` windows of `window` tokens at evenly spaced offsets over
 // `tokens` (offset_i = ⌊i·(n − window)/(count − 1)⌋), so the sample is documented and the same on
 // every run. Throws when the text is shorter than one window.
-inline std::vector<std::span<const std::uint32_t>> calibration_windows(std::span<const std::uint32_t> tokens,
-                                                                       std::size_t window, std::size_t count) {
+template <class = void>
+std::vector<std::span<const std::uint32_t>> calibration_windows(std::span<const std::uint32_t> tokens,
+                                                                std::size_t window, std::size_t count) {
     require(window >= 2, "calibration: window must be at least 2 tokens, got ", window);
     require(count >= 1, "calibration: at least one window");
     require(tokens.size() >= window, "calibration: the calibration text has ", tokens.size(),

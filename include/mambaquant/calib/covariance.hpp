@@ -27,7 +27,8 @@ MQ_NAMESPACE_BEGIN
 // spread). The rank-k update S += Xcᵀ·Xc runs through Eigen's symmetric rank-k product (SYRK,
 // lower triangle only: d(d+1)·k flops per k rows), at GEMM speed, not through a hand loop.
 // Rows are converted to double in chunks of kChunkRows into a buffer the accumulator owns.
-class CovarianceAccumulator {
+template <class = void>
+class BasicCovarianceAccumulator {
 public:
     static constexpr std::size_t kChunkRows = 512;
     // Stream format: magic, version, then dim, count, shift[d], sum[d], lower(S) packed by
@@ -36,7 +37,7 @@ public:
     static constexpr std::uint32_t kVersion = 1;
     static constexpr std::uint64_t kMaxDim = std::uint64_t{1} << 16;
 
-    explicit CovarianceAccumulator(std::size_t dim) : dim_(dim) {
+    explicit BasicCovarianceAccumulator(std::size_t dim) : dim_(dim) {
         require(dim > 0 && dim <= kMaxDim, "CovarianceAccumulator: dim must be in [1, ", kMaxDim, "], got ", dim);
         const auto d = static_cast<Eigen::Index>(dim);
         scatter_ = Eigen::MatrixXd::Zero(d, d);
@@ -93,7 +94,7 @@ public:
     // Folds another accumulator of the same dimension into this one (calibration shards). The
     // other's statistics are moved to this shift c: with δ = c_o − c,
     //   S += S_o + s_o·δᵀ + δ·s_oᵀ + n_o·δ·δᵀ,   s += s_o + n_o·δ.
-    void merge(const CovarianceAccumulator& other) {
+    void merge(const BasicCovarianceAccumulator& other) {
         require(other.dim_ == dim_, "CovarianceAccumulator::merge: dimension ", other.dim_, " differs from ", dim_);
         if (other.count_ == 0) return;
         if (count_ == 0) {
@@ -140,7 +141,7 @@ public:
     }
 
     // Bit-exact equality of the accumulated state (same rows in the same order → equal).
-    friend bool operator==(const CovarianceAccumulator& a, const CovarianceAccumulator& b) {
+    friend bool operator==(const BasicCovarianceAccumulator& a, const BasicCovarianceAccumulator& b) {
         if (a.dim_ != b.dim_ || a.count_ != b.count_) return false;
         if (a.shift_ != b.shift_ || a.sum_ != b.sum_) return false;
         for (Eigen::Index j = 0; j < a.scatter_.cols(); ++j)
@@ -166,7 +167,7 @@ public:
         require(static_cast<bool>(out), "CovarianceAccumulator::serialize: stream write failed");
     }
 
-    static CovarianceAccumulator deserialize(std::istream& in) {
+    static BasicCovarianceAccumulator deserialize(std::istream& in) {
         char magic[sizeof(kMagic)] = {};
         in.read(magic, sizeof(magic));
         require(static_cast<bool>(in), "CovarianceAccumulator::deserialize: truncated stream (no header)");
@@ -179,7 +180,7 @@ public:
         const auto dim = r.get<std::uint64_t>("dim");
         require(dim >= 1 && dim <= kMaxDim, "CovarianceAccumulator::deserialize: dim must be in [1, ", kMaxDim, "], got ", dim);
         const auto count = r.get<std::uint64_t>("count");
-        CovarianceAccumulator acc(static_cast<std::size_t>(dim));
+        BasicCovarianceAccumulator acc(static_cast<std::size_t>(dim));
         for (Eigen::Index i = 0; i < acc.shift_.size(); ++i) acc.shift_[i] = r.get<double>("shift");
         for (Eigen::Index i = 0; i < acc.sum_.size(); ++i) acc.sum_[i] = r.get<double>("sum");
         for (Eigen::Index j = 0; j < acc.scatter_.cols(); ++j)
@@ -236,5 +237,6 @@ private:
     Eigen::VectorXd shift_;
     Eigen::MatrixXd chunk_; // [dim, kChunkRows] conversion buffer, reused across add() calls
 };
+using CovarianceAccumulator = BasicCovarianceAccumulator<>; // a template: compiled only where used (core/config.hpp)
 
 MQ_NAMESPACE_END

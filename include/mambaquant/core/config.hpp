@@ -56,6 +56,9 @@
 // companion's copy instead of compiling its own; without it, nothing. Functions that would
 // otherwise be plain inline functions are written `template <class = void>` (never spelled by
 // callers) for this, which also instantiates them only in translation units that call them.
+// Non-template classes whose members call Eigen, JSON or standard-library templates are written
+// the same way: `template <class = void> class BasicX {...}; using X = BasicX<>;` (users spell X),
+// so a file that includes the header but never uses X compiles none of X's members.
 #ifdef MQ_COMPILED
 #define MQ_EXTERN_TEMPLATE(...) extern template __VA_ARGS__;
 #else
