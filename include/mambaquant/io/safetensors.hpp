@@ -87,7 +87,10 @@ struct FloatTensor {
     std::size_t cols() const noexcept { return shape.empty() ? 1 : shape.back(); }
     std::size_t rows() const noexcept { return cols() == 0 ? 0 : data.size() / cols(); }
     MatrixView<const float> view() const noexcept { return {data.data(), rows(), cols()}; }
-    MatrixXf matrix() const { return as_eigen(view()); }
+    template <class = void> // a template: compiled only where used (core/config.hpp)
+    MatrixXf matrix() const {
+        return as_eigen(view());
+    }
 };
 
 namespace detail {
@@ -321,23 +324,24 @@ std::string read_text_file(const std::filesystem::path& path, std::uintmax_t max
 }
 
 // The bytes of one file: an mmap'ed region or a heap buffer, released on destruction.
-class FileBytes {
+template <class = void>
+class BasicFileBytes {
 public:
-    FileBytes() = default;
-    explicit FileBytes(std::vector<std::byte> buffer) : buffer_(std::move(buffer)) {
+    BasicFileBytes() = default;
+    explicit BasicFileBytes(std::vector<std::byte> buffer) : buffer_(std::move(buffer)) {
         data_ = buffer_.data();
         size_ = buffer_.size();
     }
-    FileBytes(const FileBytes&) = delete;
-    FileBytes& operator=(const FileBytes&) = delete;
-    ~FileBytes() {
+    BasicFileBytes(const BasicFileBytes&) = delete;
+    BasicFileBytes& operator=(const BasicFileBytes&) = delete;
+    ~BasicFileBytes() {
 #if MQ_HAS_MMAP
         if (mapped_) ::munmap(const_cast<std::byte*>(data_), size_);
 #endif
     }
 
-    static std::shared_ptr<FileBytes> open(const std::filesystem::path& path) {
-        auto fb = std::make_shared<FileBytes>();
+    static std::shared_ptr<BasicFileBytes> open(const std::filesystem::path& path) {
+        auto fb = std::make_shared<BasicFileBytes>();
 #if MQ_HAS_MMAP
         // O_NONBLOCK: opening a FIFO without a writer would otherwise block forever; a regular
         // file ignores the flag.
@@ -368,7 +372,7 @@ public:
             bytes.resize(chars.size());
             if (!chars.empty()) std::memcpy(bytes.data(), chars.data(), chars.size());
         });
-        return std::make_shared<FileBytes>(std::move(bytes));
+        return std::make_shared<BasicFileBytes>(std::move(bytes));
     }
 
     std::span<const std::byte> bytes() const noexcept { return {data_, size_}; }
@@ -379,16 +383,18 @@ private:
     std::size_t size_ = 0;
     bool mapped_ = false;
 };
+using FileBytes = BasicFileBytes<>; // a template: compiled only where used (core/config.hpp)
 } // namespace detail
 
 // A checked, read-only safetensors file. Copies share the mapping.
-class SafetensorsFile {
+template <class = void>
+class BasicSafetensorsFile {
 public:
-    static SafetensorsFile open(const std::filesystem::path& path) {
-        return SafetensorsFile(detail::FileBytes::open(path), path.string());
+    static BasicSafetensorsFile open(const std::filesystem::path& path) {
+        return BasicSafetensorsFile(detail::FileBytes::open(path), path.string());
     }
-    static SafetensorsFile from_bytes(std::vector<std::byte> bytes, std::string source = "<memory>") {
-        return SafetensorsFile(std::make_shared<detail::FileBytes>(std::move(bytes)), std::move(source));
+    static BasicSafetensorsFile from_bytes(std::vector<std::byte> bytes, std::string source = "<memory>") {
+        return BasicSafetensorsFile(std::make_shared<detail::FileBytes>(std::move(bytes)), std::move(source));
     }
 
     const std::string& source() const noexcept { return source_; }
@@ -464,7 +470,7 @@ private:
         }
     }
 
-    SafetensorsFile(std::shared_ptr<detail::FileBytes> file, std::string source)
+    BasicSafetensorsFile(std::shared_ptr<detail::FileBytes> file, std::string source)
         : file_(std::move(file)), source_(std::move(source)) {
         header_ = parse_safetensors_header(file_->bytes(), source_);
     }
@@ -472,6 +478,7 @@ private:
     std::string source_;
     SafetensorsHeader header_;
 };
+using SafetensorsFile = BasicSafetensorsFile<>; // a template: compiled only where used (core/config.hpp)
 
 // ---- writer ----
 
