@@ -52,13 +52,15 @@ struct LayerReportRow {
 
 namespace detail {
 // Keeps a copy of every tap point's value of the last call.
-class TapRecorder final : public ActivationTap {
+template <class = void>
+class BasicTapRecorder final : public ActivationTap {
 public:
     void on_activation(std::size_t layer, TapPoint point, ConstMatrixView<float> v) override {
         values[{layer, point}] = as_eigen(v);
     }
     std::map<std::pair<std::size_t, TapPoint>, MatrixXf> values;
 };
+using TapRecorder = BasicTapRecorder<>; // a template: compiled only where used (core/config.hpp)
 template <class = void>
 std::optional<Site> site_of(TapPoint p) {
     switch (p) {

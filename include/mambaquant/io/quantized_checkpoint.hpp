@@ -36,6 +36,7 @@ struct StoredQuantWeight {
     std::size_t groups() const noexcept { return group ? cols / group : 0; }
     std::size_t code_bytes() const noexcept { return bits == 8 ? rows * cols : rows * ((cols + 1) / 2); }
     // One QuantParams per (row, group), row-major.
+    template <class = void>
     std::vector<QuantParams> params() const {
         std::vector<QuantParams> p(scale.size());
         for (std::size_t i = 0; i < p.size(); ++i) {

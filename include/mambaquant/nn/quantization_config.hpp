@@ -133,7 +133,8 @@ inline constexpr std::array<std::string_view, 7> kQuantMethods{"fp",     "rtn", 
                                                                 "quamba", "mambaquant", "custom"};
 inline constexpr std::array<std::string_view, 5> kQuantBitLabels{"fp32", "w8a8", "w4a8", "w8a16", "w4a16"};
 
-struct QuantizationConfig {
+template <class = void>
+struct BasicQuantizationConfig {
     std::string method = "fp";
     std::string bits = "fp32";
     std::array<SiteQuant, kSiteCount> sites{};
@@ -273,6 +274,7 @@ public:
         return "unknown";
     }
 };
+using QuantizationConfig = BasicQuantizationConfig<>; // a template: compiled only where used (core/config.hpp)
 
 // Common layouts, for tests and recipes: every linear (incl. the LM head) W8 or W4 (per channel,
 // or per group `group`; dt_proj per channel) with A8 activations of `act` mode; conv1d int8 weights; scan output A8

@@ -26,6 +26,7 @@ struct KltHadamard {
     Eigen::VectorXd eigenvalues;     // Λ of the KLT, descending
 
     std::size_t dim() const noexcept { return static_cast<std::size_t>(matrix.rows()); }
+    template <class = void>
     Matrix<float> matrix_f() const { return matrix.cast<float>(); }
 };
 

@@ -265,6 +265,7 @@ public:
         spec_ = {seed ? RotationKind::randomized_hadamard : RotationKind::hadamard, n, seed.value_or(0), 0};
     }
     // diag(H_b, …, H_b): each run of `block` features rotated on its own.
+    template <class = void>
     static HadamardOnline block_diagonal(std::size_t n, std::size_t block) {
         require(block > 0 && n % block == 0, "HadamardOnline::block_diagonal: block size ", block,
                 " does not divide n = ", n);
@@ -276,6 +277,7 @@ public:
         return r;
     }
     // From a spec of kind hadamard, randomized_hadamard or block_hadamard.
+    template <class = void>
     static HadamardOnline from_spec(const RotationSpec& spec) {
         switch (spec.kind) {
         case RotationKind::hadamard: return HadamardOnline(spec.n);
