@@ -174,17 +174,17 @@ public:
         require(std::memcmp(magic, kMagic, sizeof(kMagic)) == 0,
                 "CovarianceAccumulator::deserialize: bad magic (not a covariance accumulator stream)");
         Reader r{in};
-        const auto version = r.get<std::uint32_t>("version");
+        const auto version = r.template get<std::uint32_t>("version");
         require(version == kVersion, "CovarianceAccumulator::deserialize: unsupported version ", version, ", expected ", kVersion);
-        (void)r.get<std::uint32_t>("reserved");
-        const auto dim = r.get<std::uint64_t>("dim");
+        (void)r.template get<std::uint32_t>("reserved");
+        const auto dim = r.template get<std::uint64_t>("dim");
         require(dim >= 1 && dim <= kMaxDim, "CovarianceAccumulator::deserialize: dim must be in [1, ", kMaxDim, "], got ", dim);
-        const auto count = r.get<std::uint64_t>("count");
+        const auto count = r.template get<std::uint64_t>("count");
         BasicCovarianceAccumulator acc(static_cast<std::size_t>(dim));
-        for (Eigen::Index i = 0; i < acc.shift_.size(); ++i) acc.shift_[i] = r.get<double>("shift");
-        for (Eigen::Index i = 0; i < acc.sum_.size(); ++i) acc.sum_[i] = r.get<double>("sum");
+        for (Eigen::Index i = 0; i < acc.shift_.size(); ++i) acc.shift_[i] = r.template get<double>("shift");
+        for (Eigen::Index i = 0; i < acc.sum_.size(); ++i) acc.sum_[i] = r.template get<double>("sum");
         for (Eigen::Index j = 0; j < acc.scatter_.cols(); ++j)
-            for (Eigen::Index i = j; i < acc.scatter_.rows(); ++i) acc.scatter_(i, j) = r.get<double>("scatter");
+            for (Eigen::Index i = j; i < acc.scatter_.rows(); ++i) acc.scatter_(i, j) = r.template get<double>("scatter");
         const std::uint64_t expected = r.hash;
         std::uint64_t checksum = 0;
         in.read(reinterpret_cast<char*>(&checksum), sizeof(checksum));

@@ -49,6 +49,7 @@ using ATenA = Quantizer<8, per_tensor, asymmetric>;
 // only the accumulation differs (float sum of â·ŵ instead of the exact int32 sum then one scale).
 class FakeQuantLinear {
 public:
+    template <class = void>
     FakeQuantLinear(MatrixXf dequantized_weight, std::span<const float> bias, ActQuant act,
                     std::optional<QuantParams> static_params, std::optional<HadamardOnline> rotation)
         : w_(std::move(dequantized_weight)), bias_(bias.begin(), bias.end()), act_(act), static_(static_params),

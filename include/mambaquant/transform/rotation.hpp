@@ -260,6 +260,7 @@ public:
 
     HadamardOnline() = default;
     // Exact Hadamard of size n (throws mq::error for an unsupported n), randomized with a seed.
+    template <class = void>
     explicit HadamardOnline(std::size_t n, std::optional<std::uint64_t> seed = std::nullopt)
         : n_(n), block_(n), plan_(make_fwht_plan(n, seed)) {
         spec_ = {seed ? RotationKind::randomized_hadamard : RotationKind::hadamard, n, seed.value_or(0), 0};
