@@ -64,3 +64,19 @@
 #else
 #define MQ_EXTERN_TEMPLATE(...)
 #endif
+
+MQ_NAMESPACE_BEGIN
+// dependent_t<Tag, T> is T, spelled so that it depends on Tag. A template's body is analysed where
+// it is defined as far as it does not depend on a template parameter: a `template <class = void>`
+// function with a plain `const MatrixXf&` parameter still builds every Eigen expression type and
+// resolves every call of its body in each includer (only the final instantiation is deferred).
+// Written `template <class Tag = void> f(const dependent_t<Tag, MatrixXf>& w)` (Tag is never
+// deduced nor spelled: it defaults to void, and callers see f(const MatrixXf&)), the body waits
+// until a caller instantiates it.
+template <class Tag, class T>
+struct dependent_type {
+    using type = T;
+};
+template <class Tag, class T>
+using dependent_t = typename dependent_type<Tag, T>::type;
+MQ_NAMESPACE_END

@@ -194,9 +194,9 @@ using TensorClaims = BasicTensorClaims<>; // a template: compiled only where use
 
 // Writes `tensors` as model-0000k-of-0000n.safetensors shards of at most `max_shard_bytes` of data
 // each (a tensor never splits) plus the index; one shard is written as model.safetensors alone.
-template <class = void>
-void save_sharded_safetensors(const std::filesystem::path& dir, std::span<const TensorData> tensors,
-                              std::size_t max_shard_bytes, const Metadata& metadata = {}) {
+template <class Tag = void>
+void save_sharded_safetensors(const dependent_t<Tag, std::filesystem::path>& dir, std::span<const TensorData> tensors,
+                              std::size_t max_shard_bytes, const dependent_t<Tag, Metadata>& metadata = {}) {
     std::filesystem::create_directories(dir);
     std::vector<std::vector<TensorData>> shards(1);
     std::size_t used = 0, total = 0;

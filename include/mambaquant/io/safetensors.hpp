@@ -95,8 +95,8 @@ struct FloatTensor {
 
 namespace detail {
 
-template <class = void>
-std::string shape_string(const std::vector<std::size_t>& shape) {
+template <class Tag = void>
+std::string shape_string(const dependent_t<Tag, std::vector<std::size_t>>& shape) {
     std::string s = "[";
     for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
     return s + "]";
@@ -149,16 +149,16 @@ nlohmann::json parse_untrusted_json(std::string_view text, std::string_view sour
 }
 MQ_EXTERN_TEMPLATE(nlohmann::json parse_untrusted_json<>(std::string_view, std::string_view, int))
 
-template <class = void>
-bool json_to_size(const nlohmann::json& j, std::size_t& out) noexcept {
+template <class Tag = void>
+bool json_to_size(const dependent_t<Tag, nlohmann::json>& j, dependent_t<Tag, std::size_t>& out) noexcept {
     if (j.is_number_unsigned()) {
-        const auto v = j.get<std::uint64_t>();
+        const auto v = j.template get<std::uint64_t>();
         if (v > static_cast<std::uint64_t>(SIZE_MAX)) return false;
         out = static_cast<std::size_t>(v);
         return true;
     }
     if (j.is_number_integer()) {
-        const auto v = j.get<std::int64_t>();
+        const auto v = j.template get<std::int64_t>();
         if (v < 0) return false;
         out = static_cast<std::size_t>(v);
         return true;
@@ -284,8 +284,8 @@ namespace detail {
 
 // The whole text of a small file (config.json, an index). Only a regular file of at most
 // `max_bytes` is read: a FIFO or a device (/dev/zero) would block or never end, growing memory.
-template <class = void>
-std::string read_text_file(const std::filesystem::path& path, std::uintmax_t max_bytes = kJsonMaxFile) {
+template <class Tag = void>
+std::string read_text_file(const dependent_t<Tag, std::filesystem::path>& path, std::uintmax_t max_bytes = kJsonMaxFile) {
 #if MQ_HAS_MMAP
     // One descriptor for the check and the read, so the file cannot be swapped in between.
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
@@ -509,8 +509,8 @@ TensorData tensor_data(std::string name, std::span<const T> values, std::vector<
 
 // The whole file in memory. The header is padded with spaces to a multiple of 8 so that the data
 // section (and every tensor, written in order at 8-byte-aligned offsets) is aligned in a mapping.
-template <class = void>
-std::vector<std::byte> serialize_safetensors(std::span<const TensorData> tensors, const Metadata& metadata = {}) {
+template <class Tag = void>
+std::vector<std::byte> serialize_safetensors(std::span<const TensorData> tensors, const dependent_t<Tag, Metadata>& metadata = {}) {
     nlohmann::json header = nlohmann::json::object();
     if (!metadata.empty()) header["__metadata__"] = metadata;
     std::size_t offset = 0;
@@ -542,8 +542,8 @@ std::vector<std::byte> serialize_safetensors(std::span<const TensorData> tensors
 }
 MQ_EXTERN_TEMPLATE(std::vector<std::byte> serialize_safetensors<>(std::span<const TensorData>, const Metadata&))
 
-template <class = void>
-void save_safetensors(const std::filesystem::path& path, std::span<const TensorData> tensors, const Metadata& metadata = {}) {
+template <class Tag = void>
+void save_safetensors(const dependent_t<Tag, std::filesystem::path>& path, std::span<const TensorData> tensors, const dependent_t<Tag, Metadata>& metadata = {}) {
     write_file_atomically(path, serialize_safetensors(tensors, metadata));
 }
 MQ_EXTERN_TEMPLATE(void save_safetensors<>(const std::filesystem::path&, std::span<const TensorData>, const Metadata&))

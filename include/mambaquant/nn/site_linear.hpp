@@ -147,12 +147,12 @@ decltype(auto) visit_site_act(const ActQuant& a, F&& f) {
 }
 
 // One row of a packed weight, dequantized (the embedding lookup of a quantized table).
-template <class = void>
-void dequantize_packed_row(const PackedW8& p, std::size_t r, float* out) noexcept {
+template <class Tag = void>
+void dequantize_packed_row(const dependent_t<Tag, PackedW8>& p, std::size_t r, float* out) noexcept {
     for (std::size_t c = 0; c < p.k; ++c) out[c] = static_cast<float>(p.code(r, c)) * p.scale[r];
 }
-template <class = void>
-void dequantize_packed_row(const PackedW4& p, std::size_t r, float* out) noexcept {
+template <class Tag = void>
+void dequantize_packed_row(const dependent_t<Tag, PackedW4>& p, std::size_t r, float* out) noexcept {
     for (std::size_t c = 0; c < p.k; ++c) {
         const std::size_t i = p.param_index(r, c / p.group);
         out[c] = static_cast<float>(p.nibble(r, c) - p.zero[i]) * p.scale[i];

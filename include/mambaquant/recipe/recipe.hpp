@@ -77,8 +77,8 @@ struct Recipe {
 // ---- steps (each one line of METHOD.md §3–4) ---------------------------------------------------
 namespace steps {
 
-template <class = void>
-const SiteStats& stat(const RecipeContext& c, std::size_t layer, TapPoint p) {
+template <class Tag = void>
+const SiteStats& stat(const dependent_t<Tag, RecipeContext>& c, std::size_t layer, TapPoint p) {
     require(c.stats != nullptr, "recipe: a step needs calibration statistics but its stage has none");
     return c.stats->at(tap_key(layer, c.weights.layers.size(), p));
 }
@@ -157,8 +157,8 @@ RecipeStep smooth_conv(double alpha = 0.5) {
     };
 }
 
-template <class = void>
-MatrixXd hadamard_for(const RecipeContext& c, std::size_t n, bool randomized, std::uint64_t seed) {
+template <class Tag = void>
+MatrixXd hadamard_for(const dependent_t<Tag, RecipeContext>& c, std::size_t n, bool randomized, std::uint64_t seed) {
     return rotation_matrix<double>(choose_rotation(n, c.fallback, seed, randomized));
 }
 
@@ -173,8 +173,8 @@ MatrixXd hadamard_for(const RecipeContext& c, std::size_t n, bool randomized, st
 // centred K leaves μ·K·H unequal across channels (in_proj input 8-bit SQNR 40.9 dB vs 44.8 dB
 // with the second moment; see the README's accuracy section).
 enum class KltMoment : std::uint8_t { second_moment, centred };
-template <class = void>
-MatrixXd klt_moment(const CovarianceAccumulator& a, KltMoment m) {
+template <class Tag = void>
+MatrixXd klt_moment(const dependent_t<Tag, CovarianceAccumulator>& a, KltMoment m) {
     if (m == KltMoment::centred) return a.covariance();
     require(a.count() >= 1, "klt_moment: no rows accumulated");
     return a.second_moment() / static_cast<double>(a.count());
@@ -338,8 +338,8 @@ struct QuantizedRecipe {
 
 namespace detail {
 // A NaN or ∞ in a weight would turn every statistic downstream into garbage: refuse it by name.
-template <class = void>
-void require_finite_weights(const MambaWeights& w) {
+template <class Tag = void>
+void require_finite_weights(const dependent_t<Tag, MambaWeights>& w) {
     auto check = [](const auto& m, const std::string& name) {
         if (m.size() == 0 || m.allFinite()) return;
         for (Eigen::Index i = 0; i < m.size(); ++i)
@@ -357,8 +357,8 @@ void require_finite_weights(const MambaWeights& w) {
         check(l.A_log, p + "A_log"), check(l.D, p + "D"), check(l.out_proj, p + "out_proj"), check(l.norm, p + "norm");
     }
 }
-template <class = void>
-QuantizationConfig recipe_base_config(const Recipe& r, const BitsChoice& b) {
+template <class Tag = void>
+QuantizationConfig recipe_base_config(const dependent_t<Tag, Recipe>& r, const dependent_t<Tag, BitsChoice>& b) {
     QuantizationConfig c = uniform_quantization_config(b.weight_bits, b.group, ActMode::static_per_tensor, r.act_symmetric,
                                                        "custom");
     // METHOD.md §2: conv1d's weights per channel (int8), its input static per tensor — the integer
@@ -370,16 +370,16 @@ QuantizationConfig recipe_base_config(const Recipe& r, const BitsChoice& b) {
     c.bits = b.label;
     return c;
 }
-template <class = void>
-QuantParams act_params(const SiteStats& s, bool percentile, bool sym) {
+template <class Tag = void>
+QuantParams act_params(const dependent_t<Tag, SiteStats>& s, bool percentile, bool sym) {
     const ValueRange v = percentile ? s.percentile_range() : s.minmax_range();
     return sym ? params_from_range<8, symmetric>(v.lo, v.hi) : params_from_range<8, asymmetric>(v.lo, v.hi);
 }
 // GPTQ of one weight with the (already rotated) input second moment XᵀX: ŵ and the grid GPTQ chose
 // its codes on (the builder packs ŵ on that grid, so the model holds GPTQ's own codes and scales).
-template <class = void>
-GptqResult gptq_weight(const MatrixXf& w, const CalibrationStats& st, const std::string& key, const QuantSpec& spec,
-                       const GptqOptions& o) {
+template <class Tag = void>
+GptqResult gptq_weight(const dependent_t<Tag, MatrixXf>& w, const dependent_t<Tag, CalibrationStats>& st, const dependent_t<Tag, std::string>& key, const dependent_t<Tag, QuantSpec>& spec,
+                       const dependent_t<Tag, GptqOptions>& o) {
     const MatrixXd h = st.at(key).covariance().second_moment();
     return visit_quantizer(spec, [&]<class Q>(std::type_identity<Q>) -> GptqResult {
         if constexpr (std::same_as<typename Q::granularity, per_channel> || is_per_group_v<typename Q::granularity>)
@@ -419,9 +419,9 @@ using RecipeCalibrator =
 // calibrate (per stage) → transforms → online rotations → final calibration on the transformed
 // model (static ranges; Hessians for GPTQ) → optional GPTQ → the config with its static params.
 // `shared_layers`: RecipeContext::shared_layers. (A template for the companion library, as below.)
-template <class = void>
-QuantizedRecipe run_recipe(const Recipe& recipe, const MambaWeights& float_weights, const MambaConfig& model,
-                           const RecipeCalibrator& calibrate_model, const QuantizeOptions& opt,
+template <class Tag = void>
+QuantizedRecipe run_recipe(const dependent_t<Tag, Recipe>& recipe, const dependent_t<Tag, MambaWeights>& float_weights, const dependent_t<Tag, MambaConfig>& model,
+                           const dependent_t<Tag, RecipeCalibrator>& calibrate_model, const dependent_t<Tag, QuantizeOptions>& opt,
                            std::size_t shared_layers = 1) {
     validate(float_weights);
     detail::require_finite_weights(float_weights);
@@ -502,9 +502,9 @@ MQ_EXTERN_TEMPLATE(QuantizedRecipe run_recipe<>(const Recipe&, const MambaWeight
 // weights over the token windows. (A template never spelled by callers: instantiated only where
 // called, and with MQ_COMPILED compiled once in the companion library, src/recipe.cpp —
 // core/config.hpp.)
-template <class = void>
-QuantizedRecipe run_recipe(const Recipe& recipe, const MambaWeights& float_weights, const MambaConfig& model,
-                           std::span<const std::span<const std::uint32_t>> windows, const QuantizeOptions& opt) {
+template <class Tag = void>
+QuantizedRecipe run_recipe(const dependent_t<Tag, Recipe>& recipe, const dependent_t<Tag, MambaWeights>& float_weights, const dependent_t<Tag, MambaConfig>& model,
+                           std::span<const std::span<const std::uint32_t>> windows, const dependent_t<Tag, QuantizeOptions>& opt) {
     return run_recipe<>(recipe, float_weights, model,
                       [&](const MambaWeights& w, const CalibrationPlan& plan, std::string_view what) {
                           const QuantizedMambaModel m = build_quantized_model(w, model, QuantizationConfig{});

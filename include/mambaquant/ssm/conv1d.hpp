@@ -62,9 +62,9 @@ struct ConvWeights {
     // The integer conv: int8 codes [E, K] (in [−127, 127]), their per-channel scales s_w [E] and
     // the input's static per-tensor params (8 bits, symmetric or not). Throws mq::error naming the
     // bad value.
-    template <class = void>
+    template <class Tag = void>
     static ConvWeights quantized(ConstMatrixView<std::int8_t> codes, std::span<const float> w_scale,
-                                 std::span<const float> bias, const QuantParams& input, bool symmetric) {
+                                 std::span<const float> bias, const dependent_t<Tag, QuantParams>& input, bool symmetric) {
         const std::size_t E = codes.rows, K = codes.cols;
         require(w_scale.size() == E, "ConvWeights: conv1d.scales: expected ", E, " values, got ", w_scale.size());
         for (std::size_t d = 0; d < E; ++d)

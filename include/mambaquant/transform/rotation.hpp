@@ -278,8 +278,8 @@ public:
         return r;
     }
     // From a spec of kind hadamard, randomized_hadamard or block_hadamard.
-    template <class = void>
-    static HadamardOnline from_spec(const RotationSpec& spec) {
+    template <class Tag = void>
+    static HadamardOnline from_spec(const dependent_t<Tag, RotationSpec>& spec) {
         switch (spec.kind) {
         case RotationKind::hadamard: return HadamardOnline(spec.n);
         case RotationKind::randomized_hadamard: return HadamardOnline(spec.n, spec.seed);
