@@ -27,7 +27,7 @@ MQ_NAMESPACE_BEGIN
 // spread). The rank-k update S += Xcᵀ·Xc runs through Eigen's symmetric rank-k product (SYRK,
 // lower triangle only: d(d+1)·k flops per k rows), at GEMM speed, not through a hand loop.
 // Rows are converted to double in chunks of kChunkRows into a buffer the accumulator owns.
-template <class = void>
+template <class Tag = void>
 class BasicCovarianceAccumulator {
 public:
     static constexpr std::size_t kChunkRows = 512;
@@ -79,7 +79,7 @@ public:
                 for (std::size_t c = 0; c < dim_; ++c) col[c] = static_cast<double>(p[c]) - shift_[static_cast<Eigen::Index>(c)];
             }
             const auto block = chunk_.leftCols(static_cast<Eigen::Index>(k));
-            scatter_.selfadjointView<Eigen::Lower>().rankUpdate(block);
+            scatter_.template selfadjointView<Eigen::Lower>().rankUpdate(block);
             sum_ += block.rowwise().sum();
         }
         count_ += rows.rows;
@@ -106,9 +106,9 @@ public:
         }
         const Eigen::VectorXd delta = other.shift_ - shift_;
         const double n_o = static_cast<double>(other.count_);
-        scatter_.triangularView<Eigen::Lower>() += other.scatter_;
+        scatter_.template triangularView<Eigen::Lower>() += other.scatter_;
         if (!delta.isZero(0.0)) {
-            scatter_.triangularView<Eigen::Lower>() +=
+            scatter_.template triangularView<Eigen::Lower>() +=
                 other.sum_ * delta.transpose() + delta * other.sum_.transpose() + n_o * delta * delta.transpose();
         }
         sum_ += other.sum_ + n_o * delta;
@@ -125,7 +125,7 @@ public:
     MatrixXd covariance() const {
         require(count_ >= 2, "CovarianceAccumulator::covariance: needs at least 2 rows, got ", count_);
         const double n = static_cast<double>(count_);
-        Eigen::MatrixXd lower = scatter_.triangularView<Eigen::Lower>();
+        Eigen::MatrixXd lower = scatter_.template triangularView<Eigen::Lower>();
         lower.triangularView<Eigen::Lower>() -= (sum_ * sum_.transpose()) / n;
         MatrixXd cov = lower.selfadjointView<Eigen::Lower>();
         cov /= (n - 1.0);
@@ -135,7 +135,7 @@ public:
     // Raw second moment XᵀX = S + s·cᵀ + c·sᵀ + n·c·cᵀ, full symmetric [dim, dim].
     MatrixXd second_moment() const {
         const double n = static_cast<double>(count_);
-        Eigen::MatrixXd full = scatter_.selfadjointView<Eigen::Lower>();
+        Eigen::MatrixXd full = scatter_.template selfadjointView<Eigen::Lower>();
         full += sum_ * shift_.transpose() + shift_ * sum_.transpose() + n * shift_ * shift_.transpose();
         return full;
     }
@@ -232,10 +232,11 @@ private:
 
     std::size_t dim_;
     std::uint64_t count_ = 0;
-    Eigen::MatrixXd scatter_; // lower triangle of S (column-major: SYRK's native layout)
-    Eigen::VectorXd sum_;
-    Eigen::VectorXd shift_;
-    Eigen::MatrixXd chunk_; // [dim, kChunkRows] conversion buffer, reused across add() calls
+    // Dependent types (core/config.hpp: dependent_t): the bodies are analysed only where used.
+    dependent_t<Tag, Eigen::MatrixXd> scatter_; // lower triangle of S (column-major: SYRK's native layout)
+    dependent_t<Tag, Eigen::VectorXd> sum_;
+    dependent_t<Tag, Eigen::VectorXd> shift_;
+    dependent_t<Tag, Eigen::MatrixXd> chunk_; // [dim, kChunkRows] conversion buffer, reused across add() calls
 };
 using CovarianceAccumulator = BasicCovarianceAccumulator<>; // a template: compiled only where used (core/config.hpp)
 

@@ -39,7 +39,7 @@ struct SiteOptions {
     bool covariance = false;
 };
 
-template <class = void>
+template <class Tag = void>
 class BasicSiteStats {
 public:
     BasicSiteStats(std::size_t dim, SiteOptions options = {})
@@ -90,9 +90,10 @@ private:
     BasicSiteStats(ChannelStats c, PercentileObserver p, std::optional<CovarianceAccumulator> cov, SiteOptions o)
         : channels_(std::move(c)), percentile_(std::move(p)), covariance_(std::move(cov)), options_(o) {}
 
-    ChannelStats channels_;
-    PercentileObserver percentile_;
-    std::optional<CovarianceAccumulator> covariance_;
+    // Dependent types (core/config.hpp: dependent_t): the bodies are analysed only where used.
+    dependent_t<Tag, ChannelStats> channels_;
+    dependent_t<Tag, PercentileObserver> percentile_;
+    std::optional<dependent_t<Tag, CovarianceAccumulator>> covariance_;
     SiteOptions options_;
 };
 using SiteStats = BasicSiteStats<>; // a template: compiled only where used (core/config.hpp)
@@ -105,7 +106,7 @@ std::string site_key(std::size_t layer, std::string_view site) {
 }
 
 // All sites of a model, ordered by key (so files and merges are deterministic).
-template <class = void>
+template <class Tag = void>
 class BasicCalibrationStats {
 public:
     static constexpr char kMagic[8] = {'M', 'Q', 'C', 'A', 'L', 'I', 'B', '\0'};
@@ -153,7 +154,7 @@ public:
     }
 
 private:
-    std::map<std::string, SiteStats> sites_;
+    std::map<std::string, dependent_t<Tag, SiteStats>> sites_; // dependent: analysed only where used
     std::size_t windows_ = 0;
 };
 using CalibrationStats = BasicCalibrationStats<>; // a template: compiled only where used (core/config.hpp)
