@@ -33,7 +33,8 @@ inline constexpr const char* kAccuracyCsvHeader = "model,method,bits,bpb,delta_p
 
 // Writes rows to `path` through a temporary file renamed into place.
 template <class Tag = void>
-void write_accuracy_csv(const dependent_t<Tag, std::filesystem::path>& path, const dependent_t<Tag, std::vector<AccuracyRow>>& rows) {
+void write_accuracy_csv(const dependent_t<Tag, std::filesystem::path>& path,
+                        const dependent_t<Tag, std::vector<AccuracyRow>>& rows) {
     write_atomically(path, [&](std::ostream& f) {
         f << kAccuracyCsvHeader << '\n' << std::setprecision(6);
         for (const auto& r : rows)

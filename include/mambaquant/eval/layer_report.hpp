@@ -79,7 +79,8 @@ namespace detail {
 // Adds one run's recorded tensors (float `ref`, quantized `q`) to the per-(layer, tap point) sums.
 // Tap layers ≥ n_layer are the head's.
 template <class Tag = void>
-void add_layer_report(dependent_t<Tag, std::map<std::pair<std::size_t, TapPoint>, LayerReportRow>>& rows, const dependent_t<Tag, TapRecorder>& ref,
+void add_layer_report(dependent_t<Tag, std::map<std::pair<std::size_t, TapPoint>, LayerReportRow>>& rows,
+                      const dependent_t<Tag, TapRecorder>& ref, 
                       const dependent_t<Tag, TapRecorder>& q, const dependent_t<Tag, QuantizationConfig>& qc, std::size_t n_layer) {
     const MatrixXf rot_out = qc.out_rotation ? rotation_matrix<float>(*qc.out_rotation) : MatrixXf();
     // With R4 the quantized model's C arrives rotated (C·H): rotate it back to compare in one basis.
@@ -146,7 +147,8 @@ std::vector<LayerReportRow> layer_report(const Reference& reference, const Quant
 // layers.csv: layer,site,quant_sqnr_db,quant_cosine,drift_sqnr_db,drift_cosine (written to a
 // temporary file, then renamed). Sites without a static quantizer leave the quant columns empty.
 template <class Tag = void>
-void write_layer_report(const dependent_t<Tag, std::filesystem::path>& path, const dependent_t<Tag, std::vector<LayerReportRow>>& rows) {
+void write_layer_report(const dependent_t<Tag, std::filesystem::path>& path,
+                        const dependent_t<Tag, std::vector<LayerReportRow>>& rows) {
     write_atomically(path, [&](std::ostream& f) {
         f << "layer,site,quant_sqnr_db,quant_cosine,drift_sqnr_db,drift_cosine\n";
         for (const auto& r : rows) {

@@ -42,7 +42,8 @@ struct VimImages {
 // writes it: "<split>.images" U8 [n, H, W] and "<split>.labels" U8 [n]), scaled by the config's
 // pixel_scale and checked against its image size and class count.
 template <class Tag = void>
-VimImages load_vim_images(const dependent_t<Tag, std::filesystem::path>& file, std::string_view split, const dependent_t<Tag, VimConfig>& cfg) {
+VimImages load_vim_images(const dependent_t<Tag, std::filesystem::path>& file, std::string_view split,
+                          const dependent_t<Tag, VimConfig>& cfg) {
     const SafetensorsFile f = SafetensorsFile::open(file);
     const std::string in = std::string(split) + ".images", ln = std::string(split) + ".labels";
     const TensorInfo& ti = f.info(in);
@@ -105,7 +106,8 @@ inline constexpr const char* kVimAccuracyCsvHeader = "model,method,bits,top1,del
 
 // Writes rows to `path` through a temporary file renamed into place.
 template <class Tag = void>
-void write_vim_accuracy_csv(const dependent_t<Tag, std::filesystem::path>& path, const dependent_t<Tag, std::vector<VimAccuracyRow>>& rows) {
+void write_vim_accuracy_csv(const dependent_t<Tag, std::filesystem::path>& path,
+                            const dependent_t<Tag, std::vector<VimAccuracyRow>>& rows) {
     const std::filesystem::path tmp = path.string() + ".tmp";
     {
         std::ofstream f(tmp);
@@ -145,7 +147,8 @@ struct VimTableOptions {
 // receives the rows printed as the table (float and the means). (A template never spelled by
 // callers: instantiated only where called.)
 template <class Tag = void>
-std::vector<VimAccuracyRow> vim_accuracy_rows(const dependent_t<Tag, std::filesystem::path>& dir, const dependent_t<Tag, VimTableOptions>& o,
+std::vector<VimAccuracyRow> vim_accuracy_rows(const dependent_t<Tag, std::filesystem::path>& dir,
+                                              const dependent_t<Tag, VimTableOptions>& o, 
                                               std::vector<VimAccuracyRow>* table = nullptr) {
     const VimConfig cfg = load_vim_config(dir);
     const VimWeights fw = load_vim_weights(dir);

@@ -45,7 +45,8 @@ namespace detail {
 
 // A config field read with its type checked; `where` names the file (and "ssm_cfg." prefix).
 template <class Tag = void>
-std::size_t config_size(const dependent_t<Tag, nlohmann::json>& obj, const char* key, std::string_view where, bool required,
+std::size_t config_size(const dependent_t<Tag, nlohmann::json>& obj, const char* key, std::string_view where,
+                        bool required, 
                         std::size_t fallback) {
     if (!obj.contains(key) || obj[key].is_null()) {
         require(!required, where, ": required field \"", key, "\" is missing");
@@ -70,7 +71,8 @@ bool config_bool(const dependent_t<Tag, nlohmann::json>& obj, const char* key, s
     return obj[key].template get<bool>();
 }
 template <class Tag = void>
-float config_float(const dependent_t<Tag, nlohmann::json>& obj, const char* key, std::string_view where, float fallback) {
+float config_float(const dependent_t<Tag, nlohmann::json>& obj, const char* key, std::string_view where,
+                   float fallback) {
     if (!obj.contains(key) || obj[key].is_null()) return fallback;
     require(obj[key].is_number(), where, ": field \"", key, "\" must be a number, got ", obj[key].dump());
     const double v = obj[key].template get<double>();
@@ -79,7 +81,8 @@ float config_float(const dependent_t<Tag, nlohmann::json>& obj, const char* key,
 }
 // dt_rank / time_step_rank: "auto" (= ceil(D/16)) or a positive integer.
 template <class Tag = void>
-std::size_t config_rank(const dependent_t<Tag, nlohmann::json>& obj, const char* key, std::string_view where, std::size_t d_model) {
+std::size_t config_rank(const dependent_t<Tag, nlohmann::json>& obj, const char* key, std::string_view where,
+                        std::size_t d_model) {
     const std::size_t automatic = (d_model + 15) / 16;
     if (!obj.contains(key) || obj[key].is_null()) return automatic;
     if (obj[key].is_string()) {

@@ -79,7 +79,8 @@ MambaTensorNames claim_mamba_tensors(const dependent_t<Tag, MambaConfig>& c, dep
 
 // The same check on a checkpoint (what BasicMambaModel::from_checkpoint runs first).
 template <class Tag = void>
-MambaTensorNames check_mamba_checkpoint(const dependent_t<Tag, MambaConfig>& c, const dependent_t<Tag, Checkpoint>& ck) {
+MambaTensorNames check_mamba_checkpoint(const dependent_t<Tag, MambaConfig>& c,
+                                        const dependent_t<Tag, Checkpoint>& ck) {
     TensorClaims claims(ck);
     return claim_mamba_tensors(c, claims);
 }

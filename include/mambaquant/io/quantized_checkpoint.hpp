@@ -50,7 +50,8 @@ struct StoredQuantWeight {
 
 // Appends the tensors of `w` (borrowed until the write) under `base`.
 template <class Tag = void>
-void append_quant_weight(dependent_t<Tag, std::vector<TensorData>>& out, const dependent_t<Tag, std::string>& base, const dependent_t<Tag, StoredQuantWeight>& w) {
+void append_quant_weight(dependent_t<Tag, std::vector<TensorData>>& out, const dependent_t<Tag, std::string>& base,
+                         const dependent_t<Tag, StoredQuantWeight>& w) {
     const DType code_type = w.bits == 8 ? DType::I8 : DType::U8;
     const std::size_t code_cols = w.bits == 8 ? w.cols : (w.cols + 1) / 2;
     out.push_back({base + ".qweight", code_type, {w.rows, code_cols}, std::as_bytes(std::span<const std::uint8_t>(w.codes))});
@@ -61,7 +62,8 @@ void append_quant_weight(dependent_t<Tag, std::vector<TensorData>>& out, const d
 
 namespace detail {
 template <class Tag = void>
-std::span<const std::byte> checked_tensor_bytes(const dependent_t<Tag, Checkpoint>& ck, const dependent_t<Tag, std::string>& name, DType dtype,
+std::span<const std::byte> checked_tensor_bytes(const dependent_t<Tag, Checkpoint>& ck,
+                                                const dependent_t<Tag, std::string>& name, DType dtype, 
                                                 const dependent_t<Tag, std::vector<std::size_t>>& shape, std::size_t elem_bytes) {
     require(ck.contains(name), ck.path().string(), ": quantized tensor \"", name, "\" not found");
     const TensorInfo& t = ck.info(name);
@@ -81,7 +83,8 @@ std::span<const std::byte> checked_tensor_bytes(const dependent_t<Tag, Checkpoin
 // quantization config): dtype, shape, byte size, every scale finite and > 0, every zero point and
 // code in range; each error names the tensor.
 template <class Tag = void>
-StoredQuantWeight read_quant_weight(const dependent_t<Tag, Checkpoint>& ck, const dependent_t<Tag, std::string>& base, int bits, bool symmetric,
+StoredQuantWeight read_quant_weight(const dependent_t<Tag, Checkpoint>& ck, const dependent_t<Tag, std::string>& base,
+                                    int bits, bool symmetric, 
                                     std::size_t rows, std::size_t cols, std::size_t group) {
     require(bits == 8 || bits == 4, "read_quant_weight: \"", base, "\": bits must be 4 or 8, got ", bits);
     require(group > 0 && cols % group == 0, "read_quant_weight: \"", base, "\": group ", group, " does not divide ", cols);
@@ -127,7 +130,8 @@ template <class Tag = void>
 std::vector<float> act_params_tensor(const dependent_t<Tag, QuantParams>& p) { return {p.scale, static_cast<float>(p.zero)}; }
 
 template <class Tag = void>
-QuantParams read_act_params(const dependent_t<Tag, Checkpoint>& ck, const dependent_t<Tag, std::string>& name, bool symmetric) {
+QuantParams read_act_params(const dependent_t<Tag, Checkpoint>& ck, const dependent_t<Tag, std::string>& name,
+                            bool symmetric) {
     const auto b = detail::checked_tensor_bytes(ck, name, DType::F32, {2}, sizeof(float));
     float v[2];
     std::memcpy(v, b.data(), sizeof v);

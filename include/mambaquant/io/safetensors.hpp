@@ -285,7 +285,8 @@ namespace detail {
 // The whole text of a small file (config.json, an index). Only a regular file of at most
 // `max_bytes` is read: a FIFO or a device (/dev/zero) would block or never end, growing memory.
 template <class Tag = void>
-std::string read_text_file(const dependent_t<Tag, std::filesystem::path>& path, std::uintmax_t max_bytes = kJsonMaxFile) {
+std::string read_text_file(const dependent_t<Tag, std::filesystem::path>& path,
+                           std::uintmax_t max_bytes = kJsonMaxFile) {
 #if MQ_HAS_MMAP
     // One descriptor for the check and the read, so the file cannot be swapped in between.
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
@@ -510,7 +511,8 @@ TensorData tensor_data(std::string name, std::span<const T> values, std::vector<
 // The whole file in memory. The header is padded with spaces to a multiple of 8 so that the data
 // section (and every tensor, written in order at 8-byte-aligned offsets) is aligned in a mapping.
 template <class Tag = void>
-std::vector<std::byte> serialize_safetensors(std::span<const TensorData> tensors, const dependent_t<Tag, Metadata>& metadata = {}) {
+std::vector<std::byte> serialize_safetensors(std::span<const TensorData> tensors,
+                                             const dependent_t<Tag, Metadata>& metadata = {}) {
     nlohmann::json header = nlohmann::json::object();
     if (!metadata.empty()) header["__metadata__"] = metadata;
     std::size_t offset = 0;
@@ -543,7 +545,8 @@ std::vector<std::byte> serialize_safetensors(std::span<const TensorData> tensors
 MQ_EXTERN_TEMPLATE(std::vector<std::byte> serialize_safetensors<>(std::span<const TensorData>, const Metadata&))
 
 template <class Tag = void>
-void save_safetensors(const dependent_t<Tag, std::filesystem::path>& path, std::span<const TensorData> tensors, const dependent_t<Tag, Metadata>& metadata = {}) {
+void save_safetensors(const dependent_t<Tag, std::filesystem::path>& path, std::span<const TensorData> tensors,
+                      const dependent_t<Tag, Metadata>& metadata = {}) {
     write_file_atomically(path, serialize_safetensors(tensors, metadata));
 }
 MQ_EXTERN_TEMPLATE(void save_safetensors<>(const std::filesystem::path&, std::span<const TensorData>, const Metadata&))

@@ -347,7 +347,8 @@ RotationSpec rotation_from_json(const dependent_t<Tag, nlohmann::json>& j, const
     return r;
 }
 template <class Tag = void>
-const nlohmann::json& json_member(const dependent_t<Tag, nlohmann::json>& j, const char* key, const dependent_t<Tag, std::string>& where) {
+const nlohmann::json& json_member(const dependent_t<Tag, nlohmann::json>& j, const char* key,
+                                  const dependent_t<Tag, std::string>& where) {
     require(j.is_object() && j.contains(key), where, ": missing \"", key, "\"");
     return j[key];
 }
@@ -388,7 +389,8 @@ MQ_EXTERN_TEMPLATE(nlohmann::json to_json<>(const QuantizationConfig&))
 
 // Parses and validates (without per-layer params, which come from the tensors).
 template <class Tag = void>
-QuantizationConfig quantization_config_from_json(const dependent_t<Tag, nlohmann::json>& j, std::string_view source = "quantization_config") {
+QuantizationConfig quantization_config_from_json(const dependent_t<Tag, nlohmann::json>& j,
+                                                 std::string_view source = "quantization_config") {
     const std::string where(source);
     require(j.is_object(), where, ": expected an object");
     QuantizationConfig c;

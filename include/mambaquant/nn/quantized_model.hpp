@@ -255,7 +255,8 @@ bool embedding_shares_head(bool tied, const dependent_t<Tag, QuantizationConfig>
 // static per-tensor input it runs on the codes (conv_weights below). Returns the codes and
 // scales, and writes ŵ into w.
 template <class Tag = void>
-void quantize_conv_int8(dependent_t<Tag, MatrixXf>& w, dependent_t<Tag, std::vector<std::uint8_t>>& codes, dependent_t<Tag, std::vector<float>>& scale) {
+void quantize_conv_int8(dependent_t<Tag, MatrixXf>& w, dependent_t<Tag, std::vector<std::uint8_t>>& codes,
+                        dependent_t<Tag, std::vector<float>>& scale) {
     const auto E = w.rows(), K = w.cols();
     codes.assign(static_cast<std::size_t>(E * K), 0);
     scale.assign(static_cast<std::size_t>(E), 1.0f);
@@ -275,7 +276,8 @@ void quantize_conv_int8(dependent_t<Tag, MatrixXf>& w, dependent_t<Tag, std::vec
     }
 }
 template <class Tag = void>
-void dequantize_conv_int8(const dependent_t<Tag, std::vector<std::uint8_t>>& codes, const dependent_t<Tag, std::vector<float>>& scale, dependent_t<Tag, MatrixXf>& w) {
+void dequantize_conv_int8(const dependent_t<Tag, std::vector<std::uint8_t>>& codes,
+                          const dependent_t<Tag, std::vector<float>>& scale, dependent_t<Tag, MatrixXf>& w) {
     for (Eigen::Index e = 0; e < w.rows(); ++e)
         for (Eigen::Index k = 0; k < w.cols(); ++k)
             w(e, k) = static_cast<float>(static_cast<std::int8_t>(codes[static_cast<std::size_t>(e * w.cols() + k)])) *
@@ -285,7 +287,9 @@ void dequantize_conv_int8(const dependent_t<Tag, std::vector<std::uint8_t>>& cod
 // on the codes when its input is quantized (static per tensor; the fake-quant twin runs it too:
 // its integer sums are exact in float, so the twin's conv is x̂·ŵ summed exactly, scaled once).
 template <class Tag = void>
-ConvWeights conv_weights(const dependent_t<Tag, MatrixXf>& w_hat, const dependent_t<Tag, std::vector<std::uint8_t>>& codes, const dependent_t<Tag, std::vector<float>>& scale,
+ConvWeights conv_weights(const dependent_t<Tag, MatrixXf>& w_hat,
+                         const dependent_t<Tag, std::vector<std::uint8_t>>& codes,
+                         const dependent_t<Tag, std::vector<float>>& scale, 
                          std::span<const float> bias, const dependent_t<Tag, SiteQuant>& q, const dependent_t<Tag, std::optional<QuantParams>>& input) {
     if (q.act.mode != ActMode::static_per_tensor) return ConvWeights::from(view(w_hat), bias);
     require(input.has_value(), "build_quantized_model: conv1d: static activation params missing");
@@ -301,13 +305,15 @@ std::optional<QuantParams> normalized(std::optional<QuantParams> p) {
     return p;
 }
 template <class Tag = void>
-bool neutral(const dependent_t<Tag, Eigen::VectorXf>& v, float value) { return v.size() == 0 || (v.array() == value).all(); }
+bool neutral(const dependent_t<Tag, Eigen::VectorXf>& v,
+             float value) { return v.size() == 0 || (v.array() == value).all(); }
 
 // A site's linear layer: AnyLinear::build (weights quantized by min/max), or, where the config
 // fixes the weight grid (GPTQ's params), the weight quantized on that grid — GPTQ's own codes and
 // scales (kernels/packed_weights.hpp's pack_weights with params says why they come back exactly).
 template <class Tag = void>
-AnyLinear build_site_linear(ConstMatrixView<float> weight, std::span<const float> bias, const dependent_t<Tag, SiteQuant>& q,
+AnyLinear build_site_linear(ConstMatrixView<float> weight, std::span<const float> bias,
+                            const dependent_t<Tag, SiteQuant>& q, 
                             const dependent_t<Tag, std::optional<RotationSpec>>& rotation, std::optional<QuantParams> act,
                             std::span<const QuantParams> grid, bool fake) {
     if (grid.empty()) return AnyLinear::build(weight, bias, q, rotation, act, fake);
@@ -340,7 +346,8 @@ void require_config_out_rotation(const MambaLayerWeights& w, const QuantizationC
 }
 // The scan of a layer from its extras and the config; refuses what the config cannot run.
 template <class Tag = void>
-RuntimeScan make_runtime_scan(const dependent_t<Tag, MambaLayerWeights>& w, const dependent_t<Tag, QuantizationConfig>& qc, std::size_t layer) {
+RuntimeScan make_runtime_scan(const dependent_t<Tag, MambaLayerWeights>& w,
+                              const dependent_t<Tag, QuantizationConfig>& qc, std::size_t layer) {
     const bool smoothed = !neutral(w.state_scale, 1.0f);
     const std::span<const float> s = smoothed ? span_of(w.state_scale) : std::span<const float>{};
     const bool rotated = w.state_rotation.size() != 0;

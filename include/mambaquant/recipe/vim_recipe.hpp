@@ -37,7 +37,9 @@ struct QuantizedVimRecipe {
 // the recipes' own. (A template never spelled by callers; with MQ_COMPILED compiled once in the
 // companion library, src/vim.cpp.)
 template <class Tag = void>
-QuantizedVimRecipe run_vim_recipe(const dependent_t<Tag, Recipe>& recipe, const dependent_t<Tag, VimWeights>& float_weights, const dependent_t<Tag, VimConfig>& cfg,
+QuantizedVimRecipe run_vim_recipe(const dependent_t<Tag, Recipe>& recipe,
+                                  const dependent_t<Tag, VimWeights>& float_weights,
+                                  const dependent_t<Tag, VimConfig>& cfg, 
                                   const dependent_t<Tag, ImageBatch>& calib, const dependent_t<Tag, QuantizeOptions>& opt) {
     validate(float_weights, cfg);
     require(calib.count > 0, "run_vim_recipe: no calibration images");

@@ -23,7 +23,8 @@ MQ_NAMESPACE_BEGIN
 namespace detail {
 // W·Q (Q acting on the input side of a weight [out, in]).
 template <class Tag = void>
-MatrixXf fusion_fold_right(const dependent_t<Tag, MatrixXf>& w, const dependent_t<Tag, MatrixXd>& q) { return (w.template cast<double>() * q).template cast<float>(); }
+MatrixXf fusion_fold_right(const dependent_t<Tag, MatrixXf>& w,
+                           const dependent_t<Tag, MatrixXd>& q) { return (w.template cast<double>() * q).template cast<float>(); }
 // Qᵀ·W (Q acting on the output side).
 template <class Tag = void>
 MatrixXf fusion_fold_left(const dependent_t<Tag, MatrixXd>& q, const dependent_t<Tag, Eigen::Ref<const MatrixXf>>& w) {
@@ -100,7 +101,8 @@ MambaLayerWeights rotate_dt_path(const dependent_t<Tag, MambaLayerWeights>& w, c
 // quantization), W_out ← W_out·H, since a·H·(W_out·H)ᵀ = a·W_outᵀ. A second rotation composes:
 // the recorded online matrix becomes out_rotation·H.
 template <class Tag = void>
-MambaLayerWeights rotate_out_proj_input(const dependent_t<Tag, MambaLayerWeights>& w, const dependent_t<Tag, MatrixXd>& h) {
+MambaLayerWeights rotate_out_proj_input(const dependent_t<Tag, MambaLayerWeights>& w,
+                                        const dependent_t<Tag, MatrixXd>& h) {
     validate(w);
     const auto e = static_cast<Eigen::Index>(w.d_inner());
     require_orthogonal(h, e, "rotate_out_proj_input (R2): H");

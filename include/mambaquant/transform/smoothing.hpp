@@ -34,7 +34,8 @@ struct SmoothResult {
 
 namespace detail {
 template <class Tag = void>
-void smooth_require_stat(const dependent_t<Tag, Eigen::VectorXd>& v, Eigen::Index n, const char* site, const char* what) {
+void smooth_require_stat(const dependent_t<Tag, Eigen::VectorXd>& v, Eigen::Index n, const char* site,
+                         const char* what) {
     require(v.size() == n, site, ": ", what, " has ", v.size(), " channels, expected ", n);
     for (Eigen::Index i = 0; i < n; ++i)
         require(std::isfinite(v[i]) && v[i] >= 0.0, site, ": ", what, "[", i, "] = ", v[i],
@@ -58,7 +59,8 @@ Eigen::VectorXd smooth_column_absmax(const dependent_t<Tag, Eigen::Ref<const Mat
 // Dividing X_j by s_j and multiplying W_j by s_j leaves x·Wᵀ unchanged and balances the two
 // ranges: afterwards max|X_j/s_j| = max|W_j·s_j| when α = 0.5 (and no floor applies).
 template <class Tag = void>
-Eigen::VectorXd smoothing_scales(const dependent_t<Tag, Eigen::VectorXd>& act_absmax, const dependent_t<Tag, Eigen::VectorXd>& weight_absmax,
+Eigen::VectorXd smoothing_scales(const dependent_t<Tag, Eigen::VectorXd>& act_absmax,
+                                 const dependent_t<Tag, Eigen::VectorXd>& weight_absmax, 
                                  SmoothParams p = {}, const char* site = "smoothing_scales") {
     require(p.alpha >= 0.0 && p.alpha <= 1.0, site, ": alpha must be in [0, 1], got ", p.alpha);
     require(std::isfinite(p.floor) && p.floor > 0.0, site, ": floor must be finite and > 0, got ", p.floor);
@@ -76,7 +78,8 @@ Eigen::VectorXd smoothing_scales(const dependent_t<Tag, Eigen::VectorXd>& act_ab
 // hn = RMSNorm(h)·γ, so dividing channel j of hn by s_j is γ_j ← γ_j/s_j, and in_proj absorbs it:
 //   W_in ← W_in·diag(s)   (both the x and the z rows read hn).
 template <class Tag = void>
-MambaLayerWeights apply_norm_smoothing(const dependent_t<Tag, MambaLayerWeights>& w, const dependent_t<Tag, Eigen::VectorXd>& s) {
+MambaLayerWeights apply_norm_smoothing(const dependent_t<Tag, MambaLayerWeights>& w,
+                                       const dependent_t<Tag, Eigen::VectorXd>& s) {
     validate(w);
     detail::smooth_require_scale(s, w.norm.size(), "apply_norm_smoothing");
     MambaLayerWeights out = w;
@@ -86,7 +89,8 @@ MambaLayerWeights apply_norm_smoothing(const dependent_t<Tag, MambaLayerWeights>
 }
 // s from max|hn_j| (the in_proj input) and the in_proj columns.
 template <class Tag = void>
-SmoothResult smooth_norm(const dependent_t<Tag, MambaLayerWeights>& w, const dependent_t<Tag, Eigen::VectorXd>& in_proj_input_absmax,
+SmoothResult smooth_norm(const dependent_t<Tag, MambaLayerWeights>& w,
+                         const dependent_t<Tag, Eigen::VectorXd>& in_proj_input_absmax, 
                          SmoothParams p = {}) {
     validate(w);
     const Eigen::VectorXd s =
@@ -101,7 +105,8 @@ SmoothResult smooth_norm(const dependent_t<Tag, MambaLayerWeights>& w, const dep
 // (an already smoothed gate composes: with z'' = z'/s₁, z''·σ(s₀s₁⊙z'') = S-SiLU_{s₀}(z')/s₁).
 // Must precede R2: the online Hadamard at the out_proj input sees the smoothed a'.
 template <class Tag = void>
-MambaLayerWeights apply_gate_smoothing(const dependent_t<Tag, MambaLayerWeights>& w, const dependent_t<Tag, Eigen::VectorXd>& s) {
+MambaLayerWeights apply_gate_smoothing(const dependent_t<Tag, MambaLayerWeights>& w,
+                                       const dependent_t<Tag, Eigen::VectorXd>& s) {
     validate(w);
     const Eigen::Index e = static_cast<Eigen::Index>(w.d_inner());
     detail::smooth_require_scale(s, e, "apply_gate_smoothing");
@@ -115,7 +120,8 @@ MambaLayerWeights apply_gate_smoothing(const dependent_t<Tag, MambaLayerWeights>
 }
 // s from max|a_e| (the out_proj input, measured on the layer as it is) and the out_proj columns.
 template <class Tag = void>
-SmoothResult smooth_gate(const dependent_t<Tag, MambaLayerWeights>& w, const dependent_t<Tag, Eigen::VectorXd>& out_proj_input_absmax,
+SmoothResult smooth_gate(const dependent_t<Tag, MambaLayerWeights>& w,
+                         const dependent_t<Tag, Eigen::VectorXd>& out_proj_input_absmax, 
                          SmoothParams p = {}) {
     validate(w);
     const Eigen::VectorXd s =
@@ -132,7 +138,8 @@ SmoothResult smooth_gate(const dependent_t<Tag, MambaLayerWeights>& w, const dep
 //   log dA'_0 = Δ_0·A + log(1/s)   (one addcmul), later steps unchanged;
 // state_scale (⊙ s) records s for that. Must precede R4 (the state rotation acts on state/s).
 template <class Tag = void>
-MambaLayerWeights apply_state_smoothing(const dependent_t<Tag, MambaLayerWeights>& w, const dependent_t<Tag, Eigen::VectorXd>& s) {
+MambaLayerWeights apply_state_smoothing(const dependent_t<Tag, MambaLayerWeights>& w,
+                                        const dependent_t<Tag, Eigen::VectorXd>& s) {
     validate(w);
     const Eigen::Index r = static_cast<Eigen::Index>(w.dt_rank()), n = static_cast<Eigen::Index>(w.d_state());
     detail::smooth_require_scale(s, n, "apply_state_smoothing");
@@ -146,7 +153,8 @@ MambaLayerWeights apply_state_smoothing(const dependent_t<Tag, MambaLayerWeights
     return out;
 }
 template <class Tag = void>
-Eigen::VectorXd state_smoothing_scales(const dependent_t<Tag, Eigen::VectorXd>& state_absmax, const dependent_t<Tag, Eigen::VectorXd>& c_absmax,
+Eigen::VectorXd state_smoothing_scales(const dependent_t<Tag, Eigen::VectorXd>& state_absmax,
+                                       const dependent_t<Tag, Eigen::VectorXd>& c_absmax, 
                                        StateSmoothParams p = {}) {
     const char* site = "state_smoothing_scales (S4)";
     require(std::isfinite(p.lo) && std::isfinite(p.hi) && p.lo > 0.0 && p.lo <= p.hi, site,
@@ -160,7 +168,8 @@ Eigen::VectorXd state_smoothing_scales(const dependent_t<Tag, Eigen::VectorXd>& 
     return s;
 }
 template <class Tag = void>
-SmoothResult smooth_state(const dependent_t<Tag, MambaLayerWeights>& w, const dependent_t<Tag, Eigen::VectorXd>& state_absmax,
+SmoothResult smooth_state(const dependent_t<Tag, MambaLayerWeights>& w,
+                          const dependent_t<Tag, Eigen::VectorXd>& state_absmax, 
                           const dependent_t<Tag, Eigen::VectorXd>& c_absmax, StateSmoothParams p = {}) {
     validate(w);
     require(state_absmax.size() == static_cast<Eigen::Index>(w.d_state()), "smooth_state (S4): max|state| has ",
@@ -173,7 +182,8 @@ SmoothResult smooth_state(const dependent_t<Tag, MambaLayerWeights>& w, const de
 // dt = x·W_x,dtᵀ − dt_shift; W_x,dt ← diag(1/s)·W_x,dt and dt_shift ← dt_shift/s give dt/s, and
 // W_dt ← W_dt·diag(s) restores (dt/s)·(W_dt·diag(s))ᵀ = dt·W_dtᵀ.
 template <class Tag = void>
-MambaLayerWeights apply_dt_smoothing(const dependent_t<Tag, MambaLayerWeights>& w, const dependent_t<Tag, Eigen::VectorXd>& s) {
+MambaLayerWeights apply_dt_smoothing(const dependent_t<Tag, MambaLayerWeights>& w,
+                                     const dependent_t<Tag, Eigen::VectorXd>& s) {
     validate(w);
     const Eigen::Index r = static_cast<Eigen::Index>(w.dt_rank());
     detail::smooth_require_scale(s, r, "apply_dt_smoothing");
@@ -185,7 +195,8 @@ MambaLayerWeights apply_dt_smoothing(const dependent_t<Tag, MambaLayerWeights>& 
 }
 // s from max|dt_r| of the dt input as the layer computes it (after any shift) and dt_proj columns.
 template <class Tag = void>
-SmoothResult smooth_dt(const dependent_t<Tag, MambaLayerWeights>& w, const dependent_t<Tag, Eigen::VectorXd>& dt_input_absmax, SmoothParams p = {}) {
+SmoothResult smooth_dt(const dependent_t<Tag, MambaLayerWeights>& w,
+                       const dependent_t<Tag, Eigen::VectorXd>& dt_input_absmax, SmoothParams p = {}) {
     validate(w);
     const Eigen::VectorXd s = smoothing_scales(dt_input_absmax, detail::smooth_column_absmax(w.dt_proj), p, "smooth_dt (S5)");
     return {apply_dt_smoothing(w, s), s};
@@ -195,7 +206,8 @@ SmoothResult smooth_dt(const dependent_t<Tag, MambaLayerWeights>& w, const depen
 // The conv is depthwise: conv_t[e] = Σ_k w[e,k]·x_{t−K+1+k}[e] + b[e]. With W_in,x ← diag(1/s)·W_in,x
 // the conv input is x/s, and w[e,:] ← s_e·w[e,:] gives the same conv output (bias unchanged).
 template <class Tag = void>
-MambaLayerWeights apply_conv_smoothing(const dependent_t<Tag, MambaLayerWeights>& w, const dependent_t<Tag, Eigen::VectorXd>& s) {
+MambaLayerWeights apply_conv_smoothing(const dependent_t<Tag, MambaLayerWeights>& w,
+                                       const dependent_t<Tag, Eigen::VectorXd>& s) {
     validate(w);
     const Eigen::Index e = static_cast<Eigen::Index>(w.d_inner());
     detail::smooth_require_scale(s, e, "apply_conv_smoothing");
@@ -206,7 +218,8 @@ MambaLayerWeights apply_conv_smoothing(const dependent_t<Tag, MambaLayerWeights>
 }
 // s from max|x_e| of the conv input and max_k |w[e,k]| (each channel has its own conv filter).
 template <class Tag = void>
-SmoothResult smooth_conv(const dependent_t<Tag, MambaLayerWeights>& w, const dependent_t<Tag, Eigen::VectorXd>& conv_input_absmax,
+SmoothResult smooth_conv(const dependent_t<Tag, MambaLayerWeights>& w,
+                         const dependent_t<Tag, Eigen::VectorXd>& conv_input_absmax, 
                          SmoothParams p = {}) {
     validate(w);
     const Eigen::VectorXd wmax = w.conv_w.template cast<double>().cwiseAbs().rowwise().maxCoeff();
@@ -220,7 +233,8 @@ SmoothResult smooth_conv(const dependent_t<Tag, MambaLayerWeights>& w, const dep
 //   (dt − μ)·W_dtᵀ + (b_dt + W_dt·μ) = dt·W_dtᵀ + b_dt.
 // dt_shift ← dt_shift + μ (the run time subtracts it from the dt input, fused with quantization).
 template <class Tag = void>
-MambaLayerWeights apply_dt_shift(const dependent_t<Tag, MambaLayerWeights>& w, const dependent_t<Tag, Eigen::VectorXd>& mu) {
+MambaLayerWeights apply_dt_shift(const dependent_t<Tag, MambaLayerWeights>& w,
+                                 const dependent_t<Tag, Eigen::VectorXd>& mu) {
     validate(w);
     const Eigen::Index r = static_cast<Eigen::Index>(w.dt_rank());
     require(mu.size() == r, "apply_dt_shift: shift has ", mu.size(), " entries, expected dt_rank = ", r);
@@ -232,7 +246,8 @@ MambaLayerWeights apply_dt_shift(const dependent_t<Tag, MambaLayerWeights>& w, c
 }
 // μ = (min + max)/2 of the dt input as the layer computes it.
 template <class Tag = void>
-SmoothResult shift_dt(const dependent_t<Tag, MambaLayerWeights>& w, const dependent_t<Tag, Eigen::VectorXd>& dt_input_min,
+SmoothResult shift_dt(const dependent_t<Tag, MambaLayerWeights>& w,
+                      const dependent_t<Tag, Eigen::VectorXd>& dt_input_min, 
                       const dependent_t<Tag, Eigen::VectorXd>& dt_input_max) {
     validate(w);
     const Eigen::Index r = static_cast<Eigen::Index>(w.dt_rank());
