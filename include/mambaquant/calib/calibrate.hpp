@@ -49,9 +49,10 @@ std::string tap_key(std::size_t layer, std::size_t n_layer, TapPoint p) {
 
 // The ActivationTap that fills a CalibrationStats. `scan` gives each layer's A = −exp(A_log) and
 // b_dt (only read when plan.state).
-class CalibrationCollector final : public ActivationTap {
+template <class Tag = void>
+class BasicCalibrationCollector final : public ActivationTap {
 public:
-    CalibrationCollector(CalibrationStats& stats, const CalibrationPlan& plan, const MambaWeights* weights,
+    BasicCalibrationCollector(CalibrationStats& stats, const CalibrationPlan& plan, const MambaWeights* weights,
                          std::size_t n_layer)
         : stats_(stats), plan_(plan), weights_(weights), n_layer_(n_layer) {
         require(!plan.state || weights != nullptr, "CalibrationCollector: state statistics need the layer weights");
@@ -78,18 +79,21 @@ private:
     // from a zero state (each window starts from zero, as calibration windows do). Per state index
     // n, the min and max over (t, e) go into a ChannelStats of dimension N as two rows.
     void observe_state(std::size_t layer, ConstMatrixView<float> B) {
-        const MambaLayerWeights& w = weights_->layers.at(layer);
+        // Dependent local types (dependent_t): this body is analysed only where the collector is used.
+        using ArrayXXf = dependent_t<Tag, Eigen::ArrayXXf>;
+        using ArrayXf = dependent_t<Tag, Eigen::ArrayXf>;
+        const dependent_t<Tag, MambaLayerWeights>& w = weights_->layers.at(layer);
         const Eigen::Index L = static_cast<Eigen::Index>(B.rows), N = static_cast<Eigen::Index>(B.cols), E = w.A_log.rows();
         require(x_.rows() == L && delta_.rows() == L && x_.cols() == E, "CalibrationCollector: state of layer ", layer,
                 ": inputs of mismatched shapes");
-        const Eigen::ArrayXXf A = -w.A_log.array().exp(); // [E, N]
-        Eigen::ArrayXXf state = Eigen::ArrayXXf::Zero(E, N), dA(E, N);
-        MatrixXf mm(2, N);
+        const ArrayXXf A = -w.A_log.array().exp(); // [E, N]
+        ArrayXXf state = ArrayXXf::Zero(E, N), dA(E, N);
+        dependent_t<Tag, MatrixXf> mm(2, N);
         mm.row(0).setConstant(std::numeric_limits<float>::infinity());
         mm.row(1).setConstant(-std::numeric_limits<float>::infinity());
-        Eigen::ArrayXf d(E), dx(E);
+        ArrayXf d(E), dx(E);
         for (Eigen::Index t = 0; t < L; ++t) {
-            const Eigen::ArrayXf raw = delta_.row(t).transpose().array() + w.dt_bias.array();
+            const ArrayXf raw = delta_.row(t).transpose().array() + w.dt_bias.array();
             d = (raw > 20.0f).select(raw, raw.exp().log1p()); // softplus
             dx = d * x_.row(t).transpose().array();
             dA = (A.colwise() * d).exp();
@@ -102,18 +106,21 @@ private:
             .add(view(std::as_const(mm)), site_key(layer, "scan_state"));
     }
 
-    CalibrationStats& stats_;
-    const CalibrationPlan& plan_;
-    const MambaWeights* weights_;
+    // Dependent types (core/config.hpp: dependent_t): the bodies are analysed only where used.
+    dependent_t<Tag, CalibrationStats>& stats_;
+    const dependent_t<Tag, CalibrationPlan>& plan_;
+    const dependent_t<Tag, MambaWeights>* weights_;
     std::size_t n_layer_;
-    MatrixXf rotated_, x_, delta_;
+    dependent_t<Tag, MatrixXf> rotated_, x_, delta_;
 };
+using CalibrationCollector = BasicCalibrationCollector<>; // a template: compiled only where used (core/config.hpp)
 
 // Fixed calibration windows: `count` windows of `window` tokens at evenly spaced offsets over
 // `tokens` (offset_i = ⌊i·(n − window)/(count − 1)⌋), so the sample is documented and the same on
 // every run. Throws when the text is shorter than one window.
-inline std::vector<std::span<const std::uint32_t>> calibration_windows(std::span<const std::uint32_t> tokens,
-                                                                       std::size_t window, std::size_t count) {
+template <class = void>
+std::vector<std::span<const std::uint32_t>> calibration_windows(std::span<const std::uint32_t> tokens,
+                                                                std::size_t window, std::size_t count) {
     require(window >= 2, "calibration: window must be at least 2 tokens, got ", window);
     require(count >= 1, "calibration: at least one window");
     require(tokens.size() >= window, "calibration: the calibration text has ", tokens.size(),

@@ -19,9 +19,10 @@ MQ_NAMESPACE_BEGIN
 // min_j, max_j over every row seen, per channel j; max|X_j| = max(−min_j, max_j) and the
 // mid-range (min_j + max_j)/2 follow. Merging two shards is an element-wise min / max, so it is
 // exact and order-independent.
-class ChannelStats {
+template <class = void>
+class BasicChannelStats {
 public:
-    explicit ChannelStats(std::size_t dim) : dim_(dim) {
+    explicit BasicChannelStats(std::size_t dim) : dim_(dim) {
         require(dim > 0, "ChannelStats: dim must be positive");
         const auto d = static_cast<Eigen::Index>(dim);
         min_ = Eigen::VectorXd::Constant(d, std::numeric_limits<double>::infinity());
@@ -53,7 +54,7 @@ public:
         add(view(rows));
     }
 
-    void merge(const ChannelStats& other) {
+    void merge(const BasicChannelStats& other) {
         require(other.dim_ == dim_, "ChannelStats::merge: dimension ", other.dim_, " differs from ", dim_);
         min_ = min_.cwiseMin(other.min_);
         max_ = max_.cwiseMax(other.max_);
@@ -61,10 +62,10 @@ public:
     }
 
     // From saved min / max vectors and a row count (calib/statistics.hpp loads shards this way).
-    static ChannelStats restore(const Eigen::VectorXd& min, const Eigen::VectorXd& max, std::uint64_t count) {
+    static BasicChannelStats restore(const Eigen::VectorXd& min, const Eigen::VectorXd& max, std::uint64_t count) {
         require(min.size() == max.size() && min.size() > 0, "ChannelStats::restore: min has ", min.size(),
                 " channels, max has ", max.size());
-        ChannelStats s(static_cast<std::size_t>(min.size()));
+        BasicChannelStats s(static_cast<std::size_t>(min.size()));
         for (Eigen::Index j = 0; j < min.size() && count > 0; ++j)
             require(std::isfinite(min[j]) && std::isfinite(max[j]) && min[j] <= max[j], "ChannelStats::restore: channel ",
                     j, " has min ", min[j], ", max ", max[j]);
@@ -93,5 +94,6 @@ private:
     std::uint64_t count_ = 0;
     Eigen::VectorXd min_, max_;
 };
+using ChannelStats = BasicChannelStats<>; // a template: compiled only where used (core/config.hpp)
 
 MQ_NAMESPACE_END

@@ -27,7 +27,8 @@ MQ_NAMESPACE_BEGIN
 // spread). The rank-k update S += Xcᵀ·Xc runs through Eigen's symmetric rank-k product (SYRK,
 // lower triangle only: d(d+1)·k flops per k rows), at GEMM speed, not through a hand loop.
 // Rows are converted to double in chunks of kChunkRows into a buffer the accumulator owns.
-class CovarianceAccumulator {
+template <class Tag = void>
+class BasicCovarianceAccumulator {
 public:
     static constexpr std::size_t kChunkRows = 512;
     // Stream format: magic, version, then dim, count, shift[d], sum[d], lower(S) packed by
@@ -36,7 +37,7 @@ public:
     static constexpr std::uint32_t kVersion = 1;
     static constexpr std::uint64_t kMaxDim = std::uint64_t{1} << 16;
 
-    explicit CovarianceAccumulator(std::size_t dim) : dim_(dim) {
+    explicit BasicCovarianceAccumulator(std::size_t dim) : dim_(dim) {
         require(dim > 0 && dim <= kMaxDim, "CovarianceAccumulator: dim must be in [1, ", kMaxDim, "], got ", dim);
         const auto d = static_cast<Eigen::Index>(dim);
         scatter_ = Eigen::MatrixXd::Zero(d, d);
@@ -78,7 +79,7 @@ public:
                 for (std::size_t c = 0; c < dim_; ++c) col[c] = static_cast<double>(p[c]) - shift_[static_cast<Eigen::Index>(c)];
             }
             const auto block = chunk_.leftCols(static_cast<Eigen::Index>(k));
-            scatter_.selfadjointView<Eigen::Lower>().rankUpdate(block);
+            scatter_.template selfadjointView<Eigen::Lower>().rankUpdate(block);
             sum_ += block.rowwise().sum();
         }
         count_ += rows.rows;
@@ -93,7 +94,7 @@ public:
     // Folds another accumulator of the same dimension into this one (calibration shards). The
     // other's statistics are moved to this shift c: with δ = c_o − c,
     //   S += S_o + s_o·δᵀ + δ·s_oᵀ + n_o·δ·δᵀ,   s += s_o + n_o·δ.
-    void merge(const CovarianceAccumulator& other) {
+    void merge(const BasicCovarianceAccumulator& other) {
         require(other.dim_ == dim_, "CovarianceAccumulator::merge: dimension ", other.dim_, " differs from ", dim_);
         if (other.count_ == 0) return;
         if (count_ == 0) {
@@ -105,9 +106,9 @@ public:
         }
         const Eigen::VectorXd delta = other.shift_ - shift_;
         const double n_o = static_cast<double>(other.count_);
-        scatter_.triangularView<Eigen::Lower>() += other.scatter_;
+        scatter_.template triangularView<Eigen::Lower>() += other.scatter_;
         if (!delta.isZero(0.0)) {
-            scatter_.triangularView<Eigen::Lower>() +=
+            scatter_.template triangularView<Eigen::Lower>() +=
                 other.sum_ * delta.transpose() + delta * other.sum_.transpose() + n_o * delta * delta.transpose();
         }
         sum_ += other.sum_ + n_o * delta;
@@ -124,7 +125,7 @@ public:
     MatrixXd covariance() const {
         require(count_ >= 2, "CovarianceAccumulator::covariance: needs at least 2 rows, got ", count_);
         const double n = static_cast<double>(count_);
-        Eigen::MatrixXd lower = scatter_.triangularView<Eigen::Lower>();
+        Eigen::MatrixXd lower = scatter_.template triangularView<Eigen::Lower>();
         lower.triangularView<Eigen::Lower>() -= (sum_ * sum_.transpose()) / n;
         MatrixXd cov = lower.selfadjointView<Eigen::Lower>();
         cov /= (n - 1.0);
@@ -134,13 +135,13 @@ public:
     // Raw second moment XᵀX = S + s·cᵀ + c·sᵀ + n·c·cᵀ, full symmetric [dim, dim].
     MatrixXd second_moment() const {
         const double n = static_cast<double>(count_);
-        Eigen::MatrixXd full = scatter_.selfadjointView<Eigen::Lower>();
+        Eigen::MatrixXd full = scatter_.template selfadjointView<Eigen::Lower>();
         full += sum_ * shift_.transpose() + shift_ * sum_.transpose() + n * shift_ * shift_.transpose();
         return full;
     }
 
     // Bit-exact equality of the accumulated state (same rows in the same order → equal).
-    friend bool operator==(const CovarianceAccumulator& a, const CovarianceAccumulator& b) {
+    friend bool operator==(const BasicCovarianceAccumulator& a, const BasicCovarianceAccumulator& b) {
         if (a.dim_ != b.dim_ || a.count_ != b.count_) return false;
         if (a.shift_ != b.shift_ || a.sum_ != b.sum_) return false;
         for (Eigen::Index j = 0; j < a.scatter_.cols(); ++j)
@@ -166,24 +167,24 @@ public:
         require(static_cast<bool>(out), "CovarianceAccumulator::serialize: stream write failed");
     }
 
-    static CovarianceAccumulator deserialize(std::istream& in) {
+    static BasicCovarianceAccumulator deserialize(std::istream& in) {
         char magic[sizeof(kMagic)] = {};
         in.read(magic, sizeof(magic));
         require(static_cast<bool>(in), "CovarianceAccumulator::deserialize: truncated stream (no header)");
         require(std::memcmp(magic, kMagic, sizeof(kMagic)) == 0,
                 "CovarianceAccumulator::deserialize: bad magic (not a covariance accumulator stream)");
         Reader r{in};
-        const auto version = r.get<std::uint32_t>("version");
+        const auto version = r.template get<std::uint32_t>("version");
         require(version == kVersion, "CovarianceAccumulator::deserialize: unsupported version ", version, ", expected ", kVersion);
-        (void)r.get<std::uint32_t>("reserved");
-        const auto dim = r.get<std::uint64_t>("dim");
+        (void)r.template get<std::uint32_t>("reserved");
+        const auto dim = r.template get<std::uint64_t>("dim");
         require(dim >= 1 && dim <= kMaxDim, "CovarianceAccumulator::deserialize: dim must be in [1, ", kMaxDim, "], got ", dim);
-        const auto count = r.get<std::uint64_t>("count");
-        CovarianceAccumulator acc(static_cast<std::size_t>(dim));
-        for (Eigen::Index i = 0; i < acc.shift_.size(); ++i) acc.shift_[i] = r.get<double>("shift");
-        for (Eigen::Index i = 0; i < acc.sum_.size(); ++i) acc.sum_[i] = r.get<double>("sum");
+        const auto count = r.template get<std::uint64_t>("count");
+        BasicCovarianceAccumulator acc(static_cast<std::size_t>(dim));
+        for (Eigen::Index i = 0; i < acc.shift_.size(); ++i) acc.shift_[i] = r.template get<double>("shift");
+        for (Eigen::Index i = 0; i < acc.sum_.size(); ++i) acc.sum_[i] = r.template get<double>("sum");
         for (Eigen::Index j = 0; j < acc.scatter_.cols(); ++j)
-            for (Eigen::Index i = j; i < acc.scatter_.rows(); ++i) acc.scatter_(i, j) = r.get<double>("scatter");
+            for (Eigen::Index i = j; i < acc.scatter_.rows(); ++i) acc.scatter_(i, j) = r.template get<double>("scatter");
         const std::uint64_t expected = r.hash;
         std::uint64_t checksum = 0;
         in.read(reinterpret_cast<char*>(&checksum), sizeof(checksum));
@@ -231,10 +232,12 @@ private:
 
     std::size_t dim_;
     std::uint64_t count_ = 0;
-    Eigen::MatrixXd scatter_; // lower triangle of S (column-major: SYRK's native layout)
-    Eigen::VectorXd sum_;
-    Eigen::VectorXd shift_;
-    Eigen::MatrixXd chunk_; // [dim, kChunkRows] conversion buffer, reused across add() calls
+    // Dependent types (core/config.hpp: dependent_t): the bodies are analysed only where used.
+    dependent_t<Tag, Eigen::MatrixXd> scatter_; // lower triangle of S (column-major: SYRK's native layout)
+    dependent_t<Tag, Eigen::VectorXd> sum_;
+    dependent_t<Tag, Eigen::VectorXd> shift_;
+    dependent_t<Tag, Eigen::MatrixXd> chunk_; // [dim, kChunkRows] conversion buffer, reused across add() calls
 };
+using CovarianceAccumulator = BasicCovarianceAccumulator<>; // a template: compiled only where used (core/config.hpp)
 
 MQ_NAMESPACE_END

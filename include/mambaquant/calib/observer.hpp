@@ -134,7 +134,8 @@ private:
 
 // ---------------------------------------------------------------------------------------------
 // [lo, hi] = [min x, max x] over everything observed.
-class MinMaxObserver {
+template <class = void>
+class BasicMinMaxObserver {
 public:
     void observe(ConstMatrixView<float> x, std::string_view name = "x") {
         for (std::size_t r = 0; r < x.rows; ++r) {
@@ -145,7 +146,7 @@ public:
         count_ += x.rows * x.cols;
     }
     void observe(std::span<const float> x, std::string_view name = "x") { observe(as_row(x), name); }
-    void merge(const MinMaxObserver& o) noexcept {
+    void merge(const BasicMinMaxObserver& o) noexcept {
         range_ = range_.merged(o.range_);
         count_ += o.count_;
     }
@@ -165,6 +166,7 @@ private:
     RowRange range_;
     std::uint64_t count_ = 0;
 };
+using MinMaxObserver = BasicMinMaxObserver<>; // a template: compiled only where used (core/config.hpp)
 
 // ---------------------------------------------------------------------------------------------
 // Clip at the p-th percentile of |x| (default p = 0.999999, as in METHOD §2):
@@ -172,12 +174,13 @@ private:
 // Streaming: a log-scale histogram of |x| with 2^7 bins per octave (256 KiB), never the data.
 // Error bound: the returned c satisfies |c − c_exact| ≤ 2^−7·c_exact (≈ 0.8 %) (+ 2^−126
 // absolute for subnormal data), where c_exact is the exact nearest-rank percentile of all the data.
-class PercentileObserver {
+template <class = void>
+class BasicPercentileObserver {
 public:
     static constexpr int kMantissaBits = 7;
     static constexpr double kRelativeError = 1.0 / (1 << kMantissaBits);
 
-    explicit PercentileObserver(double percentile = 0.999999) : p_(percentile) {
+    explicit BasicPercentileObserver(double percentile = 0.999999) : p_(percentile) {
         require(percentile > 0.0 && percentile <= 1.0, "PercentileObserver: percentile must be in (0, 1], got ",
                 percentile);
     }
@@ -193,7 +196,7 @@ public:
         count_ += x.rows * x.cols;
     }
     void observe(std::span<const float> x, std::string_view name = "x") { observe(as_row(x), name); }
-    void merge(const PercentileObserver& o) {
+    void merge(const BasicPercentileObserver& o) {
         require(o.p_ == p_, "PercentileObserver::merge: percentiles differ (", p_, " vs ", o.p_, ")");
         hist_.merge(o.hist_);
         range_ = range_.merged(o.range_);
@@ -218,8 +221,8 @@ public:
             if (hist_[b] != 0) s.bins.emplace_back(static_cast<std::uint32_t>(b), hist_[b]);
         return s;
     }
-    static PercentileObserver restore(const SavedState& s) {
-        PercentileObserver o(s.percentile);
+    static BasicPercentileObserver restore(const SavedState& s) {
+        BasicPercentileObserver o(s.percentile);
         std::uint64_t total = 0;
         for (const auto& [b, n] : s.bins) {
             require(b < hist_type::kBins, "PercentileObserver::restore: bin ", b, " out of range [0, ", hist_type::kBins, ")");
@@ -273,6 +276,7 @@ private:
     RowRange range_;
     std::uint64_t count_ = 0;
 };
+using PercentileObserver = BasicPercentileObserver<>; // a template: compiled only where used (core/config.hpp)
 
 // ---------------------------------------------------------------------------------------------
 // MSE-optimal clipping: among the ranges α·[min(lo,0), max(hi,0)] (asymmetric) or α·[−m, m] with
@@ -290,11 +294,12 @@ struct MseOptions {
     double min_ratio = 0.05; // smallest α tried
 };
 
-class MseObserver {
+template <class = void>
+class BasicMseObserver {
 public:
     static constexpr int kMantissaBits = 6;
 
-    explicit MseObserver(MseOptions options = {}) : opt_(options) {
+    explicit BasicMseObserver(MseOptions options = {}) : opt_(options) {
         require(opt_.bits >= 2 && opt_.bits <= 8, "MseObserver: bits must be in [2, 8], got ", opt_.bits);
         require(opt_.grid >= 1, "MseObserver: grid must be >= 1, got ", opt_.grid);
         require(opt_.min_ratio > 0.0 && opt_.min_ratio <= 1.0, "MseObserver: min_ratio must be in (0, 1], got ",
@@ -312,7 +317,7 @@ public:
         count_ += x.rows * x.cols;
     }
     void observe(std::span<const float> x, std::string_view name = "x") { observe(as_row(x), name); }
-    void merge(const MseObserver& o) {
+    void merge(const BasicMseObserver& o) {
         require(o.opt_.grid == opt_.grid && o.opt_.min_ratio == opt_.min_ratio && o.opt_.bits == opt_.bits &&
                     o.opt_.symmetric == opt_.symmetric,
                 "MseObserver::merge: options differ (bits ", opt_.bits, " vs ", o.opt_.bits, ", grid ", opt_.grid,
@@ -407,6 +412,7 @@ private:
     RowRange range_;
     std::uint64_t count_ = 0;
 };
+using MseObserver = BasicMseObserver<>; // a template: compiled only where used (core/config.hpp)
 
 static_assert(Observer<MinMaxObserver> && Observer<PercentileObserver> && Observer<MseObserver>);
 

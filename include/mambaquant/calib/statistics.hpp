@@ -39,9 +39,10 @@ struct SiteOptions {
     bool covariance = false;
 };
 
-class SiteStats {
+template <class Tag = void>
+class BasicSiteStats {
 public:
-    SiteStats(std::size_t dim, SiteOptions options = {})
+    BasicSiteStats(std::size_t dim, SiteOptions options = {})
         : channels_(dim), percentile_(options.percentile), options_(options) {
         if (options.covariance) covariance_.emplace(dim);
     }
@@ -59,7 +60,7 @@ public:
         if (covariance_) covariance_->add(rows);
     }
 
-    void merge(const SiteStats& o) {
+    void merge(const BasicSiteStats& o) {
         require(o.dim() == dim(), "SiteStats::merge: dimension ", o.dim(), " differs from ", dim());
         require(o.covariance_.has_value() == covariance_.has_value(),
                 "SiteStats::merge: one shard has a covariance and the other has not");
@@ -83,17 +84,19 @@ public:
     ValueRange percentile_range() const { return percentile_.range(); }
 
     void serialize(std::ostream& out) const;
-    static SiteStats deserialize(std::istream& in);
+    static BasicSiteStats deserialize(std::istream& in);
 
 private:
-    SiteStats(ChannelStats c, PercentileObserver p, std::optional<CovarianceAccumulator> cov, SiteOptions o)
+    BasicSiteStats(ChannelStats c, PercentileObserver p, std::optional<CovarianceAccumulator> cov, SiteOptions o)
         : channels_(std::move(c)), percentile_(std::move(p)), covariance_(std::move(cov)), options_(o) {}
 
-    ChannelStats channels_;
-    PercentileObserver percentile_;
-    std::optional<CovarianceAccumulator> covariance_;
+    // Dependent types (core/config.hpp: dependent_t): the bodies are analysed only where used.
+    dependent_t<Tag, ChannelStats> channels_;
+    dependent_t<Tag, PercentileObserver> percentile_;
+    std::optional<dependent_t<Tag, CovarianceAccumulator>> covariance_;
     SiteOptions options_;
 };
+using SiteStats = BasicSiteStats<>; // a template: compiled only where used (core/config.hpp)
 
 // Key of a site: "layers.<i>.<site>" for a layer's site, the bare site name for model-level ones
 // (e.g. "lm_head").
@@ -103,7 +106,8 @@ std::string site_key(std::size_t layer, std::string_view site) {
 }
 
 // All sites of a model, ordered by key (so files and merges are deterministic).
-class CalibrationStats {
+template <class Tag = void>
+class BasicCalibrationStats {
 public:
     static constexpr char kMagic[8] = {'M', 'Q', 'C', 'A', 'L', 'I', 'B', '\0'};
     static constexpr std::uint32_t kVersion = 1;
@@ -127,7 +131,7 @@ public:
     void count_window() noexcept { ++windows_; }
 
     // Shards of one calibration (disjoint windows, same sites) reduce into one.
-    void merge(const CalibrationStats& o) {
+    void merge(const BasicCalibrationStats& o) {
         for (const auto& [key, s] : o.sites_) {
             auto it = sites_.find(key);
             if (it == sites_.end()) sites_.emplace(key, s);
@@ -137,22 +141,23 @@ public:
     }
 
     void serialize(std::ostream& out) const;
-    static CalibrationStats deserialize(std::istream& in);
+    static BasicCalibrationStats deserialize(std::istream& in);
 
     // Writes to `path` through a temporary file renamed into place (no half-written file).
     void save(const std::filesystem::path& path) const {
         write_atomically(path, [&](std::ostream& f) { serialize(f); });
     }
-    static CalibrationStats load(const std::filesystem::path& path) {
+    static BasicCalibrationStats load(const std::filesystem::path& path) {
         std::ifstream f(path, std::ios::binary);
         require(static_cast<bool>(f), "CalibrationStats::load: cannot open '", path.string(), "'");
         return deserialize(f);
     }
 
 private:
-    std::map<std::string, SiteStats> sites_;
+    std::map<std::string, dependent_t<Tag, SiteStats>> sites_; // dependent: analysed only where used
     std::size_t windows_ = 0;
 };
+using CalibrationStats = BasicCalibrationStats<>; // a template: compiled only where used (core/config.hpp)
 
 // ---- stream format ---------------------------------------------------------------------------
 // Little-endian. CalibrationStats: magic, version, windows, site count, then per site: key
@@ -160,7 +165,8 @@ private:
 // max[d], percentile state (p, lo, hi, count, bin count, (bin u32, count u64)…), and the
 // covariance accumulator's own checksummed stream when present.
 namespace detail {
-struct CalibWriter {
+template <class = void>
+struct BasicCalibWriter {
     std::ostream& out;
     template <class V>
     void put(V v) {
@@ -171,7 +177,9 @@ struct CalibWriter {
         out.write(s.data(), static_cast<std::streamsize>(s.size()));
     }
 };
-struct CalibReader {
+using CalibWriter = BasicCalibWriter<>; // a template: compiled only where used (core/config.hpp)
+template <class = void>
+struct BasicCalibReader {
     std::istream& in;
     template <class V>
     V get(const char* field) {
@@ -189,9 +197,11 @@ struct CalibReader {
         return s;
     }
 };
+using CalibReader = BasicCalibReader<>; // a template: compiled only where used (core/config.hpp)
 } // namespace detail
 
-inline void SiteStats::serialize(std::ostream& out) const {
+template <class Tag>
+void BasicSiteStats<Tag>::serialize(std::ostream& out) const {
     static_assert(std::endian::native == std::endian::little, "calibration statistics are stored little-endian");
     detail::CalibWriter w{out};
     w.put(static_cast<std::uint64_t>(dim()));
@@ -213,7 +223,8 @@ inline void SiteStats::serialize(std::ostream& out) const {
     if (covariance_) covariance_->serialize(out);
 }
 
-inline SiteStats SiteStats::deserialize(std::istream& in) {
+template <class Tag>
+BasicSiteStats<Tag> BasicSiteStats<Tag>::deserialize(std::istream& in) {
     detail::CalibReader r{in};
     const auto dim = r.get<std::uint64_t>("dim");
     require(dim >= 1 && dim <= CovarianceAccumulator::kMaxDim, "calibration statistics: site dimension ", dim,
@@ -245,10 +256,11 @@ inline SiteStats SiteStats::deserialize(std::istream& in) {
         cov.emplace(CovarianceAccumulator::deserialize(in));
         require(cov->dim() == dim, "calibration statistics: covariance dimension ", cov->dim(), " differs from ", dim);
     }
-    return SiteStats(ChannelStats::restore(mn, mx, count), PercentileObserver::restore(ps), std::move(cov), o);
+    return BasicSiteStats(ChannelStats::restore(mn, mx, count), PercentileObserver::restore(ps), std::move(cov), o);
 }
 
-inline void CalibrationStats::serialize(std::ostream& out) const {
+template <class Tag>
+void BasicCalibrationStats<Tag>::serialize(std::ostream& out) const {
     out.write(kMagic, sizeof(kMagic));
     detail::CalibWriter w{out};
     w.put(kVersion);
@@ -261,7 +273,8 @@ inline void CalibrationStats::serialize(std::ostream& out) const {
     require(static_cast<bool>(out), "CalibrationStats::serialize: stream write failed");
 }
 
-inline CalibrationStats CalibrationStats::deserialize(std::istream& in) {
+template <class Tag>
+BasicCalibrationStats<Tag> BasicCalibrationStats<Tag>::deserialize(std::istream& in) {
     char magic[sizeof(kMagic)] = {};
     in.read(magic, sizeof(magic));
     require(static_cast<bool>(in) && std::memcmp(magic, kMagic, sizeof(kMagic)) == 0,
@@ -269,7 +282,7 @@ inline CalibrationStats CalibrationStats::deserialize(std::istream& in) {
     detail::CalibReader r{in};
     const auto version = r.get<std::uint32_t>("version");
     require(version == kVersion, "CalibrationStats: unsupported version ", version, ", expected ", kVersion);
-    CalibrationStats c;
+    BasicCalibrationStats c;
     c.windows_ = static_cast<std::size_t>(r.get<std::uint64_t>("windows"));
     const auto n = r.get<std::uint64_t>("site count");
     require(n <= (std::uint64_t{1} << 20), "CalibrationStats: site count ", n, " is implausible");

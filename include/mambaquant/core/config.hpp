@@ -56,8 +56,27 @@
 // companion's copy instead of compiling its own; without it, nothing. Functions that would
 // otherwise be plain inline functions are written `template <class = void>` (never spelled by
 // callers) for this, which also instantiates them only in translation units that call them.
+// Non-template classes whose members call Eigen, JSON or standard-library templates are written
+// the same way: `template <class = void> class BasicX {...}; using X = BasicX<>;` (users spell X),
+// so a file that includes the header but never uses X compiles none of X's members.
 #ifdef MQ_COMPILED
 #define MQ_EXTERN_TEMPLATE(...) extern template __VA_ARGS__;
 #else
 #define MQ_EXTERN_TEMPLATE(...)
 #endif
+
+MQ_NAMESPACE_BEGIN
+// dependent_t<Tag, T> is T, spelled so that it depends on Tag. A template's body is analysed where
+// it is defined as far as it does not depend on a template parameter: a `template <class = void>`
+// function with a plain `const MatrixXf&` parameter still builds every Eigen expression type and
+// resolves every call of its body in each includer (only the final instantiation is deferred).
+// Written `template <class Tag = void> f(const dependent_t<Tag, MatrixXf>& w)` (Tag is never
+// deduced nor spelled: it defaults to void, and callers see f(const MatrixXf&)), the body waits
+// until a caller instantiates it.
+template <class Tag, class T>
+struct dependent_type {
+    using type = T;
+};
+template <class Tag, class T>
+using dependent_t = typename dependent_type<Tag, T>::type;
+MQ_NAMESPACE_END

@@ -32,8 +32,9 @@ struct AccuracyRow {
 inline constexpr const char* kAccuracyCsvHeader = "model,method,bits,bpb,delta_pct,size_mib,prefill_tok_s,decode_tok_s";
 
 // Writes rows to `path` through a temporary file renamed into place.
-template <class = void>
-void write_accuracy_csv(const std::filesystem::path& path, const std::vector<AccuracyRow>& rows) {
+template <class Tag = void>
+void write_accuracy_csv(const dependent_t<Tag, std::filesystem::path>& path,
+                        const dependent_t<Tag, std::vector<AccuracyRow>>& rows) {
     write_atomically(path, [&](std::ostream& f) {
         f << kAccuracyCsvHeader << '\n' << std::setprecision(6);
         for (const auto& r : rows)
@@ -42,14 +43,14 @@ void write_accuracy_csv(const std::filesystem::path& path, const std::vector<Acc
     });
 }
 
-template <class = void>
-void print_accuracy_header(std::ostream& out) {
+template <class Tag = void>
+void print_accuracy_header(dependent_t<Tag, std::ostream>& out) {
     out << std::left << std::setw(24) << "model" << std::setw(19) << "method" << std::setw(6) << "bits" << std::right
         << std::setw(9) << "bpb" << std::setw(9) << "delta%" << std::setw(9) << "MiB" << std::setw(11) << "prefill/s"
         << std::setw(10) << "decode/s" << '\n';
 }
-template <class = void>
-void print_accuracy_row(std::ostream& out, const AccuracyRow& r) {
+template <class Tag = void>
+void print_accuracy_row(dependent_t<Tag, std::ostream>& out, const dependent_t<Tag, AccuracyRow>& r) {
     out << std::left << std::setw(24) << r.model << std::setw(19) << r.method << std::setw(6) << r.bits << std::right
         << std::fixed << std::setprecision(4) << std::setw(9) << r.bpb << std::setprecision(2) << std::setw(9)
         << r.delta_pct << std::setprecision(3) << std::setw(9) << r.size_mib << std::setprecision(0) << std::setw(11)

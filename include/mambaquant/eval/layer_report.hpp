@@ -52,13 +52,15 @@ struct LayerReportRow {
 
 namespace detail {
 // Keeps a copy of every tap point's value of the last call.
-class TapRecorder final : public ActivationTap {
+template <class = void>
+class BasicTapRecorder final : public ActivationTap {
 public:
     void on_activation(std::size_t layer, TapPoint point, ConstMatrixView<float> v) override {
         values[{layer, point}] = as_eigen(v);
     }
     std::map<std::pair<std::size_t, TapPoint>, MatrixXf> values;
 };
+using TapRecorder = BasicTapRecorder<>; // a template: compiled only where used (core/config.hpp)
 template <class = void>
 std::optional<Site> site_of(TapPoint p) {
     switch (p) {
@@ -76,9 +78,10 @@ std::optional<Site> site_of(TapPoint p) {
 namespace detail {
 // Adds one run's recorded tensors (float `ref`, quantized `q`) to the per-(layer, tap point) sums.
 // Tap layers ≥ n_layer are the head's.
-template <class = void>
-void add_layer_report(std::map<std::pair<std::size_t, TapPoint>, LayerReportRow>& rows, const TapRecorder& ref,
-                      const TapRecorder& q, const QuantizationConfig& qc, std::size_t n_layer) {
+template <class Tag = void>
+void add_layer_report(dependent_t<Tag, std::map<std::pair<std::size_t, TapPoint>, LayerReportRow>>& rows,
+                      const dependent_t<Tag, TapRecorder>& ref, 
+                      const dependent_t<Tag, TapRecorder>& q, const dependent_t<Tag, QuantizationConfig>& qc, std::size_t n_layer) {
     const MatrixXf rot_out = qc.out_rotation ? rotation_matrix<float>(*qc.out_rotation) : MatrixXf();
     // With R4 the quantized model's C arrives rotated (C·H): rotate it back to compare in one basis.
     const MatrixXf rot_state_t =
@@ -114,8 +117,8 @@ void add_layer_report(std::map<std::pair<std::size_t, TapPoint>, LayerReportRow>
         row.quant.add(xs.data(), xq.data(), static_cast<std::size_t>(xs.size()));
     }
 }
-template <class = void>
-std::vector<LayerReportRow> layer_report_rows(std::map<std::pair<std::size_t, TapPoint>, LayerReportRow>& rows) {
+template <class Tag = void>
+std::vector<LayerReportRow> layer_report_rows(dependent_t<Tag, std::map<std::pair<std::size_t, TapPoint>, LayerReportRow>>& rows) {
     std::vector<LayerReportRow> out;
     for (auto& [k, r] : rows) out.push_back(std::move(r));
     return out;
@@ -143,8 +146,9 @@ std::vector<LayerReportRow> layer_report(const Reference& reference, const Quant
 
 // layers.csv: layer,site,quant_sqnr_db,quant_cosine,drift_sqnr_db,drift_cosine (written to a
 // temporary file, then renamed). Sites without a static quantizer leave the quant columns empty.
-template <class = void>
-void write_layer_report(const std::filesystem::path& path, const std::vector<LayerReportRow>& rows) {
+template <class Tag = void>
+void write_layer_report(const dependent_t<Tag, std::filesystem::path>& path,
+                        const dependent_t<Tag, std::vector<LayerReportRow>>& rows) {
     write_atomically(path, [&](std::ostream& f) {
         f << "layer,site,quant_sqnr_db,quant_cosine,drift_sqnr_db,drift_cosine\n";
         for (const auto& r : rows) {

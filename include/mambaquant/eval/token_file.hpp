@@ -24,7 +24,8 @@ MQ_NAMESPACE_BEGIN
 // Any other file is read as raw bytes, one token per byte (byte-level models, vocabulary 256).
 inline constexpr char kTokenFileMagic[8] = {'M', 'Q', 'T', 'O', 'K', 'E', 'N', 'S'};
 
-inline std::vector<std::uint32_t> read_tokens(const std::filesystem::path& path) {
+template <class Tag = void>
+std::vector<std::uint32_t> read_tokens(const dependent_t<Tag, std::filesystem::path>& path) {
     std::error_code ec;
     // A directory or a FIFO would read as empty (or block): refuse anything but a regular file.
     require(std::filesystem::is_regular_file(path, ec), "read_tokens: cannot open '", path.string(),

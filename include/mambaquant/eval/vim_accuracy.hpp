@@ -41,8 +41,9 @@ struct VimImages {
 // A split ("test" or "calib") of a model directory's digits.safetensors (tools/train_vim.py
 // writes it: "<split>.images" U8 [n, H, W] and "<split>.labels" U8 [n]), scaled by the config's
 // pixel_scale and checked against its image size and class count.
-template <class = void>
-VimImages load_vim_images(const std::filesystem::path& file, std::string_view split, const VimConfig& cfg) {
+template <class Tag = void>
+VimImages load_vim_images(const dependent_t<Tag, std::filesystem::path>& file, std::string_view split,
+                          const dependent_t<Tag, VimConfig>& cfg) {
     const SafetensorsFile f = SafetensorsFile::open(file);
     const std::string in = std::string(split) + ".images", ln = std::string(split) + ".labels";
     const TensorInfo& ti = f.info(in);
@@ -64,8 +65,8 @@ VimImages load_vim_images(const std::filesystem::path& file, std::string_view sp
 }
 
 // Fraction of rows whose largest logit is the label's.
-template <class = void>
-double top1(const MatrixXf& logits, std::span<const std::uint8_t> labels) {
+template <class Tag = void>
+double top1(const dependent_t<Tag, MatrixXf>& logits, std::span<const std::uint8_t> labels) {
     require(static_cast<std::size_t>(logits.rows()) == labels.size(), "top1: ", logits.rows(), " rows of logits, ",
             labels.size(), " labels");
     if (labels.empty()) return 0.0;
@@ -104,8 +105,9 @@ struct VimAccuracyRow {
 inline constexpr const char* kVimAccuracyCsvHeader = "model,method,bits,top1,delta_points";
 
 // Writes rows to `path` through a temporary file renamed into place.
-template <class = void>
-void write_vim_accuracy_csv(const std::filesystem::path& path, const std::vector<VimAccuracyRow>& rows) {
+template <class Tag = void>
+void write_vim_accuracy_csv(const dependent_t<Tag, std::filesystem::path>& path,
+                            const dependent_t<Tag, std::vector<VimAccuracyRow>>& rows) {
     const std::filesystem::path tmp = path.string() + ".tmp";
     {
         std::ofstream f(tmp);
@@ -117,13 +119,13 @@ void write_vim_accuracy_csv(const std::filesystem::path& path, const std::vector
     std::filesystem::rename(tmp, path);
 }
 
-template <class = void>
-void print_vim_accuracy_header(std::ostream& out) {
+template <class Tag = void>
+void print_vim_accuracy_header(dependent_t<Tag, std::ostream>& out) {
     out << std::left << std::setw(24) << "model" << std::setw(16) << "method" << std::setw(6) << "bits" << std::right
         << std::setw(9) << "top1%" << std::setw(9) << "delta" << '\n';
 }
-template <class = void>
-void print_vim_accuracy_row(std::ostream& out, const VimAccuracyRow& r) {
+template <class Tag = void>
+void print_vim_accuracy_row(dependent_t<Tag, std::ostream>& out, const dependent_t<Tag, VimAccuracyRow>& r) {
     out << std::left << std::setw(24) << r.model << std::setw(16) << r.method << std::setw(6) << r.bits << std::right
         << std::fixed << std::setprecision(2) << std::setw(9) << r.top1 << std::setw(9) << r.delta_points << '\n'
         << std::defaultfloat << std::setprecision(6);
@@ -144,8 +146,9 @@ struct VimTableOptions {
 // per seed, then the mean named "method"), as out/accuracy.csv names them. `table` (optional)
 // receives the rows printed as the table (float and the means). (A template never spelled by
 // callers: instantiated only where called.)
-template <class = void>
-std::vector<VimAccuracyRow> vim_accuracy_rows(const std::filesystem::path& dir, const VimTableOptions& o,
+template <class Tag = void>
+std::vector<VimAccuracyRow> vim_accuracy_rows(const dependent_t<Tag, std::filesystem::path>& dir,
+                                              const dependent_t<Tag, VimTableOptions>& o, 
                                               std::vector<VimAccuracyRow>* table = nullptr) {
     const VimConfig cfg = load_vim_config(dir);
     const VimWeights fw = load_vim_weights(dir);

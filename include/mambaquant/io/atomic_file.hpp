@@ -49,15 +49,15 @@ void write_atomically(const std::filesystem::path& path, Write&& write) {
     require(!ec, path.string(), ": cannot rename ", tmp.string(), " into place: ", ec.message());
 }
 
-template <class = void>
-void write_file_atomically(const std::filesystem::path& path, std::span<const std::byte> bytes) {
+template <class Tag = void>
+void write_file_atomically(const dependent_t<Tag, std::filesystem::path>& path, std::span<const std::byte> bytes) {
     write_atomically(path, [&](std::ostream& out) {
         out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
     });
 }
 
-template <class = void>
-void write_file_atomically(const std::filesystem::path& path, std::string_view text) {
+template <class Tag = void>
+void write_file_atomically(const dependent_t<Tag, std::filesystem::path>& path, std::string_view text) {
     write_file_atomically(path, std::as_bytes(std::span(text.data(), text.size())));
 }
 

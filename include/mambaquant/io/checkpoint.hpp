@@ -21,11 +21,12 @@ inline constexpr const char* kSafetensorsSingleName = "model.safetensors";
 
 // Tensors by name across one or several files. The index ({"metadata": {...}, "weight_map":
 // {tensor: shard file}}) is authoritative: every tensor it lists must be in the shard it names.
-class Checkpoint {
+template <class = void>
+class BasicCheckpoint {
 public:
     // `path` is a directory (index or model.safetensors inside), an index file, or one
     // .safetensors file.
-    static Checkpoint open(const std::filesystem::path& path) {
+    static BasicCheckpoint open(const std::filesystem::path& path) {
         namespace fs = std::filesystem;
         require(fs::exists(path), path.string(), ": no such file or directory");
         if (fs::is_directory(path)) {
@@ -35,7 +36,7 @@ public:
             return open(path / kSafetensorsSingleName);
         }
         if (path.filename().string().ends_with(".index.json")) return open_index(path);
-        Checkpoint c;
+        BasicCheckpoint c;
         c.path_ = path;
         c.shards_.push_back(SafetensorsFile::open(path));
         for (const auto& t : c.shards_[0].tensors()) c.where_.emplace(t.name, 0);
@@ -87,8 +88,8 @@ public:
     }
 
 private:
-    static Checkpoint open_index(const std::filesystem::path& index_path) {
-        Checkpoint c;
+    static BasicCheckpoint open_index(const std::filesystem::path& index_path) {
+        BasicCheckpoint c;
         c.path_ = index_path.parent_path();
         const auto map = parse_index(detail::read_text_file(index_path), index_path.string(), &c.metadata_);
         std::map<std::string, std::size_t> shard_ids;
@@ -107,10 +108,13 @@ private:
     std::map<std::string, std::size_t, std::less<>> where_;
     Metadata metadata_;
 };
+using Checkpoint = BasicCheckpoint<>; // a template: compiled only where used (core/config.hpp)
 
+template <class Tag>
 template <class>
-std::map<std::string, std::string, std::less<>> Checkpoint::parse_index(std::string_view text, std::string_view source,
-                                                                Metadata* metadata) {
+std::map<std::string, std::string, std::less<>> BasicCheckpoint<Tag>::parse_index(std::string_view text,
+                                                                                  std::string_view source,
+                                                                                  Metadata* metadata) {
     const nlohmann::json root = detail::parse_untrusted_json(text, source, 2);
     require(root.is_object(), source, ": index must be a JSON object");
     require(root.contains("weight_map") && root["weight_map"].is_object(), source,
@@ -136,17 +140,18 @@ MQ_EXTERN_TEMPLATE(std::map<std::string, std::string, std::less<>> Checkpoint::p
 // that inflates a dimension fails on the file's real size, not on an allocation), and at the end
 // every tensor must have been claimed (a config with fewer layers than its checkpoint would
 // otherwise load, run and compute the wrong function without a word).
-class TensorClaims {
+template <class = void>
+class BasicTensorClaims {
 public:
     // `tensors`: every tensor of the checkpoint; they must outlive the claims. `source` names the
     // checkpoint in messages; built from a Checkpoint, each tensor's own shard file is named.
-    TensorClaims(std::vector<const TensorInfo*> tensors, std::string source) : source_(std::move(source)) {
+    BasicTensorClaims(std::vector<const TensorInfo*> tensors, std::string source) : source_(std::move(source)) {
         for (const TensorInfo* t : tensors) entries_.emplace(std::string_view(t->name), Entry{t, false, {}});
     }
-    explicit TensorClaims(const Checkpoint& ck) : TensorClaims(ck.infos(), ck.path().string()) {
+    explicit BasicTensorClaims(const Checkpoint& ck) : BasicTensorClaims(ck.infos(), ck.path().string()) {
         for (auto& [name, e] : entries_) e.file = ck.source_of(name);
     }
-    TensorClaims(const SafetensorsHeader& h, std::string source) : source_(std::move(source)) {
+    BasicTensorClaims(const SafetensorsHeader& h, std::string source) : source_(std::move(source)) {
         for (const auto& t : h.tensors) entries_.emplace(std::string_view(t.name), Entry{&t, false, {}});
     }
 
@@ -185,12 +190,13 @@ private:
     std::string source_;
     std::map<std::string_view, Entry, std::less<>> entries_;
 };
+using TensorClaims = BasicTensorClaims<>; // a template: compiled only where used (core/config.hpp)
 
 // Writes `tensors` as model-0000k-of-0000n.safetensors shards of at most `max_shard_bytes` of data
 // each (a tensor never splits) plus the index; one shard is written as model.safetensors alone.
-template <class = void>
-void save_sharded_safetensors(const std::filesystem::path& dir, std::span<const TensorData> tensors,
-                              std::size_t max_shard_bytes, const Metadata& metadata = {}) {
+template <class Tag = void>
+void save_sharded_safetensors(const dependent_t<Tag, std::filesystem::path>& dir, std::span<const TensorData> tensors,
+                              std::size_t max_shard_bytes, const dependent_t<Tag, Metadata>& metadata = {}) {
     std::filesystem::create_directories(dir);
     std::vector<std::vector<TensorData>> shards(1);
     std::size_t used = 0, total = 0;

@@ -44,8 +44,9 @@ struct MambaConfig {
 namespace detail {
 
 // A config field read with its type checked; `where` names the file (and "ssm_cfg." prefix).
-template <class = void>
-std::size_t config_size(const nlohmann::json& obj, const char* key, std::string_view where, bool required,
+template <class Tag = void>
+std::size_t config_size(const dependent_t<Tag, nlohmann::json>& obj, const char* key, std::string_view where,
+                        bool required, 
                         std::size_t fallback) {
     if (!obj.contains(key) || obj[key].is_null()) {
         require(!required, where, ": required field \"", key, "\" is missing");
@@ -55,7 +56,7 @@ std::size_t config_size(const nlohmann::json& obj, const char* key, std::string_
     const auto& j = obj[key];
     // Some exporters write whole numbers as floats (2.0); accept those, nothing fractional.
     if (j.is_number_float()) {
-        const double d = j.get<double>();
+        const double d = j.template get<double>();
         require(d >= 1 && d <= 1e12 && std::floor(d) == d, where, ": field \"", key, "\" must be a positive integer, got ", j.dump());
         return static_cast<std::size_t>(d);
     }
@@ -63,27 +64,29 @@ std::size_t config_size(const nlohmann::json& obj, const char* key, std::string_
             "\" must be a positive integer, got ", j.dump());
     return v;
 }
-template <class = void>
-bool config_bool(const nlohmann::json& obj, const char* key, std::string_view where, bool fallback) {
+template <class Tag = void>
+bool config_bool(const dependent_t<Tag, nlohmann::json>& obj, const char* key, std::string_view where, bool fallback) {
     if (!obj.contains(key) || obj[key].is_null()) return fallback;
     require(obj[key].is_boolean(), where, ": field \"", key, "\" must be true or false, got ", obj[key].dump());
-    return obj[key].get<bool>();
+    return obj[key].template get<bool>();
 }
-template <class = void>
-float config_float(const nlohmann::json& obj, const char* key, std::string_view where, float fallback) {
+template <class Tag = void>
+float config_float(const dependent_t<Tag, nlohmann::json>& obj, const char* key, std::string_view where,
+                   float fallback) {
     if (!obj.contains(key) || obj[key].is_null()) return fallback;
     require(obj[key].is_number(), where, ": field \"", key, "\" must be a number, got ", obj[key].dump());
-    const double v = obj[key].get<double>();
+    const double v = obj[key].template get<double>();
     require(v > 0 && v < 1, where, ": field \"", key, "\" must be in (0, 1), got ", obj[key].dump());
     return static_cast<float>(v);
 }
 // dt_rank / time_step_rank: "auto" (= ceil(D/16)) or a positive integer.
-template <class = void>
-std::size_t config_rank(const nlohmann::json& obj, const char* key, std::string_view where, std::size_t d_model) {
+template <class Tag = void>
+std::size_t config_rank(const dependent_t<Tag, nlohmann::json>& obj, const char* key, std::string_view where,
+                        std::size_t d_model) {
     const std::size_t automatic = (d_model + 15) / 16;
     if (!obj.contains(key) || obj[key].is_null()) return automatic;
     if (obj[key].is_string()) {
-        require(obj[key].get_ref<const std::string&>() == "auto", where, ": field \"", key,
+        require(obj[key].template get_ref<const std::string&>() == "auto", where, ": field \"", key,
                 "\" must be \"auto\" or a positive integer, got ", obj[key].dump());
         return automatic;
     }
@@ -98,8 +101,8 @@ std::size_t config_product(std::size_t a, std::size_t b, const char* what, std::
 }
 // Every tensor the config implies must have an element count (and byte count) that a size_t and
 // an Eigen index hold; the checkpoint's real sizes bound them further at load (io/mamba_tensors.hpp).
-template <class = void>
-void config_check_sizes(const MambaConfig& c, std::string_view where) {
+template <class Tag = void>
+void config_check_sizes(const dependent_t<Tag, MambaConfig>& c, std::string_view where) {
     constexpr std::size_t kMaxElements = static_cast<std::size_t>(PTRDIFF_MAX) / sizeof(double);
     const std::size_t dbc = c.dt_rank + 2 * c.d_state; // each ≤ 2⁴⁰: no overflow
     const std::pair<const char*, std::size_t> dims[][2] = {
@@ -212,16 +215,16 @@ MambaConfig parse_mamba_config(std::string_view text, std::string_view source = 
 }
 MQ_EXTERN_TEMPLATE(MambaConfig parse_mamba_config<>(std::string_view, std::string_view))
 
-template <class = void>
-MambaConfig load_mamba_config(const std::filesystem::path& path) {
+template <class Tag = void>
+MambaConfig load_mamba_config(const dependent_t<Tag, std::filesystem::path>& path) {
     const auto file = std::filesystem::is_directory(path) ? path / "config.json" : path;
     return parse_mamba_config(detail::read_text_file(file), file.string());
 }
 MQ_EXTERN_TEMPLATE(MambaConfig load_mamba_config<>(const std::filesystem::path&))
 
 // config.json text in the requested layout (the vocabulary written padded in the transformers one).
-template <class = void>
-std::string mamba_config_json(const MambaConfig& c, ConfigLayout layout) {
+template <class Tag = void>
+std::string mamba_config_json(const dependent_t<Tag, MambaConfig>& c, ConfigLayout layout) {
     nlohmann::json j;
     const bool whole_expand = c.d_model > 0 && c.d_inner % c.d_model == 0;
     if (layout == ConfigLayout::mamba_ssm) {

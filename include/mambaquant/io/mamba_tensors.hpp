@@ -28,8 +28,8 @@ struct MambaTensorShape {
 };
 
 // The tensors of layer i (the conv bias only when the config has one), in load order.
-template <class = void>
-std::vector<MambaTensorShape> mamba_layer_tensors(const MambaConfig& c, std::size_t i) {
+template <class Tag = void>
+std::vector<MambaTensorShape> mamba_layer_tensors(const dependent_t<Tag, MambaConfig>& c, std::size_t i) {
     const std::size_t D = c.d_model, E = c.d_inner, N = c.d_state, R = c.dt_rank, K = c.d_conv;
     const std::string p = detail::concat("backbone.layers.", i, "."), mx = p + "mixer.";
     std::vector<MambaTensorShape> t = {{p + "norm.weight", {D}}, {mx + "in_proj.weight", {2 * E, D}}, {mx + "conv1d.weight", {E, 1, K}}};
@@ -40,8 +40,8 @@ std::vector<MambaTensorShape> mamba_layer_tensors(const MambaConfig& c, std::siz
 }
 
 // The config's sizes in one line, for messages.
-template <class = void>
-std::string mamba_config_summary(const MambaConfig& c) {
+template <class Tag = void>
+std::string mamba_config_summary(const dependent_t<Tag, MambaConfig>& c) {
     return detail::concat("the config (d_model ", c.d_model, ", n_layer ", c.n_layer, ", vocab ", c.padded_vocab,
                           ", d_inner ", c.d_inner, ", d_state ", c.d_state, ", dt_rank ", c.dt_rank, ", d_conv ",
                           c.d_conv, c.conv_bias ? ", conv bias" : ", no conv bias", ")");
@@ -52,8 +52,8 @@ std::string mamba_config_summary(const MambaConfig& c) {
 // checkpoint left unread. Cost: a few map lookups per tensor, no allocation proportional to a
 // dimension, so a config with 10⁹ layers or a 2⁴⁰ vocabulary fails here on the file's real sizes.
 // Layers are claimed in order and a missing layer is named as such (n_layer larger than the file).
-template <class = void>
-MambaTensorNames claim_mamba_tensors(const MambaConfig& c, TensorClaims& claims) {
+template <class Tag = void>
+MambaTensorNames claim_mamba_tensors(const dependent_t<Tag, MambaConfig>& c, dependent_t<Tag, TensorClaims>& claims) {
     const std::size_t D = c.d_model, V = c.padded_vocab;
     const std::string& src = claims.source();
     MambaTensorNames names;
@@ -78,8 +78,9 @@ MambaTensorNames claim_mamba_tensors(const MambaConfig& c, TensorClaims& claims)
 }
 
 // The same check on a checkpoint (what BasicMambaModel::from_checkpoint runs first).
-template <class = void>
-MambaTensorNames check_mamba_checkpoint(const MambaConfig& c, const Checkpoint& ck) {
+template <class Tag = void>
+MambaTensorNames check_mamba_checkpoint(const dependent_t<Tag, MambaConfig>& c,
+                                        const dependent_t<Tag, Checkpoint>& ck) {
     TensorClaims claims(ck);
     return claim_mamba_tensors(c, claims);
 }

@@ -36,6 +36,7 @@ struct StoredQuantWeight {
     std::size_t groups() const noexcept { return group ? cols / group : 0; }
     std::size_t code_bytes() const noexcept { return bits == 8 ? rows * cols : rows * ((cols + 1) / 2); }
     // One QuantParams per (row, group), row-major.
+    template <class = void>
     std::vector<QuantParams> params() const {
         std::vector<QuantParams> p(scale.size());
         for (std::size_t i = 0; i < p.size(); ++i) {
@@ -48,8 +49,9 @@ struct StoredQuantWeight {
 };
 
 // Appends the tensors of `w` (borrowed until the write) under `base`.
-template <class = void>
-void append_quant_weight(std::vector<TensorData>& out, const std::string& base, const StoredQuantWeight& w) {
+template <class Tag = void>
+void append_quant_weight(dependent_t<Tag, std::vector<TensorData>>& out, const dependent_t<Tag, std::string>& base,
+                         const dependent_t<Tag, StoredQuantWeight>& w) {
     const DType code_type = w.bits == 8 ? DType::I8 : DType::U8;
     const std::size_t code_cols = w.bits == 8 ? w.cols : (w.cols + 1) / 2;
     out.push_back({base + ".qweight", code_type, {w.rows, code_cols}, std::as_bytes(std::span<const std::uint8_t>(w.codes))});
@@ -59,9 +61,10 @@ void append_quant_weight(std::vector<TensorData>& out, const std::string& base, 
 }
 
 namespace detail {
-template <class = void>
-std::span<const std::byte> checked_tensor_bytes(const Checkpoint& ck, const std::string& name, DType dtype,
-                                                const std::vector<std::size_t>& shape, std::size_t elem_bytes) {
+template <class Tag = void>
+std::span<const std::byte> checked_tensor_bytes(const dependent_t<Tag, Checkpoint>& ck,
+                                                const dependent_t<Tag, std::string>& name, DType dtype, 
+                                                const dependent_t<Tag, std::vector<std::size_t>>& shape, std::size_t elem_bytes) {
     require(ck.contains(name), ck.path().string(), ": quantized tensor \"", name, "\" not found");
     const TensorInfo& t = ck.info(name);
     require(t.dtype == dtype, ck.path().string(), ": tensor \"", name, "\" has dtype ", dtype_name(t.dtype), ", expected ",
@@ -79,8 +82,9 @@ std::span<const std::byte> checked_tensor_bytes(const Checkpoint& ck, const std:
 // Reads and checks the tensors of a quantized weight whose layout the caller knows (from the
 // quantization config): dtype, shape, byte size, every scale finite and > 0, every zero point and
 // code in range; each error names the tensor.
-template <class = void>
-StoredQuantWeight read_quant_weight(const Checkpoint& ck, const std::string& base, int bits, bool symmetric,
+template <class Tag = void>
+StoredQuantWeight read_quant_weight(const dependent_t<Tag, Checkpoint>& ck, const dependent_t<Tag, std::string>& base,
+                                    int bits, bool symmetric, 
                                     std::size_t rows, std::size_t cols, std::size_t group) {
     require(bits == 8 || bits == 4, "read_quant_weight: \"", base, "\": bits must be 4 or 8, got ", bits);
     require(group > 0 && cols % group == 0, "read_quant_weight: \"", base, "\": group ", group, " does not divide ", cols);
@@ -122,11 +126,12 @@ StoredQuantWeight read_quant_weight(const Checkpoint& ck, const std::string& bas
 
 // A static per-tensor activation quantizer as stored: F32 [2] = {scale, zero} (the zero point, an
 // integer ≤ 255, is exact in float).
-template <class = void>
-std::vector<float> act_params_tensor(const QuantParams& p) { return {p.scale, static_cast<float>(p.zero)}; }
+template <class Tag = void>
+std::vector<float> act_params_tensor(const dependent_t<Tag, QuantParams>& p) { return {p.scale, static_cast<float>(p.zero)}; }
 
-template <class = void>
-QuantParams read_act_params(const Checkpoint& ck, const std::string& name, bool symmetric) {
+template <class Tag = void>
+QuantParams read_act_params(const dependent_t<Tag, Checkpoint>& ck, const dependent_t<Tag, std::string>& name,
+                            bool symmetric) {
     const auto b = detail::checked_tensor_bytes(ck, name, DType::F32, {2}, sizeof(float));
     float v[2];
     std::memcpy(v, b.data(), sizeof v);

@@ -87,13 +87,16 @@ struct FloatTensor {
     std::size_t cols() const noexcept { return shape.empty() ? 1 : shape.back(); }
     std::size_t rows() const noexcept { return cols() == 0 ? 0 : data.size() / cols(); }
     MatrixView<const float> view() const noexcept { return {data.data(), rows(), cols()}; }
-    MatrixXf matrix() const { return as_eigen(view()); }
+    template <class = void> // a template: compiled only where used (core/config.hpp)
+    MatrixXf matrix() const {
+        return as_eigen(view());
+    }
 };
 
 namespace detail {
 
-template <class = void>
-std::string shape_string(const std::vector<std::size_t>& shape) {
+template <class Tag = void>
+std::string shape_string(const dependent_t<Tag, std::vector<std::size_t>>& shape) {
     std::string s = "[";
     for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
     return s + "]";
@@ -146,16 +149,16 @@ nlohmann::json parse_untrusted_json(std::string_view text, std::string_view sour
 }
 MQ_EXTERN_TEMPLATE(nlohmann::json parse_untrusted_json<>(std::string_view, std::string_view, int))
 
-template <class = void>
-bool json_to_size(const nlohmann::json& j, std::size_t& out) noexcept {
+template <class Tag = void>
+bool json_to_size(const dependent_t<Tag, nlohmann::json>& j, dependent_t<Tag, std::size_t>& out) noexcept {
     if (j.is_number_unsigned()) {
-        const auto v = j.get<std::uint64_t>();
+        const auto v = j.template get<std::uint64_t>();
         if (v > static_cast<std::uint64_t>(SIZE_MAX)) return false;
         out = static_cast<std::size_t>(v);
         return true;
     }
     if (j.is_number_integer()) {
-        const auto v = j.get<std::int64_t>();
+        const auto v = j.template get<std::int64_t>();
         if (v < 0) return false;
         out = static_cast<std::size_t>(v);
         return true;
@@ -281,8 +284,9 @@ namespace detail {
 
 // The whole text of a small file (config.json, an index). Only a regular file of at most
 // `max_bytes` is read: a FIFO or a device (/dev/zero) would block or never end, growing memory.
-template <class = void>
-std::string read_text_file(const std::filesystem::path& path, std::uintmax_t max_bytes = kJsonMaxFile) {
+template <class Tag = void>
+std::string read_text_file(const dependent_t<Tag, std::filesystem::path>& path,
+                           std::uintmax_t max_bytes = kJsonMaxFile) {
 #if MQ_HAS_MMAP
     // One descriptor for the check and the read, so the file cannot be swapped in between.
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
@@ -321,23 +325,24 @@ std::string read_text_file(const std::filesystem::path& path, std::uintmax_t max
 }
 
 // The bytes of one file: an mmap'ed region or a heap buffer, released on destruction.
-class FileBytes {
+template <class = void>
+class BasicFileBytes {
 public:
-    FileBytes() = default;
-    explicit FileBytes(std::vector<std::byte> buffer) : buffer_(std::move(buffer)) {
+    BasicFileBytes() = default;
+    explicit BasicFileBytes(std::vector<std::byte> buffer) : buffer_(std::move(buffer)) {
         data_ = buffer_.data();
         size_ = buffer_.size();
     }
-    FileBytes(const FileBytes&) = delete;
-    FileBytes& operator=(const FileBytes&) = delete;
-    ~FileBytes() {
+    BasicFileBytes(const BasicFileBytes&) = delete;
+    BasicFileBytes& operator=(const BasicFileBytes&) = delete;
+    ~BasicFileBytes() {
 #if MQ_HAS_MMAP
         if (mapped_) ::munmap(const_cast<std::byte*>(data_), size_);
 #endif
     }
 
-    static std::shared_ptr<FileBytes> open(const std::filesystem::path& path) {
-        auto fb = std::make_shared<FileBytes>();
+    static std::shared_ptr<BasicFileBytes> open(const std::filesystem::path& path) {
+        auto fb = std::make_shared<BasicFileBytes>();
 #if MQ_HAS_MMAP
         // O_NONBLOCK: opening a FIFO without a writer would otherwise block forever; a regular
         // file ignores the flag.
@@ -368,7 +373,7 @@ public:
             bytes.resize(chars.size());
             if (!chars.empty()) std::memcpy(bytes.data(), chars.data(), chars.size());
         });
-        return std::make_shared<FileBytes>(std::move(bytes));
+        return std::make_shared<BasicFileBytes>(std::move(bytes));
     }
 
     std::span<const std::byte> bytes() const noexcept { return {data_, size_}; }
@@ -379,16 +384,18 @@ private:
     std::size_t size_ = 0;
     bool mapped_ = false;
 };
+using FileBytes = BasicFileBytes<>; // a template: compiled only where used (core/config.hpp)
 } // namespace detail
 
 // A checked, read-only safetensors file. Copies share the mapping.
-class SafetensorsFile {
+template <class = void>
+class BasicSafetensorsFile {
 public:
-    static SafetensorsFile open(const std::filesystem::path& path) {
-        return SafetensorsFile(detail::FileBytes::open(path), path.string());
+    static BasicSafetensorsFile open(const std::filesystem::path& path) {
+        return BasicSafetensorsFile(detail::FileBytes::open(path), path.string());
     }
-    static SafetensorsFile from_bytes(std::vector<std::byte> bytes, std::string source = "<memory>") {
-        return SafetensorsFile(std::make_shared<detail::FileBytes>(std::move(bytes)), std::move(source));
+    static BasicSafetensorsFile from_bytes(std::vector<std::byte> bytes, std::string source = "<memory>") {
+        return BasicSafetensorsFile(std::make_shared<detail::FileBytes>(std::move(bytes)), std::move(source));
     }
 
     const std::string& source() const noexcept { return source_; }
@@ -464,7 +471,7 @@ private:
         }
     }
 
-    SafetensorsFile(std::shared_ptr<detail::FileBytes> file, std::string source)
+    BasicSafetensorsFile(std::shared_ptr<detail::FileBytes> file, std::string source)
         : file_(std::move(file)), source_(std::move(source)) {
         header_ = parse_safetensors_header(file_->bytes(), source_);
     }
@@ -472,6 +479,7 @@ private:
     std::string source_;
     SafetensorsHeader header_;
 };
+using SafetensorsFile = BasicSafetensorsFile<>; // a template: compiled only where used (core/config.hpp)
 
 // ---- writer ----
 
@@ -502,8 +510,9 @@ TensorData tensor_data(std::string name, std::span<const T> values, std::vector<
 
 // The whole file in memory. The header is padded with spaces to a multiple of 8 so that the data
 // section (and every tensor, written in order at 8-byte-aligned offsets) is aligned in a mapping.
-template <class = void>
-std::vector<std::byte> serialize_safetensors(std::span<const TensorData> tensors, const Metadata& metadata = {}) {
+template <class Tag = void>
+std::vector<std::byte> serialize_safetensors(std::span<const TensorData> tensors,
+                                             const dependent_t<Tag, Metadata>& metadata = {}) {
     nlohmann::json header = nlohmann::json::object();
     if (!metadata.empty()) header["__metadata__"] = metadata;
     std::size_t offset = 0;
@@ -535,8 +544,9 @@ std::vector<std::byte> serialize_safetensors(std::span<const TensorData> tensors
 }
 MQ_EXTERN_TEMPLATE(std::vector<std::byte> serialize_safetensors<>(std::span<const TensorData>, const Metadata&))
 
-template <class = void>
-void save_safetensors(const std::filesystem::path& path, std::span<const TensorData> tensors, const Metadata& metadata = {}) {
+template <class Tag = void>
+void save_safetensors(const dependent_t<Tag, std::filesystem::path>& path, std::span<const TensorData> tensors,
+                      const dependent_t<Tag, Metadata>& metadata = {}) {
     write_file_atomically(path, serialize_safetensors(tensors, metadata));
 }
 MQ_EXTERN_TEMPLATE(void save_safetensors<>(const std::filesystem::path&, std::span<const TensorData>, const Metadata&))

@@ -116,8 +116,8 @@ VimConfig parse_vim_config(std::string_view text, std::string_view source = "con
     return c;
 }
 
-template <class = void>
-VimConfig load_vim_config(const std::filesystem::path& path) {
+template <class Tag = void>
+VimConfig load_vim_config(const dependent_t<Tag, std::filesystem::path>& path) {
     const auto file = std::filesystem::is_directory(path) ? path / "config.json" : path;
     return parse_vim_config(detail::read_text_file(file), file.string());
 }

@@ -60,7 +60,8 @@ enum class FwhtDirection { forward, inverse };
 
 namespace detail {
 // Pattern p = (s1, s2, s3) bits 0..2: u_p = z0 + (−1)^s1·z1 + (−1)^s2·z2 + (−1)^s3·z3.
-inline std::uint8_t hadamard_combo_code(const Matrix<int>& hm, std::size_t g, std::size_t j) {
+template <class = void>
+std::uint8_t hadamard_combo_code(const Matrix<int>& hm, std::size_t g, std::size_t j) {
     const auto col = static_cast<Eigen::Index>(j);
     const auto r = static_cast<Eigen::Index>(4 * g);
     const int lead = hm(r, col);
@@ -73,8 +74,9 @@ inline std::uint8_t hadamard_combo_code(const Matrix<int>& hm, std::size_t g, st
 
 // Setup: the plan for an exact Hadamard of size n = m·2^k (throws mq::error naming n otherwise),
 // randomized by diag(s) when a seed is given (s = random_signs(n, seed)).
-inline FwhtPlan make_fwht_plan(const HadamardFactors& f, std::optional<std::uint64_t> seed = std::nullopt,
-                               FwhtDirection direction = FwhtDirection::forward) {
+template <class = void>
+FwhtPlan make_fwht_plan(const HadamardFactors& f, std::optional<std::uint64_t> seed = std::nullopt,
+                        FwhtDirection direction = FwhtDirection::forward) {
     require(is_hadamard_block_size(f.m), "make_fwht_plan: block order ", f.m, " is not supported; ",
             supported_hadamard_factors_text());
     require(is_power_of_two(f.pow2) && (std::size_t{1} << f.log2_pow2) == f.pow2,
@@ -102,8 +104,9 @@ inline FwhtPlan make_fwht_plan(const HadamardFactors& f, std::optional<std::uint
     return plan;
 }
 
-inline FwhtPlan make_fwht_plan(std::size_t n, std::optional<std::uint64_t> seed = std::nullopt,
-                               FwhtDirection direction = FwhtDirection::forward) {
+template <class = void>
+FwhtPlan make_fwht_plan(std::size_t n, std::optional<std::uint64_t> seed = std::nullopt,
+                        FwhtDirection direction = FwhtDirection::forward) {
     return make_fwht_plan(decompose_hadamard_size(n), seed, direction);
 }
 

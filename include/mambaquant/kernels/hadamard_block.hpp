@@ -61,7 +61,8 @@ constexpr std::optional<HadamardFactors> try_decompose_hadamard_size(std::size_t
     return std::nullopt;
 }
 
-inline std::string supported_hadamard_factors_text() {
+template <class = void>
+std::string supported_hadamard_factors_text() {
     std::string s = "n = m·2^k with m ∈ {";
     for (std::size_t i = 0; i < kHadamardBlockSizes.size(); ++i) {
         if (i) s += ", ";
@@ -71,7 +72,8 @@ inline std::string supported_hadamard_factors_text() {
 }
 
 // n → (m, 2^k), or mq::error naming n and the supported factors.
-inline HadamardFactors decompose_hadamard_size(std::size_t n) {
+template <class = void>
+HadamardFactors decompose_hadamard_size(std::size_t n) {
     const auto f = try_decompose_hadamard_size(n);
     if (!f)
         fail("hadamard: unsupported Hadamard dimension ", n, "; exact Hadamard needs ",
@@ -124,7 +126,8 @@ struct SmallField {
     }
 };
 
-inline SmallField make_field(std::int64_t p, int degree) {
+template <class = void>
+SmallField make_field(std::int64_t p, int degree) {
     SmallField f;
     f.p = p;
     f.degree = degree;
@@ -137,7 +140,8 @@ inline SmallField make_field(std::int64_t p, int degree) {
 }
 
 // Jacobsthal matrix Q_ij = χ(x_i − x_j), q×q.
-inline SignMatrix jacobsthal(const SmallField& f) {
+template <class = void>
+SignMatrix jacobsthal(const SmallField& f) {
     const auto q = static_cast<Eigen::Index>(f.order());
     SignMatrix Q(q, q);
     for (Eigen::Index i = 0; i < q; ++i)
@@ -147,7 +151,8 @@ inline SignMatrix jacobsthal(const SmallField& f) {
 
 // Paley I, q ≡ 3 (mod 4): S = [[0, 1ᵀ], [−1, Q]] is skew with S·Sᵀ = q·I, so H = I + S has
 // H·Hᵀ = I − S² = (q + 1)·I.
-inline SignMatrix paley_one(const SmallField& f) {
+template <class = void>
+SignMatrix paley_one(const SmallField& f) {
     const SignMatrix Q = jacobsthal(f);
     const Eigen::Index n = Q.rows() + 1;
     SignMatrix H(n, n);
@@ -163,7 +168,8 @@ inline SignMatrix paley_one(const SmallField& f) {
 
 // Paley II, q ≡ 1 (mod 4): C = [[0, 1ᵀ], [1, Q]] is a symmetric conference matrix (C² = q·I);
 // H = C ⊗ [[1, 1], [1, −1]] + I ⊗ [[1, −1], [−1, −1]] has order 2(q + 1).
-inline SignMatrix paley_two(const SmallField& f) {
+template <class = void>
+SignMatrix paley_two(const SmallField& f) {
     const SignMatrix Q = jacobsthal(f);
     const Eigen::Index c = Q.rows() + 1;
     SignMatrix C(c, c);
@@ -209,7 +215,8 @@ inline constexpr WilliamsonRows kWilliamson43 = {
 //      [−B,  A, −D,  C],
 //      [−C,  D,  A, −B],
 //      [−D, −C,  B,  A]]   (circulants commute and are symmetric, so H·Hᵀ = (A²+B²+C²+D²) ⊗ I)
-inline SignMatrix williamson(const WilliamsonRows& w) {
+template <class = void>
+SignMatrix williamson(const WilliamsonRows& w) {
     const auto t = static_cast<Eigen::Index>(w.t);
     const std::string_view rows[4] = {w.a, w.b, w.c, w.d};
     // Block (r, c) of the array: which circulant and its sign.
@@ -231,7 +238,8 @@ inline SignMatrix williamson(const WilliamsonRows& w) {
 } // namespace detail
 
 // The unnormalized m×m Hadamard block (entries ±1, H·Hᵀ = m·I) for m ∈ kHadamardBlockSizes.
-inline Matrix<int> hadamard_block(std::size_t m) {
+template <class = void>
+Matrix<int> hadamard_block(std::size_t m) {
     using detail::make_field;
     switch (m) {
     case 1: return Matrix<int>::Ones(1, 1);
@@ -259,7 +267,8 @@ inline Matrix<int> hadamard_block(std::size_t m) {
 
 // The seeded random signs s ∈ {±1}^n of the randomized Hadamard: s_i = Rng(seed).sign() drawn in
 // order i = 0..n−1, the same on every machine.
-inline std::vector<float> random_signs(std::size_t n, std::uint64_t seed) {
+template <class = void>
+std::vector<float> random_signs(std::size_t n, std::uint64_t seed) {
     Rng rng(seed);
     std::vector<float> s(n);
     for (auto& v : s) v = static_cast<float>(rng.sign());

@@ -174,13 +174,15 @@ consteval bool check_weight_policy() {
 
 namespace detail {
 
-inline void check_weight_shape(std::size_t rows, std::size_t cols, const char* who) {
+template <class = void>
+void check_weight_shape(std::size_t rows, std::size_t cols, const char* who) {
     require(rows > 0 && cols > 0, who, ": weight must be non-empty, got [", rows, " x ", cols, "]");
     require(cols <= kMaxPackedK, who, ": in_features ", cols, " exceeds the exact-int32 limit ", kMaxPackedK);
 }
 
-inline void check_params(std::span<const QuantParams> params, std::size_t expected, bool symmetric,
-                         int zmin, int zmax, const char* who) {
+template <class = void>
+void check_params(std::span<const QuantParams> params, std::size_t expected, bool symmetric,
+                  int zmin, int zmax, const char* who) {
     require(params.size() == expected, who, ": expected ", expected, " quantization params, got ", params.size());
     for (std::size_t i = 0; i < params.size(); ++i) {
         const QuantParams& p = params[i];
@@ -232,8 +234,9 @@ aligned_vector<Code> weight_codes(ConstMatrixView<float> w, std::span<const Quan
 } // namespace detail
 
 // Packs already-quantized int8 codes q[n][k] ∈ [-127, 127] with one symmetric QuantParams per row.
-inline PackedW8 pack_w8(ConstMatrixView<std::int8_t> codes, std::span<const QuantParams> params,
-                        W8Layout layout = W8Layout::pairs) {
+template <class = void>
+PackedW8 pack_w8(ConstMatrixView<std::int8_t> codes, std::span<const QuantParams> params,
+                 W8Layout layout = W8Layout::pairs) {
     detail::check_weight_shape(codes.rows, codes.cols, "pack_w8");
     detail::check_params(params, codes.rows, true, 0, 0, "pack_w8");
     PackedW8 p;
@@ -262,7 +265,8 @@ inline PackedW8 pack_w8(ConstMatrixView<std::int8_t> codes, std::span<const Quan
 
 // The same weight in another tile byte order: a permutation of the code bytes (codes, scales and
 // sums unchanged), e.g. a weight packed or loaded as pairs, for the VNNI kernel that reads quads.
-inline PackedW8 with_layout(PackedW8 p, W8Layout layout) {
+template <class = void>
+PackedW8 with_layout(PackedW8 p, W8Layout layout) {
     if (p.layout == layout) return p;
     PackedW8 out;
     out.n = p.n;

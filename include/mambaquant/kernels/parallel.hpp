@@ -28,18 +28,19 @@ MQ_NAMESPACE_BEGIN
 // variable. Decode calls one short kernel after another (a 10240 x 2560 int4 GEMV takes ~0.6 ms
 // on 2 threads), and a futex wake-up on this VM costs 20–50 µs at each end of a run, ~8% of such a
 // call; the spin costs at most kSpinMicros of one core after the last run of a burst.
-class ThreadPool {
+template <class = void>
+class BasicThreadPool {
 public:
     static constexpr long kSpinMicros = 200;
 
-    explicit ThreadPool(std::size_t threads = std::max(1u, std::thread::hardware_concurrency())) {
+    explicit BasicThreadPool(std::size_t threads = std::max(1u, std::thread::hardware_concurrency())) {
         const std::size_t n = std::max<std::size_t>(threads, 1);
         workers_.reserve(n - 1);
         for (std::size_t i = 0; i + 1 < n; ++i) workers_.emplace_back([this] { worker_loop(); });
     }
-    ThreadPool(const ThreadPool&) = delete;
-    ThreadPool& operator=(const ThreadPool&) = delete;
-    ~ThreadPool() {
+    BasicThreadPool(const BasicThreadPool&) = delete;
+    BasicThreadPool& operator=(const BasicThreadPool&) = delete;
+    ~BasicThreadPool() {
         {
             std::lock_guard<std::mutex> lock(mutex_);
             stop_.store(true, std::memory_order_release);
@@ -134,9 +135,11 @@ private:
     std::atomic<std::size_t> generation_{0};
     std::atomic<bool> stop_{false};
 };
+using ThreadPool = BasicThreadPool<>; // a template: compiled only where used (core/config.hpp)
 
 // A process-wide pool with one thread per hardware thread, created on first use.
-inline ThreadPool& default_thread_pool() {
+template <class = void>
+ThreadPool& default_thread_pool() {
     static ThreadPool pool;
     return pool;
 }

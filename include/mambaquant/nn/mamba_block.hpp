@@ -197,8 +197,8 @@ protected:
 
 namespace detail {
 // x_proj's bias carrying the folded dt shift: [−μ (R), 0 (2N)], or none when μ = 0.
-template <class = void>
-aligned_vector<float> dt_shift_bias(const MambaLayerWeights& w) {
+template <class Tag = void>
+aligned_vector<float> dt_shift_bias(const dependent_t<Tag, MambaLayerWeights>& w) {
     aligned_vector<float> b;
     if (w.dt_shift.size() == 0 || (w.dt_shift.array() == 0.0f).all()) return b;
     b.assign(static_cast<std::size_t>(w.x_proj.rows()), 0.0f);

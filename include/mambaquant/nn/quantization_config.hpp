@@ -133,7 +133,8 @@ inline constexpr std::array<std::string_view, 7> kQuantMethods{"fp",     "rtn", 
                                                                 "quamba", "mambaquant", "custom"};
 inline constexpr std::array<std::string_view, 5> kQuantBitLabels{"fp32", "w8a8", "w4a8", "w8a16", "w4a16"};
 
-struct QuantizationConfig {
+template <class = void>
+struct BasicQuantizationConfig {
     std::string method = "fp";
     std::string bits = "fp32";
     std::array<SiteQuant, kSiteCount> sites{};
@@ -273,6 +274,7 @@ public:
         return "unknown";
     }
 };
+using QuantizationConfig = BasicQuantizationConfig<>; // a template: compiled only where used (core/config.hpp)
 
 // Common layouts, for tests and recipes: every linear (incl. the LM head) W8 or W4 (per channel,
 // or per group `group`; dt_proj per channel) with A8 activations of `act` mode; conv1d int8 weights; scan output A8
@@ -305,25 +307,25 @@ QuantizationConfig uniform_quantization_config(int weight_bits, std::size_t grou
 // ---- JSON (config.json's "quantization_config"): choices only, static params are tensors ----
 
 namespace detail {
-template <class = void>
-nlohmann::json rotation_json(const RotationSpec& r) {
+template <class Tag = void>
+nlohmann::json rotation_json(const dependent_t<Tag, RotationSpec>& r) {
     nlohmann::json j{{"kind", rotation_kind_name(r.kind)}, {"size", r.n}};
     if (r.kind == RotationKind::randomized_hadamard || r.kind == RotationKind::random_orthogonal) j["seed"] = r.seed;
     if (r.kind == RotationKind::block_hadamard) j["block"] = r.block;
     return j;
 }
 // A non-negative JSON integer (parsed text gives unsigned; a json built in code may hold signed).
-template <class = void>
-bool json_unsigned(const nlohmann::json& j) {
-    return j.is_number_unsigned() || (j.is_number_integer() && j.get<std::int64_t>() >= 0);
+template <class Tag = void>
+bool json_unsigned(const dependent_t<Tag, nlohmann::json>& j) {
+    return j.is_number_unsigned() || (j.is_number_integer() && j.template get<std::int64_t>() >= 0);
 }
-template <class = void>
-RotationSpec rotation_from_json(const nlohmann::json& j, const std::string& where) {
+template <class Tag = void>
+RotationSpec rotation_from_json(const dependent_t<Tag, nlohmann::json>& j, const dependent_t<Tag, std::string>& where) {
     require(j.is_object(), where, ": expected an object");
     require(j.contains("kind") && j["kind"].is_string(), where, ".kind: missing or not a string");
     require(j.contains("size") && json_unsigned(j["size"]), where, ".size: missing or not an unsigned integer");
     RotationSpec r;
-    const std::string kind = j["kind"].get<std::string>();
+    const std::string kind = j["kind"].template get<std::string>();
     bool ok = false;
     for (RotationKind k : {RotationKind::hadamard, RotationKind::randomized_hadamard, RotationKind::block_hadamard,
                            RotationKind::random_orthogonal})
@@ -332,20 +334,21 @@ RotationSpec rotation_from_json(const nlohmann::json& j, const std::string& wher
             ok = true;
         }
     require(ok, where, ".kind: unknown rotation kind \"", kind, "\"");
-    r.n = j["size"].get<std::size_t>();
+    r.n = j["size"].template get<std::size_t>();
     require(r.n > 0, where, ".size must be > 0");
     if (j.contains("seed")) {
         require(json_unsigned(j["seed"]), where, ".seed: not an unsigned integer");
-        r.seed = j["seed"].get<std::uint64_t>();
+        r.seed = j["seed"].template get<std::uint64_t>();
     }
     if (j.contains("block")) {
         require(json_unsigned(j["block"]), where, ".block: not an unsigned integer");
-        r.block = j["block"].get<std::size_t>();
+        r.block = j["block"].template get<std::size_t>();
     }
     return r;
 }
-template <class = void>
-const nlohmann::json& json_member(const nlohmann::json& j, const char* key, const std::string& where) {
+template <class Tag = void>
+const nlohmann::json& json_member(const dependent_t<Tag, nlohmann::json>& j, const char* key,
+                                  const dependent_t<Tag, std::string>& where) {
     require(j.is_object() && j.contains(key), where, ": missing \"", key, "\"");
     return j[key];
 }
@@ -354,8 +357,8 @@ const nlohmann::json& json_member(const nlohmann::json& j, const char* key, cons
 // (to_json and quantization_config_from_json are templates never spelled by callers, so their
 // JSON work is instantiated only where they are called; with MQ_COMPILED once, in the companion
 // library — core/config.hpp.)
-template <class = void>
-nlohmann::json to_json(const QuantizationConfig& c) {
+template <class Tag = void>
+nlohmann::json to_json(const dependent_t<Tag, QuantizationConfig>& c) {
     nlohmann::json j;
     j["quant_method"] = "mambaquant";
     j["method"] = c.method;
@@ -385,17 +388,18 @@ nlohmann::json to_json(const QuantizationConfig& c) {
 MQ_EXTERN_TEMPLATE(nlohmann::json to_json<>(const QuantizationConfig&))
 
 // Parses and validates (without per-layer params, which come from the tensors).
-template <class = void>
-QuantizationConfig quantization_config_from_json(const nlohmann::json& j, std::string_view source = "quantization_config") {
+template <class Tag = void>
+QuantizationConfig quantization_config_from_json(const dependent_t<Tag, nlohmann::json>& j,
+                                                 std::string_view source = "quantization_config") {
     const std::string where(source);
     require(j.is_object(), where, ": expected an object");
     QuantizationConfig c;
     const auto& m = detail::json_member(j, "method", where);
     require(m.is_string(), where, ".method: not a string");
-    c.method = m.get<std::string>();
+    c.method = m.template get<std::string>();
     const auto& b = detail::json_member(j, "bits", where);
     require(b.is_string(), where, ".bits: not a string");
-    c.bits = b.get<std::string>();
+    c.bits = b.template get<std::string>();
     const auto& sites = detail::json_member(j, "sites", where);
     require(sites.is_object(), where, ".sites: expected an object");
     for (auto it = sites.begin(); it != sites.end(); ++it)
@@ -405,17 +409,17 @@ QuantizationConfig quantization_config_from_json(const nlohmann::json& j, std::s
         const auto& sj = detail::json_member(sites, site_name(s), where + ".sites");
         SiteQuant& q = c[s];
         const auto& w = detail::json_member(sj, "weight", sw);
-        if (!(w.is_string() && w.get<std::string>() == "float")) {
+        if (!(w.is_string() && w.template get<std::string>() == "float")) {
             require(w.is_object(), sw, ".weight: expected \"float\" or an object");
             QuantSpec spec;
             const auto& wb = detail::json_member(w, "bits", sw + ".weight");
             require(wb.is_number_integer(), sw, ".weight.bits: not an integer");
-            spec.bits = wb.get<int>();
+            spec.bits = wb.template get<int>();
             require(spec.bits == 4 || spec.bits == 8, sw, ".weight.bits: unsupported bit width ", spec.bits,
                     " (expected 4 or 8)");
             const auto& g = detail::json_member(w, "granularity", sw + ".weight");
             require(g.is_string(), sw, ".weight.granularity: not a string");
-            const std::string gs = g.get<std::string>();
+            const std::string gs = g.template get<std::string>();
             if (gs == "per_channel") {
                 spec.granularity = GranularityKind::per_channel;
             } else if (gs.rfind("per_group_", 0) == 0) {
@@ -429,25 +433,25 @@ QuantizationConfig quantization_config_from_json(const nlohmann::json& j, std::s
             }
             const auto& sy = detail::json_member(w, "symmetric", sw + ".weight");
             require(sy.is_boolean(), sw, ".weight.symmetric: not a boolean");
-            spec.symmetric = sy.get<bool>();
+            spec.symmetric = sy.template get<bool>();
             q.weight = spec;
         }
         const auto& a = detail::json_member(sj, "act", sw);
-        if (!(a.is_string() && a.get<std::string>() == "float")) {
+        if (!(a.is_string() && a.template get<std::string>() == "float")) {
             require(a.is_object(), sw, ".act: expected \"float\" or an object");
             const auto& md = detail::json_member(a, "mode", sw + ".act");
             require(md.is_string(), sw, ".act.mode: not a string");
-            const std::string ms = md.get<std::string>();
+            const std::string ms = md.template get<std::string>();
             if (ms == "dynamic_per_token") q.act.mode = ActMode::dynamic_per_token;
             else if (ms == "static_per_tensor") q.act.mode = ActMode::static_per_tensor;
             else fail(sw, ".act.mode: unknown mode \"", ms, "\" (expected dynamic_per_token or static_per_tensor)");
             const auto& ab = detail::json_member(a, "bits", sw + ".act");
             require(ab.is_number_integer(), sw, ".act.bits: not an integer");
-            q.act.bits = ab.get<int>();
+            q.act.bits = ab.template get<int>();
             require(q.act.bits == 8, sw, ".act.bits: unsupported bit width ", q.act.bits, " (expected 8)");
             const auto& as = detail::json_member(a, "symmetric", sw + ".act");
             require(as.is_boolean(), sw, ".act.symmetric: not a boolean");
-            q.act.symmetric = as.get<bool>();
+            q.act.symmetric = as.template get<bool>();
         }
     }
     if (j.contains("out_rotation") && !j["out_rotation"].is_null())

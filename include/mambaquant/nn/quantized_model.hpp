@@ -115,16 +115,16 @@ public:
 
     // Runs tokens from `state`, advancing it; logits as BasicMambaModel::prefill. `tap` sees every
     // site's input (nn/activation_tap.hpp).
-    template <class = void>
-    MatrixXf prefill(std::span<const std::uint32_t> tokens, State& state, Logits which = Logits::all,
+    template <class Tag = void>
+    MatrixXf prefill(std::span<const std::uint32_t> tokens, dependent_t<Tag, State>& state, Logits which = Logits::all,
                      ActivationTap* tap = nullptr) const {
         run(tokens, state, which, tap);
         return which == Logits::none ? MatrixXf() : state.logits;
     }
 
     // One decode step into `logits` [padded vocab]; allocates nothing once the state is warm.
-    template <class = void>
-    void decode(std::uint32_t token, State& state, std::span<float> logits) const {
+    template <class Tag = void>
+    void decode(std::uint32_t token, dependent_t<Tag, State>& state, std::span<float> logits) const {
         require(logits.size() == config_.padded_vocab, "QuantizedMambaModel::decode: logits span of ", logits.size(),
                 ", vocabulary is ", config_.padded_vocab);
         const std::uint32_t one[1] = {token};
@@ -158,8 +158,8 @@ public:
 private:
     using Embedding = std::variant<std::monostate, MatrixXf, PackedW8, PackedW4>; // monostate: rows of the head
 
-    template <class = void>
-    void embed(std::span<const std::uint32_t> tokens, MatrixXf& h) const {
+    template <class Tag = void>
+    void embed(std::span<const std::uint32_t> tokens, dependent_t<Tag, MatrixXf>& h) const {
         const auto D = static_cast<Eigen::Index>(config_.d_model);
         h.resize(static_cast<Eigen::Index>(tokens.size()), D);
         for (std::size_t t = 0; t < tokens.size(); ++t) {
@@ -241,8 +241,8 @@ MQ_EXTERN_TEMPLATE(void QuantizedMambaModel::run<>(std::span<const std::uint32_t
 
 namespace detail {
 // A tied table quantized as the head is stored (and held) once: the head's packed rows.
-template <class = void>
-bool embedding_shares_head(bool tied, const QuantizationConfig& qc) {
+template <class Tag = void>
+bool embedding_shares_head(bool tied, const dependent_t<Tag, QuantizationConfig>& qc) {
     const SiteQuant& eq = qc[Site::embedding];
     const SiteQuant& hq = qc[Site::lm_head];
     if (!tied || !eq.weight || !hq.weight) return false;
@@ -254,8 +254,9 @@ bool embedding_shares_head(bool tied, const QuantizationConfig& qc) {
 // float conv input the conv runs on ŵ = q·s (float arithmetic on the dequantized taps); with a
 // static per-tensor input it runs on the codes (conv_weights below). Returns the codes and
 // scales, and writes ŵ into w.
-template <class = void>
-void quantize_conv_int8(MatrixXf& w, std::vector<std::uint8_t>& codes, std::vector<float>& scale) {
+template <class Tag = void>
+void quantize_conv_int8(dependent_t<Tag, MatrixXf>& w, dependent_t<Tag, std::vector<std::uint8_t>>& codes,
+                        dependent_t<Tag, std::vector<float>>& scale) {
     const auto E = w.rows(), K = w.cols();
     codes.assign(static_cast<std::size_t>(E * K), 0);
     scale.assign(static_cast<std::size_t>(E), 1.0f);
@@ -274,8 +275,9 @@ void quantize_conv_int8(MatrixXf& w, std::vector<std::uint8_t>& codes, std::vect
         }
     }
 }
-template <class = void>
-void dequantize_conv_int8(const std::vector<std::uint8_t>& codes, const std::vector<float>& scale, MatrixXf& w) {
+template <class Tag = void>
+void dequantize_conv_int8(const dependent_t<Tag, std::vector<std::uint8_t>>& codes,
+                          const dependent_t<Tag, std::vector<float>>& scale, dependent_t<Tag, MatrixXf>& w) {
     for (Eigen::Index e = 0; e < w.rows(); ++e)
         for (Eigen::Index k = 0; k < w.cols(); ++k)
             w(e, k) = static_cast<float>(static_cast<std::int8_t>(codes[static_cast<std::size_t>(e * w.cols() + k)])) *
@@ -284,9 +286,11 @@ void dequantize_conv_int8(const std::vector<std::uint8_t>& codes, const std::vec
 // A layer's conv as the config says: float taps (ŵ when the weights are int8), or the integer conv
 // on the codes when its input is quantized (static per tensor; the fake-quant twin runs it too:
 // its integer sums are exact in float, so the twin's conv is x̂·ŵ summed exactly, scaled once).
-template <class = void>
-ConvWeights conv_weights(const MatrixXf& w_hat, const std::vector<std::uint8_t>& codes, const std::vector<float>& scale,
-                         std::span<const float> bias, const SiteQuant& q, const std::optional<QuantParams>& input) {
+template <class Tag = void>
+ConvWeights conv_weights(const dependent_t<Tag, MatrixXf>& w_hat,
+                         const dependent_t<Tag, std::vector<std::uint8_t>>& codes,
+                         const dependent_t<Tag, std::vector<float>>& scale, 
+                         std::span<const float> bias, const dependent_t<Tag, SiteQuant>& q, const dependent_t<Tag, std::optional<QuantParams>>& input) {
     if (q.act.mode != ActMode::static_per_tensor) return ConvWeights::from(view(w_hat), bias);
     require(input.has_value(), "build_quantized_model: conv1d: static activation params missing");
     const ConstMatrixView<std::int8_t> c(reinterpret_cast<const std::int8_t*>(codes.data()), static_cast<std::size_t>(w_hat.rows()),
@@ -300,15 +304,17 @@ std::optional<QuantParams> normalized(std::optional<QuantParams> p) {
     if (p) p->inv_scale = 1.0f / p->scale;
     return p;
 }
-template <class = void>
-bool neutral(const Eigen::VectorXf& v, float value) { return v.size() == 0 || (v.array() == value).all(); }
+template <class Tag = void>
+bool neutral(const dependent_t<Tag, Eigen::VectorXf>& v,
+             float value) { return v.size() == 0 || (v.array() == value).all(); }
 
 // A site's linear layer: AnyLinear::build (weights quantized by min/max), or, where the config
 // fixes the weight grid (GPTQ's params), the weight quantized on that grid — GPTQ's own codes and
 // scales (kernels/packed_weights.hpp's pack_weights with params says why they come back exactly).
-template <class = void>
-AnyLinear build_site_linear(ConstMatrixView<float> weight, std::span<const float> bias, const SiteQuant& q,
-                            const std::optional<RotationSpec>& rotation, std::optional<QuantParams> act,
+template <class Tag = void>
+AnyLinear build_site_linear(ConstMatrixView<float> weight, std::span<const float> bias,
+                            const dependent_t<Tag, SiteQuant>& q, 
+                            const dependent_t<Tag, std::optional<RotationSpec>>& rotation, std::optional<QuantParams> act,
                             std::span<const QuantParams> grid, bool fake) {
     if (grid.empty()) return AnyLinear::build(weight, bias, q, rotation, act, fake);
     require(q.weight.has_value(), "build_quantized_model: a fixed weight grid needs quantized weights");
@@ -339,8 +345,9 @@ void require_config_out_rotation(const MambaLayerWeights& w, const QuantizationC
     require_same_rotation(w.out_rotation, HadamardOnline::from_spec(*qc.out_rotation), who);
 }
 // The scan of a layer from its extras and the config; refuses what the config cannot run.
-template <class = void>
-RuntimeScan make_runtime_scan(const MambaLayerWeights& w, const QuantizationConfig& qc, std::size_t layer) {
+template <class Tag = void>
+RuntimeScan make_runtime_scan(const dependent_t<Tag, MambaLayerWeights>& w,
+                              const dependent_t<Tag, QuantizationConfig>& qc, std::size_t layer) {
     const bool smoothed = !neutral(w.state_scale, 1.0f);
     const std::span<const float> s = smoothed ? span_of(w.state_scale) : std::span<const float>{};
     const bool rotated = w.state_rotation.size() != 0;
@@ -352,7 +359,7 @@ RuntimeScan make_runtime_scan(const MambaLayerWeights& w, const QuantizationConf
         const auto N = static_cast<std::size_t>(w.state_rotation.rows());
         require(qc.state_rotation->n == N, "build_quantized_model: layer ", layer, ": state_rotation size ",
                 qc.state_rotation->n, " does not match the state size ", N);
-        H = rotation_matrix<double>(*qc.state_rotation).cast<float>();
+        H = rotation_matrix<double>(*qc.state_rotation).template cast<float>();
         const float diff = (H - w.state_rotation).cwiseAbs().maxCoeff();
         require(diff <= 1e-6f, "build_quantized_model: layer ", layer, ": state_rotation differs from the config's ",
                 rotation_kind_name(qc.state_rotation->kind), " (max |difference| ", diff, ")");
@@ -469,8 +476,8 @@ MQ_EXTERN_TEMPLATE(QuantizedMambaModel build_quantized_model<>(const MambaWeight
 
 namespace detail {
 // The stored form of a packed weight (io/quantized_checkpoint.hpp's layout).
-template <class = void>
-StoredQuantWeight stored_weight(const PackedW8& p) {
+template <class Tag = void>
+StoredQuantWeight stored_weight(const dependent_t<Tag, PackedW8>& p) {
     StoredQuantWeight s;
     s.bits = 8;
     s.symmetric = true;
@@ -484,8 +491,8 @@ StoredQuantWeight stored_weight(const PackedW8& p) {
             s.codes[r * p.k + c] = static_cast<std::uint8_t>(static_cast<std::int8_t>(p.code(r, c)));
     return s;
 }
-template <class = void>
-StoredQuantWeight stored_weight(const PackedW4& p) {
+template <class Tag = void>
+StoredQuantWeight stored_weight(const dependent_t<Tag, PackedW4>& p) {
     StoredQuantWeight s;
     s.bits = 4;
     s.symmetric = p.symmetric;

@@ -29,8 +29,9 @@ using RuntimeVimBlock = BasicVimBlock<AnyLinear, AnyLinear, RuntimeScan>;
 using QuantizedVimModel = BasicVimModel<RuntimeVimBlock, AnyLinear>;
 
 namespace detail {
-template <class = void>
-bool same_params(const std::optional<QuantParams>& a, const std::optional<QuantParams>& b) {
+template <class Tag = void>
+bool same_params(const dependent_t<Tag, std::optional<QuantParams>>& a,
+                 const dependent_t<Tag, std::optional<QuantParams>>& b) {
     return a.has_value() == b.has_value() && (!a || (a->scale == b->scale && a->zero == b->zero));
 }
 } // namespace detail
@@ -51,8 +52,10 @@ bool same_params(const std::optional<QuantParams>& a, const std::optional<QuantP
 // Every run-time extra is applied or refused as in build_quantized_model. A float config gives
 // the float model through the same classes. (A template never spelled by callers: instantiated only
 // where called, and with MQ_COMPILED compiled once in the companion library, src/vim.cpp.)
-template <class = void>
-QuantizedVimModel build_quantized_vim_model(const VimWeights& w, const VimConfig& cfg, const QuantizationConfig& qc,
+template <class Tag = void>
+QuantizedVimModel build_quantized_vim_model(const dependent_t<Tag, VimWeights>& w,
+                                            const dependent_t<Tag, VimConfig>& cfg,
+                                            const dependent_t<Tag, QuantizationConfig>& qc, 
                                             FakeQuant fake = FakeQuant::no) {
     validate(w, cfg);
     const std::size_t n_dir = 2 * cfg.n_layer;

@@ -14,8 +14,9 @@ MQ_NAMESPACE_BEGIN
 
 // out = h · rsqrt(mean(h²) + eps) · gamma, row by row. The mean of squares is accumulated in
 // float, as PyTorch does for a float32 model (the golden tests pin this against float64).
-template <class = void>
-void rms_norm(ConstMatrixView<float> h, const Eigen::RowVectorXf& gamma, float eps, MatrixView<float> out) {
+template <class Tag = void>
+void rms_norm(ConstMatrixView<float> h, const dependent_t<Tag, Eigen::RowVectorXf>& gamma, float eps,
+              MatrixView<float> out) {
     require(static_cast<std::size_t>(gamma.size()) == h.cols, "rms_norm: gamma: expected ", h.cols, " values, got ",
             gamma.size());
     require_shape(out, h.rows, h.cols, "rms_norm output");

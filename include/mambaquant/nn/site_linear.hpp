@@ -49,6 +49,7 @@ using ATenA = Quantizer<8, per_tensor, asymmetric>;
 // only the accumulation differs (float sum of â·ŵ instead of the exact int32 sum then one scale).
 class FakeQuantLinear {
 public:
+    template <class = void>
     FakeQuantLinear(MatrixXf dequantized_weight, std::span<const float> bias, ActQuant act,
                     std::optional<QuantParams> static_params, std::optional<HadamardOnline> rotation)
         : w_(std::move(dequantized_weight)), bias_(bias.begin(), bias.end()), act_(act), static_(static_params),
@@ -146,12 +147,12 @@ decltype(auto) visit_site_act(const ActQuant& a, F&& f) {
 }
 
 // One row of a packed weight, dequantized (the embedding lookup of a quantized table).
-template <class = void>
-void dequantize_packed_row(const PackedW8& p, std::size_t r, float* out) noexcept {
+template <class Tag = void>
+void dequantize_packed_row(const dependent_t<Tag, PackedW8>& p, std::size_t r, float* out) noexcept {
     for (std::size_t c = 0; c < p.k; ++c) out[c] = static_cast<float>(p.code(r, c)) * p.scale[r];
 }
-template <class = void>
-void dequantize_packed_row(const PackedW4& p, std::size_t r, float* out) noexcept {
+template <class Tag = void>
+void dequantize_packed_row(const dependent_t<Tag, PackedW4>& p, std::size_t r, float* out) noexcept {
     for (std::size_t c = 0; c < p.k; ++c) {
         const std::size_t i = p.param_index(r, c / p.group);
         out[c] = static_cast<float>(p.nibble(r, c) - p.zero[i]) * p.scale[i];

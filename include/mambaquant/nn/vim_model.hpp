@@ -56,23 +56,24 @@ struct VimModelWeights {
 };
 
 namespace detail {
-template <class = void>
-MatrixXf vim_matrix(const Checkpoint& ck, const std::string& name, const std::vector<std::size_t>& shape,
+template <class Tag = void>
+MatrixXf vim_matrix(const dependent_t<Tag, Checkpoint>& ck, const dependent_t<Tag, std::string>& name,
+                    const dependent_t<Tag, std::vector<std::size_t>>& shape, 
                     std::size_t rows, std::size_t cols) {
     MatrixXf m(static_cast<Eigen::Index>(rows), static_cast<Eigen::Index>(cols));
     ck.load_float_into(name, shape, std::span<float>(m.data(), rows * cols));
     return m;
 }
-template <class = void>
-Eigen::RowVectorXf vim_row(const FloatTensor& t) {
+template <class Tag = void>
+Eigen::RowVectorXf vim_row(const dependent_t<Tag, FloatTensor>& t) {
     return Eigen::Map<const Eigen::RowVectorXf>(t.data.data(), static_cast<Eigen::Index>(t.data.size()));
 }
 } // namespace detail
 
 // Reads every tensor a Vim model needs, shapes checked against the config; a missing
 // backward-direction tensor is named.
-template <class = void>
-VimModelWeights read_vim_weights(const VimConfig& cfg, const Checkpoint& ck) {
+template <class Tag = void>
+VimModelWeights read_vim_weights(const dependent_t<Tag, VimConfig>& cfg, const dependent_t<Tag, Checkpoint>& ck) {
     require(cfg.cls_token_position <= cfg.num_patches(), "VimModel: cls_token_position ", cfg.cls_token_position,
             " is outside the sequence of ", cfg.seq_len(), " tokens");
     using detail::vim_matrix, detail::vim_row;

@@ -46,12 +46,12 @@ struct VimWeights {
     Eigen::VectorXf head_bias; // [classes]
 };
 
-template <class = void>
-std::size_t vim_table_rows(const VimConfig& c) { return c.patch_dim() + 2 + c.seq_len() + c.num_classes; }
+template <class Tag = void>
+std::size_t vim_table_rows(const dependent_t<Tag, VimConfig>& c) { return c.patch_dim() + 2 + c.seq_len() + c.num_classes; }
 
 // The Mamba config of the direction layers (what RecipeContext::model and the calibration need).
-template <class = void>
-MambaConfig vim_direction_config(const VimConfig& c) {
+template <class Tag = void>
+MambaConfig vim_direction_config(const dependent_t<Tag, VimConfig>& c) {
     MambaConfig m;
     m.d_model = c.d_model;
     m.n_layer = 2 * c.n_layer;
@@ -67,8 +67,8 @@ MambaConfig vim_direction_config(const VimConfig& c) {
 }
 
 // One direction of a Vim layer as a Mamba layer (neutral extras; no conv bias → zeros).
-template <class = void>
-MambaLayerWeights vim_direction_layer(const VimLayerWeights& w, std::size_t dir) {
+template <class Tag = void>
+MambaLayerWeights vim_direction_layer(const dependent_t<Tag, VimLayerWeights>& w, std::size_t dir) {
     require(dir < 2, "vim_direction_layer: direction ", dir, " (expected 0 forward or 1 backward)");
     const VimDirectionWeights& d = w.dir[dir];
     MambaLayerWeights l;
@@ -86,8 +86,8 @@ MambaLayerWeights vim_direction_layer(const VimLayerWeights& w, std::size_t dir)
     return l;
 }
 
-template <class = void>
-VimWeights vim_weights(const VimModelWeights& m, const VimConfig& c) {
+template <class Tag = void>
+VimWeights vim_weights(const dependent_t<Tag, VimModelWeights>& m, const dependent_t<Tag, VimConfig>& c) {
     require(m.layers.size() == c.n_layer, "vim_weights: ", m.layers.size(), " layers, the config says ", c.n_layer);
     VimWeights w;
     const auto P = static_cast<Eigen::Index>(c.patch_dim()), L = static_cast<Eigen::Index>(c.seq_len()),
@@ -108,15 +108,15 @@ VimWeights vim_weights(const VimModelWeights& m, const VimConfig& c) {
 }
 
 // From a Vim checkpoint directory (config.json + model.safetensors).
-template <class = void>
-VimWeights load_vim_weights(const std::filesystem::path& dir) {
+template <class Tag = void>
+VimWeights load_vim_weights(const dependent_t<Tag, std::filesystem::path>& dir) {
     const VimConfig c = load_vim_config(dir);
     return vim_weights(read_vim_weights(c, Checkpoint::open(dir)), c);
 }
 
 // Shapes against the config, and the shared tensors of each direction pair bit-identical.
-template <class = void>
-void validate(const VimWeights& w, const VimConfig& c) {
+template <class Tag = void>
+void validate(const dependent_t<Tag, VimWeights>& w, const dependent_t<Tag, VimConfig>& c) {
     const MambaWeights& m = w.directions;
     validate(m);
     require(m.layers.size() == 2 * c.n_layer, "VimWeights: ", m.layers.size(), " direction layers, the config's ",
@@ -146,14 +146,14 @@ void validate(const VimWeights& w, const VimConfig& c) {
 
 // The parts back: the tensors in front of the layers, and the head's rows (γ_f not folded: it is
 // norm_f, as for the model).
-template <class = void>
-VimEmbedding vim_embedding(const VimWeights& w, const VimConfig& c) {
+template <class Tag = void>
+VimEmbedding vim_embedding(const dependent_t<Tag, VimWeights>& w, const dependent_t<Tag, VimConfig>& c) {
     const MatrixXf& t = w.directions.embedding;
     const auto P = static_cast<Eigen::Index>(c.patch_dim()), L = static_cast<Eigen::Index>(c.seq_len());
     return {t.topRows(P).transpose(), t.row(P), t.row(P + 1), t.middleRows(P + 2, L)};
 }
-template <class = void>
-MatrixXf vim_head(const VimWeights& w, const VimConfig& c) {
+template <class Tag = void>
+MatrixXf vim_head(const dependent_t<Tag, VimWeights>& w, const dependent_t<Tag, VimConfig>& c) {
     return w.directions.head().bottomRows(static_cast<Eigen::Index>(c.num_classes));
 }
 

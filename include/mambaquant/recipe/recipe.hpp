@@ -77,16 +77,16 @@ struct Recipe {
 // ---- steps (each one line of METHOD.md §3–4) ---------------------------------------------------
 namespace steps {
 
-template <class = void>
-const SiteStats& stat(const RecipeContext& c, std::size_t layer, TapPoint p) {
+template <class Tag = void>
+const SiteStats& stat(const dependent_t<Tag, RecipeContext>& c, std::size_t layer, TapPoint p) {
     require(c.stats != nullptr, "recipe: a step needs calibration statistics but its stage has none");
     return c.stats->at(tap_key(layer, c.weights.layers.size(), p));
 }
 
 // dt shift: μ = mid-range of the dt input; b_dt absorbs μ·W_dtᵀ.
-template <class = void>
+template <class Tag = void>
 RecipeStep shift_dt() {
-    return [](RecipeContext& c) {
+    return [](dependent_t<Tag, RecipeContext>& c) {
         for (std::size_t i = 0; i < c.weights.layers.size(); ++i) {
             const auto& s = stat(c, i, TapPoint::dt_proj_input).channels();
             c.weights.layers[i] = ::mq::shift_dt(c.weights.layers[i], s.min(), s.max()).weights;
@@ -94,9 +94,9 @@ RecipeStep shift_dt() {
     };
 }
 // SmoothQuant on the norm → in_proj (the SmoothQuant baseline).
-template <class = void>
+template <class Tag = void>
 RecipeStep smooth_norm(double alpha = 0.5) {
-    return [alpha](RecipeContext& c) {
+    return [alpha](dependent_t<Tag, RecipeContext>& c) {
         for (std::size_t i = 0; i < c.weights.layers.size(); ++i)
             c.weights.layers[i] = ::mq::smooth_norm(c.weights.layers[i], stat(c, i, TapPoint::in_proj_input).channels().absmax(),
                                                     {alpha, 1e-2})
@@ -104,9 +104,9 @@ RecipeStep smooth_norm(double alpha = 0.5) {
     };
 }
 // S2: S-SiLU at the out_proj input.
-template <class = void>
+template <class Tag = void>
 RecipeStep smooth_gate(double alpha = 0.5) {
-    return [alpha](RecipeContext& c) {
+    return [alpha](dependent_t<Tag, RecipeContext>& c) {
         for (std::size_t i = 0; i < c.weights.layers.size(); ++i)
             c.weights.layers[i] =
                 ::mq::smooth_gate(c.weights.layers[i], stat(c, i, TapPoint::out_proj_input).channels().absmax(), {alpha, 1e-2})
@@ -114,9 +114,9 @@ RecipeStep smooth_gate(double alpha = 0.5) {
     };
 }
 // S4: B/C smoothing per state index from max|state| and max|C|.
-template <class = void>
+template <class Tag = void>
 RecipeStep smooth_state() {
-    return [](RecipeContext& c) {
+    return [](dependent_t<Tag, RecipeContext>& c) {
         for (std::size_t i = 0; i < c.weights.layers.size(); ++i) {
             require(c.stats->contains(site_key(i, "scan_state")),
                     "recipe: smooth_state needs the state statistics (CalibrationPlan::state)");
@@ -128,9 +128,9 @@ RecipeStep smooth_state() {
 }
 // S5: x_proj dt rows → dt_proj. After the dt shift (same stage, same statistics) the dt input is
 // dt − μ with μ the mid-range, so max|dt_r − μ_r| = (max_r − min_r)/2 exactly.
-template <class = void>
+template <class Tag = void>
 RecipeStep smooth_dt_after_shift(double alpha = 0.5) {
-    return [alpha](RecipeContext& c) {
+    return [alpha](dependent_t<Tag, RecipeContext>& c) {
         for (std::size_t i = 0; i < c.weights.layers.size(); ++i) {
             const auto& s = stat(c, i, TapPoint::dt_proj_input).channels();
             c.weights.layers[i] = ::mq::smooth_dt(c.weights.layers[i], (s.max() - s.min()) * 0.5, {alpha, 1e-2}).weights;
@@ -140,16 +140,16 @@ RecipeStep smooth_dt_after_shift(double alpha = 0.5) {
 // S7: in_proj x rows → conv1d. Layers sharing in_proj (a Vim layer's directions) feed one x to
 // several convs: s is then from the max over all their filters (as SmoothQuant does for q, k, v
 // reading one input), and every one of those convs absorbs the same s.
-template <class = void>
+template <class Tag = void>
 RecipeStep smooth_conv(double alpha = 0.5) {
-    return [alpha](RecipeContext& c) {
+    return [alpha](dependent_t<Tag, RecipeContext>& c) {
         const std::size_t n = c.weights.layers.size(), g = c.shared_layers;
         require(g >= 1 && n % g == 0, "smooth_conv (S7): ", n, " layers are not groups of ", g);
         std::vector<Eigen::VectorXd> s(n);
         for (std::size_t i = 0; i < n; ++i) {
             Eigen::VectorXd wmax = Eigen::VectorXd::Zero(c.weights.layers[i].conv_w.rows());
             for (std::size_t j = i / g * g; j < i / g * g + g; ++j)
-                wmax = wmax.cwiseMax(c.weights.layers[j].conv_w.cast<double>().cwiseAbs().rowwise().maxCoeff());
+                wmax = wmax.cwiseMax(c.weights.layers[j].conv_w.template cast<double>().cwiseAbs().rowwise().maxCoeff());
             s[i] = smoothing_scales(stat(c, i, TapPoint::conv_input).channels().absmax(), wmax, {alpha, 1e-2},
                                     "smooth_conv (S7)");
         }
@@ -157,8 +157,8 @@ RecipeStep smooth_conv(double alpha = 0.5) {
     };
 }
 
-template <class = void>
-MatrixXd hadamard_for(const RecipeContext& c, std::size_t n, bool randomized, std::uint64_t seed) {
+template <class Tag = void>
+MatrixXd hadamard_for(const dependent_t<Tag, RecipeContext>& c, std::size_t n, bool randomized, std::uint64_t seed) {
     return rotation_matrix<double>(choose_rotation(n, c.fallback, seed, randomized));
 }
 
@@ -173,8 +173,8 @@ MatrixXd hadamard_for(const RecipeContext& c, std::size_t n, bool randomized, st
 // centred K leaves μ·K·H unequal across channels (in_proj input 8-bit SQNR 40.9 dB vs 44.8 dB
 // with the second moment; see the README's accuracy section).
 enum class KltMoment : std::uint8_t { second_moment, centred };
-template <class = void>
-MatrixXd klt_moment(const CovarianceAccumulator& a, KltMoment m) {
+template <class Tag = void>
+MatrixXd klt_moment(const dependent_t<Tag, CovarianceAccumulator>& a, KltMoment m) {
     if (m == KltMoment::centred) return a.covariance();
     require(a.count() >= 1, "klt_moment: no rows accumulated");
     return a.second_moment() / static_cast<double>(a.count());
@@ -184,9 +184,9 @@ MatrixXd klt_moment(const CovarianceAccumulator& a, KltMoment m) {
 // in_proj input's moment (see KltMoment) with γ folded out, M(hn/γ) = diag(1/γ)·M(hn)·diag(1/γ),
 // pooled over layers as the mean of the per-layer matrices, or layer 0).
 enum class R1Basis : std::uint8_t { hadamard, klt_pooled, klt_layer0 };
-template <class = void>
+template <class Tag = void>
 RecipeStep rotate_residual(R1Basis basis, KltMoment moment = KltMoment::second_moment) {
-    return [basis, moment](RecipeContext& c) {
+    return [basis, moment](dependent_t<Tag, RecipeContext>& c) {
         const std::size_t d = static_cast<std::size_t>(c.weights.embedding.cols());
         const MatrixXd h = hadamard_for(c, d, true, c.seed);
         MatrixXd q = h;
@@ -195,7 +195,7 @@ RecipeStep rotate_residual(R1Basis basis, KltMoment moment = KltMoment::second_m
             MatrixXd cov = MatrixXd::Zero(static_cast<Eigen::Index>(d), static_cast<Eigen::Index>(d));
             for (std::size_t i = 0; i < layers; ++i) {
                 const auto& site = stat(c, i, TapPoint::in_proj_input);
-                const Eigen::VectorXd g = c.weights.layers[i].norm.cast<double>();
+                const Eigen::VectorXd g = c.weights.layers[i].norm.template cast<double>();
                 require((g.array() != 0.0).all(), "rotate_residual (R1): layer ", i, " has a zero RMSNorm weight");
                 const Eigen::VectorXd inv = g.cwiseInverse();
                 cov += inv.asDiagonal() * klt_moment(site.covariance(), moment) * inv.asDiagonal();
@@ -207,9 +207,9 @@ RecipeStep rotate_residual(R1Basis basis, KltMoment moment = KltMoment::second_m
     };
 }
 // R5: dt path per layer, Q5 = K5·H_R with K5 from the dt input's moment (see KltMoment).
-template <class = void>
+template <class Tag = void>
 RecipeStep rotate_dt_path(KltMoment moment = KltMoment::second_moment) {
-    return [moment](RecipeContext& c) {
+    return [moment](dependent_t<Tag, RecipeContext>& c) {
         for (std::size_t i = 0; i < c.weights.layers.size(); ++i) {
             const MatrixXd cov = klt_moment(stat(c, i, TapPoint::dt_proj_input).covariance(), moment);
             const MatrixXd h = hadamard_for(c, c.weights.layers[i].dt_rank(), false, 0);
@@ -218,9 +218,9 @@ RecipeStep rotate_dt_path(KltMoment moment = KltMoment::second_moment) {
     };
 }
 // R2: plain Hadamard at the out_proj input, online (fused with its quantization).
-template <class = void>
+template <class Tag = void>
 RecipeStep rotate_out_proj_input() {
-    return [](RecipeContext& c) {
+    return [](dependent_t<Tag, RecipeContext>& c) {
         const std::size_t e = static_cast<std::size_t>(c.model.d_inner);
         const RotationSpec spec = choose_rotation(e, UnsupportedSize::error); // online needs an exact Hadamard
         const MatrixXd h = rotation_matrix<double>(spec);
@@ -229,9 +229,9 @@ RecipeStep rotate_out_proj_input() {
     };
 }
 // R4: Hadamard over the state dimension before the quantized state·C.
-template <class = void>
+template <class Tag = void>
 RecipeStep rotate_state() {
-    return [](RecipeContext& c) {
+    return [](dependent_t<Tag, RecipeContext>& c) {
         const RotationSpec spec = choose_rotation(c.model.d_state, UnsupportedSize::error);
         const MatrixXd h = rotation_matrix<double>(spec);
         for (auto& l : c.weights.layers) l = ::mq::rotate_state(l, h);
@@ -338,8 +338,8 @@ struct QuantizedRecipe {
 
 namespace detail {
 // A NaN or ∞ in a weight would turn every statistic downstream into garbage: refuse it by name.
-template <class = void>
-void require_finite_weights(const MambaWeights& w) {
+template <class Tag = void>
+void require_finite_weights(const dependent_t<Tag, MambaWeights>& w) {
     auto check = [](const auto& m, const std::string& name) {
         if (m.size() == 0 || m.allFinite()) return;
         for (Eigen::Index i = 0; i < m.size(); ++i)
@@ -357,8 +357,8 @@ void require_finite_weights(const MambaWeights& w) {
         check(l.A_log, p + "A_log"), check(l.D, p + "D"), check(l.out_proj, p + "out_proj"), check(l.norm, p + "norm");
     }
 }
-template <class = void>
-QuantizationConfig recipe_base_config(const Recipe& r, const BitsChoice& b) {
+template <class Tag = void>
+QuantizationConfig recipe_base_config(const dependent_t<Tag, Recipe>& r, const dependent_t<Tag, BitsChoice>& b) {
     QuantizationConfig c = uniform_quantization_config(b.weight_bits, b.group, ActMode::static_per_tensor, r.act_symmetric,
                                                        "custom");
     // METHOD.md §2: conv1d's weights per channel (int8), its input static per tensor — the integer
@@ -370,16 +370,17 @@ QuantizationConfig recipe_base_config(const Recipe& r, const BitsChoice& b) {
     c.bits = b.label;
     return c;
 }
-template <class = void>
-QuantParams act_params(const SiteStats& s, bool percentile, bool sym) {
+template <class Tag = void>
+QuantParams act_params(const dependent_t<Tag, SiteStats>& s, bool percentile, bool sym) {
     const ValueRange v = percentile ? s.percentile_range() : s.minmax_range();
     return sym ? params_from_range<8, symmetric>(v.lo, v.hi) : params_from_range<8, asymmetric>(v.lo, v.hi);
 }
 // GPTQ of one weight with the (already rotated) input second moment XᵀX: ŵ and the grid GPTQ chose
 // its codes on (the builder packs ŵ on that grid, so the model holds GPTQ's own codes and scales).
-template <class = void>
-GptqResult gptq_weight(const MatrixXf& w, const CalibrationStats& st, const std::string& key, const QuantSpec& spec,
-                       const GptqOptions& o) {
+template <class Tag = void>
+GptqResult gptq_weight(const dependent_t<Tag, MatrixXf>& w, const dependent_t<Tag, CalibrationStats>& st,
+                       const dependent_t<Tag, std::string>& key, const dependent_t<Tag, QuantSpec>& spec, 
+                       const dependent_t<Tag, GptqOptions>& o) {
     const MatrixXd h = st.at(key).covariance().second_moment();
     return visit_quantizer(spec, [&]<class Q>(std::type_identity<Q>) -> GptqResult {
         if constexpr (std::same_as<typename Q::granularity, per_channel> || is_per_group_v<typename Q::granularity>)
@@ -393,17 +394,17 @@ GptqResult gptq_weight(const MatrixXf& w, const CalibrationStats& st, const std:
 // The offline-transformed float weights of a recipe's result: the online rotations undone (R2:
 // W_out·H·Hᵀ; R4: C rows H·Hᵀ·W_C), so the plain float path computes the original function in the
 // same transformed basis — the reference of the per-layer report.
-template <class = void>
-MambaWeights without_online_rotations(MambaWeights w) {
+template <class Tag = void>
+MambaWeights without_online_rotations(dependent_t<Tag, MambaWeights> w) {
     for (auto& l : w.layers) {
         if (l.out_rotation.size()) {
-            l.out_proj = (l.out_proj.cast<double>() * l.out_rotation.cast<double>().transpose()).cast<float>();
+            l.out_proj = (l.out_proj.template cast<double>() * l.out_rotation.template cast<double>().transpose()).template cast<float>();
             l.out_rotation.resize(0, 0);
         }
         if (l.state_rotation.size()) {
             const auto r = static_cast<Eigen::Index>(l.dt_rank()), n = static_cast<Eigen::Index>(l.d_state());
             l.x_proj.middleRows(r + n, n) =
-                (l.state_rotation.cast<double>() * l.x_proj.middleRows(r + n, n).cast<double>()).cast<float>();
+                (l.state_rotation.template cast<double>() * l.x_proj.middleRows(r + n, n).template cast<double>()).template cast<float>();
             l.state_rotation.resize(0, 0);
         }
     }
@@ -419,9 +420,10 @@ using RecipeCalibrator =
 // calibrate (per stage) → transforms → online rotations → final calibration on the transformed
 // model (static ranges; Hessians for GPTQ) → optional GPTQ → the config with its static params.
 // `shared_layers`: RecipeContext::shared_layers. (A template for the companion library, as below.)
-template <class = void>
-QuantizedRecipe run_recipe(const Recipe& recipe, const MambaWeights& float_weights, const MambaConfig& model,
-                           const RecipeCalibrator& calibrate_model, const QuantizeOptions& opt,
+template <class Tag = void>
+QuantizedRecipe run_recipe(const dependent_t<Tag, Recipe>& recipe, const dependent_t<Tag, MambaWeights>& float_weights,
+                           const dependent_t<Tag, MambaConfig>& model, 
+                           const dependent_t<Tag, RecipeCalibrator>& calibrate_model, const dependent_t<Tag, QuantizeOptions>& opt,
                            std::size_t shared_layers = 1) {
     validate(float_weights);
     detail::require_finite_weights(float_weights);
@@ -502,9 +504,10 @@ MQ_EXTERN_TEMPLATE(QuantizedRecipe run_recipe<>(const Recipe&, const MambaWeight
 // weights over the token windows. (A template never spelled by callers: instantiated only where
 // called, and with MQ_COMPILED compiled once in the companion library, src/recipe.cpp —
 // core/config.hpp.)
-template <class = void>
-QuantizedRecipe run_recipe(const Recipe& recipe, const MambaWeights& float_weights, const MambaConfig& model,
-                           std::span<const std::span<const std::uint32_t>> windows, const QuantizeOptions& opt) {
+template <class Tag = void>
+QuantizedRecipe run_recipe(const dependent_t<Tag, Recipe>& recipe, const dependent_t<Tag, MambaWeights>& float_weights,
+                           const dependent_t<Tag, MambaConfig>& model, 
+                           std::span<const std::span<const std::uint32_t>> windows, const dependent_t<Tag, QuantizeOptions>& opt) {
     return run_recipe<>(recipe, float_weights, model,
                       [&](const MambaWeights& w, const CalibrationPlan& plan, std::string_view what) {
                           const QuantizedMambaModel m = build_quantized_model(w, model, QuantizationConfig{});

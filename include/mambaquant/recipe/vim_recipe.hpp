@@ -36,9 +36,11 @@ struct QuantizedVimRecipe {
 // where the method says so, B/C smoothing (S4) per direction with the first-step absorption — are
 // the recipes' own. (A template never spelled by callers; with MQ_COMPILED compiled once in the
 // companion library, src/vim.cpp.)
-template <class = void>
-QuantizedVimRecipe run_vim_recipe(const Recipe& recipe, const VimWeights& float_weights, const VimConfig& cfg,
-                                  const ImageBatch& calib, const QuantizeOptions& opt) {
+template <class Tag = void>
+QuantizedVimRecipe run_vim_recipe(const dependent_t<Tag, Recipe>& recipe,
+                                  const dependent_t<Tag, VimWeights>& float_weights,
+                                  const dependent_t<Tag, VimConfig>& cfg, 
+                                  const dependent_t<Tag, ImageBatch>& calib, const dependent_t<Tag, QuantizeOptions>& opt) {
     validate(float_weights, cfg);
     require(calib.count > 0, "run_vim_recipe: no calibration images");
     QuantizedRecipe r = run_recipe(

@@ -42,6 +42,7 @@ struct ConvWeights {
     std::size_t channels() const noexcept { return static_cast<std::size_t>(weight_t.cols()); }
     std::size_t taps() const noexcept { return static_cast<std::size_t>(weight_t.rows()); }
 
+    template <class = void>
     static ConvWeights from(ConstMatrixView<float> weight, std::span<const float> bias = {}) {
         require(weight.rows > 0 && weight.cols > 0, "ConvWeights: weight must be non-empty, got [", weight.rows,
                 " x ", weight.cols, "]");
@@ -61,8 +62,9 @@ struct ConvWeights {
     // The integer conv: int8 codes [E, K] (in [−127, 127]), their per-channel scales s_w [E] and
     // the input's static per-tensor params (8 bits, symmetric or not). Throws mq::error naming the
     // bad value.
+    template <class Tag = void>
     static ConvWeights quantized(ConstMatrixView<std::int8_t> codes, std::span<const float> w_scale,
-                                 std::span<const float> bias, const QuantParams& input, bool symmetric) {
+                                 std::span<const float> bias, const dependent_t<Tag, QuantParams>& input, bool symmetric) {
         const std::size_t E = codes.rows, K = codes.cols;
         require(w_scale.size() == E, "ConvWeights: conv1d.scales: expected ", E, " values, got ", w_scale.size());
         for (std::size_t d = 0; d < E; ++d)

@@ -81,6 +81,7 @@ struct StateSmoothing {
     aligned_vector<float> log_inv_scale;
 
     StateSmoothing() = default;
+    template <class = void>
     explicit StateSmoothing(std::span<const float> s, const char* who) {
         for (std::size_t n = 0; n < s.size(); ++n)
             require(std::isfinite(s[n]) && s[n] > 0.0f, who, ": smoothing scale s[", n,
@@ -124,6 +125,7 @@ struct SmoothedScan {
     static constexpr const char* name = "smoothed";
     static constexpr bool is_quantized = false;
 
+    template <class = void>
     explicit SmoothedScan(std::span<const float> s) : smoothing_(s, "SmoothedScan") {
         require(!s.empty(), "SmoothedScan: needs one smoothing scale per state index, got none");
     }

@@ -27,6 +27,7 @@ struct ScanWeights {
     aligned_vector<float> gate_scale;
 
     // g [E], finite and > 0 (S-SiLU: gate z·σ(g⊙z), fused into the scan's epilogue); empty: SiLU.
+    template <class = void>
     void set_gate_scale(std::span<const float> g) {
         require(g.empty() || g.size() == channels(), "ScanWeights: gate_scale: expected ", channels(), " values, got ",
                 g.size());
@@ -39,6 +40,7 @@ struct ScanWeights {
     std::size_t state_size() const noexcept { return static_cast<std::size_t>(A.cols()); }
 
     // From the checkpoint's A_log (A = −exp(A_log)).
+    template <class = void>
     static ScanWeights from_A_log(ConstMatrixView<float> A_log, std::span<const float> D = {},
                                   std::span<const float> dt_bias = {}) {
         ScanWeights w = from_A(A_log, D, dt_bias, "A_log");
@@ -46,6 +48,7 @@ struct ScanWeights {
         return w;
     }
     // From A itself (already −exp(A_log)).
+    template <class = void>
     static ScanWeights from_A(ConstMatrixView<float> A, std::span<const float> D = {},
                               std::span<const float> dt_bias = {}, const char* a_name = "A") {
         require(A.rows > 0 && A.cols > 0, "ScanWeights: ", a_name, " must be non-empty, got [", A.rows, " x ",

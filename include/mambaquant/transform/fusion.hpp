@@ -22,25 +22,26 @@ MQ_NAMESPACE_BEGIN
 
 namespace detail {
 // W·Q (Q acting on the input side of a weight [out, in]).
-template <class = void>
-MatrixXf fusion_fold_right(const MatrixXf& w, const MatrixXd& q) { return (w.cast<double>() * q).cast<float>(); }
+template <class Tag = void>
+MatrixXf fusion_fold_right(const dependent_t<Tag, MatrixXf>& w,
+                           const dependent_t<Tag, MatrixXd>& q) { return (w.template cast<double>() * q).template cast<float>(); }
 // Qᵀ·W (Q acting on the output side).
-template <class = void>
-MatrixXf fusion_fold_left(const MatrixXd& q, const Eigen::Ref<const MatrixXf>& w) {
-    return (q.transpose() * w.cast<double>()).cast<float>();
+template <class Tag = void>
+MatrixXf fusion_fold_left(const dependent_t<Tag, MatrixXd>& q, const dependent_t<Tag, Eigen::Ref<const MatrixXf>>& w) {
+    return (q.transpose() * w.template cast<double>()).template cast<float>();
 }
-template <class = void>
-bool fusion_all_ones(const Eigen::VectorXf& v) { return (v.array() == 1.0f).all(); }
+template <class Tag = void>
+bool fusion_all_ones(const dependent_t<Tag, Eigen::VectorXf>& v) { return (v.array() == 1.0f).all(); }
 } // namespace detail
 
 // hn = h·rsqrt(mean(h²) + ε)·γ, so hn·W_inᵀ = (h·rsqrt(…))·(W_in·diag(γ))ᵀ:
 //   W_in ← W_in·diag(γ),  γ ← 1.
 // Needed before R1: the RMS of h is rotation-invariant (‖h·Q‖ = ‖h‖) but h·Q·diag(γ) is not h·diag(γ)·Q.
-template <class = void>
-MambaLayerWeights fold_norm(const MambaLayerWeights& w) {
+template <class Tag = void>
+MambaLayerWeights fold_norm(const dependent_t<Tag, MambaLayerWeights>& w) {
     validate(w);
     MambaLayerWeights out = w;
-    out.in_proj = (w.in_proj.cast<double>().array().rowwise() * w.norm.cast<double>().transpose().array()).cast<float>();
+    out.in_proj = (w.in_proj.template cast<double>().array().rowwise() * w.norm.template cast<double>().transpose().array()).template cast<float>();
     out.norm.setOnes();
     return out;
 }
@@ -49,8 +50,8 @@ MambaLayerWeights fold_norm(const MambaLayerWeights& w) {
 //   W_in ← W_in·Q1                  reads RMSNorm(h·Q1) = RMSNorm(h)·Q1 (γ folded)
 //   W_out ← Q1ᵀ·W_out               writes y·W_outᵀ·Q1 into the rotated stream
 // The norm must be folded first (γ = 1): throws otherwise.
-template <class = void>
-MambaLayerWeights rotate_residual(const MambaLayerWeights& w, const MatrixXd& q1) {
+template <class Tag = void>
+MambaLayerWeights rotate_residual(const dependent_t<Tag, MambaLayerWeights>& w, const dependent_t<Tag, MatrixXd>& q1) {
     validate(w);
     const auto d = static_cast<Eigen::Index>(w.d_model());
     require_orthogonal(q1, d, "rotate_residual (R1): Q1");
@@ -65,8 +66,8 @@ MambaLayerWeights rotate_residual(const MambaLayerWeights& w, const MatrixXd& q1
 // R1 on a whole model: every layer's γ folded and rotated, the embedding rotated (E ← E·Q1, so the
 // stream starts rotated), and the final norm folded into a separately stored head that reads the
 // rotated stream: W_head ← W_head·diag(γ_f)·Q1, γ_f ← 1. This unties embedding and head.
-template <class = void>
-MambaWeights rotate_residual(const MambaWeights& m, const MatrixXd& q1) {
+template <class Tag = void>
+MambaWeights rotate_residual(const dependent_t<Tag, MambaWeights>& m, const dependent_t<Tag, MatrixXd>& q1) {
     validate(m);
     const auto d = m.embedding.cols();
     require_orthogonal(q1, d, "rotate_residual (R1): Q1");
@@ -74,8 +75,8 @@ MambaWeights rotate_residual(const MambaWeights& m, const MatrixXd& q1) {
     out.layers.reserve(m.layers.size());
     for (const auto& layer : m.layers) out.layers.push_back(rotate_residual(fold_norm(layer), q1));
     out.embedding = detail::fusion_fold_right(m.embedding, q1);
-    const MatrixXd head_gamma = m.head().cast<double>().array().rowwise() * m.norm_f.cast<double>().transpose().array();
-    out.lm_head = (head_gamma * q1).cast<float>();
+    const MatrixXd head_gamma = m.head().template cast<double>().array().rowwise() * m.norm_f.template cast<double>().transpose().array();
+    out.lm_head = (head_gamma * q1).template cast<float>();
     out.norm_f = Eigen::VectorXf::Ones(d);
     out.tied = false;
     return out;
@@ -84,14 +85,14 @@ MambaWeights rotate_residual(const MambaWeights& m, const MatrixXd& q1) {
 // R5, the low-rank dt path, offline (Q5 = K5·H_R per layer): dt ← dt·Q5.
 //   W_x,dt ← Q5ᵀ·W_x,dt (x_proj rows 0..R−1),  dt_shift ← Q5ᵀ·dt_shift,  W_dt ← W_dt·Q5
 // since (x·W_x,dtᵀ − μ)·Q5 = x·(Q5ᵀ·W_x,dt)ᵀ − μ·Q5 and dt·Q5·(W_dt·Q5)ᵀ = dt·W_dtᵀ.
-template <class = void>
-MambaLayerWeights rotate_dt_path(const MambaLayerWeights& w, const MatrixXd& q5) {
+template <class Tag = void>
+MambaLayerWeights rotate_dt_path(const dependent_t<Tag, MambaLayerWeights>& w, const dependent_t<Tag, MatrixXd>& q5) {
     validate(w);
     const auto r = static_cast<Eigen::Index>(w.dt_rank());
     require_orthogonal(q5, r, "rotate_dt_path (R5): Q5");
     MambaLayerWeights out = w;
     out.x_proj.topRows(r) = detail::fusion_fold_left(q5, w.x_proj.topRows(r));
-    out.dt_shift = (q5.transpose() * w.dt_shift.cast<double>()).cast<float>();
+    out.dt_shift = (q5.transpose() * w.dt_shift.template cast<double>()).template cast<float>();
     out.dt_proj = detail::fusion_fold_right(w.dt_proj, q5);
     return out;
 }
@@ -99,14 +100,15 @@ MambaLayerWeights rotate_dt_path(const MambaLayerWeights& w, const MatrixXd& q5)
 // R2, the out_proj input, online (plain H of size E): a ← a·H at run time (fused with its
 // quantization), W_out ← W_out·H, since a·H·(W_out·H)ᵀ = a·W_outᵀ. A second rotation composes:
 // the recorded online matrix becomes out_rotation·H.
-template <class = void>
-MambaLayerWeights rotate_out_proj_input(const MambaLayerWeights& w, const MatrixXd& h) {
+template <class Tag = void>
+MambaLayerWeights rotate_out_proj_input(const dependent_t<Tag, MambaLayerWeights>& w,
+                                        const dependent_t<Tag, MatrixXd>& h) {
     validate(w);
     const auto e = static_cast<Eigen::Index>(w.d_inner());
     require_orthogonal(h, e, "rotate_out_proj_input (R2): H");
     MambaLayerWeights out = w;
     out.out_proj = detail::fusion_fold_right(w.out_proj, h);
-    out.out_rotation = w.out_rotation.size() == 0 ? MatrixXf(h.cast<float>())
+    out.out_rotation = w.out_rotation.size() == 0 ? MatrixXf(h.template cast<float>())
                                                   : detail::fusion_fold_right(w.out_rotation, h);
     return out;
 }
@@ -116,14 +118,14 @@ MambaLayerWeights rotate_out_proj_input(const MambaLayerWeights& w, const Matrix
 //   W_C ← Hᵀ·W_C (x_proj rows R+N..R+2N−1), so C' = C·H;   state' = state·H at run time;
 //   state'·C'ᵀ = state·H·Hᵀ·Cᵀ = state·Cᵀ.
 // The recurrence itself keeps the unrotated state (B is untouched).
-template <class = void>
-MambaLayerWeights rotate_state(const MambaLayerWeights& w, const MatrixXd& h) {
+template <class Tag = void>
+MambaLayerWeights rotate_state(const dependent_t<Tag, MambaLayerWeights>& w, const dependent_t<Tag, MatrixXd>& h) {
     validate(w);
     const auto r = static_cast<Eigen::Index>(w.dt_rank()), n = static_cast<Eigen::Index>(w.d_state());
     require_orthogonal(h, n, "rotate_state (R4): H");
     MambaLayerWeights out = w;
     out.x_proj.middleRows(r + n, n) = detail::fusion_fold_left(h, w.x_proj.middleRows(r + n, n));
-    out.state_rotation = w.state_rotation.size() == 0 ? MatrixXf(h.cast<float>())
+    out.state_rotation = w.state_rotation.size() == 0 ? MatrixXf(h.template cast<float>())
                                                       : detail::fusion_fold_right(w.state_rotation, h);
     return out;
 }

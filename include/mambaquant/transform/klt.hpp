@@ -26,8 +26,8 @@ struct Klt {
 };
 
 // Makes column j's largest-|entry| positive (ties: the lowest index wins).
-template <class = void>
-void fix_eigenvector_signs(MatrixXd& basis) noexcept {
+template <class Tag = void>
+void fix_eigenvector_signs(dependent_t<Tag, MatrixXd>& basis) noexcept {
     for (Eigen::Index j = 0; j < basis.cols(); ++j) {
         Eigen::Index best = 0;
         double best_abs = -1.0;
@@ -48,8 +48,8 @@ void fix_eigenvector_signs(MatrixXd& basis) noexcept {
 // LAPACK's dsyevd over OpenBLAS ~11 s, hence `automatic` prefers LAPACK when it is compiled in.
 // Tiny negative eigenvalues from rounding are kept as they are (they are ~1e-16·λ_0).
 // (A template for the same reason as symmetric_eigen: instantiated only where it is called.)
-template <class = void>
-Klt klt_from_covariance(const MatrixXd& covariance, EigenBackend backend = EigenBackend::automatic) {
+template <class Tag = void>
+Klt klt_from_covariance(const dependent_t<Tag, MatrixXd>& covariance, EigenBackend backend = EigenBackend::automatic) {
     SymmetricEigen eig = symmetric_eigen(covariance, backend);
     Klt out;
     out.eigenvalues = eig.values.reverse(); // backends sort ascending

@@ -26,13 +26,14 @@ struct KltHadamard {
     Eigen::VectorXd eigenvalues;     // Λ of the KLT, descending
 
     std::size_t dim() const noexcept { return static_cast<std::size_t>(matrix.rows()); }
+    template <class = void>
     Matrix<float> matrix_f() const { return matrix.cast<float>(); }
 };
 
 // Q = K·H for a caller-supplied orthogonal H (e.g. a randomized Hadamard, or a seeded random
 // orthogonal matrix for a size with no Hadamard).
-template <class = void>
-KltHadamard klt_hadamard(const Klt& k, const MatrixXd& h) {
+template <class Tag = void>
+KltHadamard klt_hadamard(const dependent_t<Tag, Klt>& k, const dependent_t<Tag, MatrixXd>& h) {
     const auto n = static_cast<Eigen::Index>(k.dim());
     require(n > 0 && k.basis.cols() == n && k.eigenvalues.size() == n, "klt_hadamard: malformed KLT (basis [",
             k.basis.rows(), " x ", k.basis.cols(), "], ", k.eigenvalues.size(), " eigenvalues)");
@@ -42,12 +43,12 @@ KltHadamard klt_hadamard(const Klt& k, const MatrixXd& h) {
 
 // Q = K·H with H the orthonormal Hadamard of size n = m·2^k (throws, naming the supported
 // factors, for other sizes).
-template <class = void>
-KltHadamard klt_hadamard(const Klt& k) { return klt_hadamard(k, hadamard_matrix<double>(k.dim())); }
+template <class Tag = void>
+KltHadamard klt_hadamard(const dependent_t<Tag, Klt>& k) { return klt_hadamard(k, hadamard_matrix<double>(k.dim())); }
 
 // Q = K·diag(±1)·H with seeded signs (the randomized Hadamard of transform/hadamard.hpp).
-template <class = void>
-KltHadamard klt_randomized_hadamard(const Klt& k, std::uint64_t seed) {
+template <class Tag = void>
+KltHadamard klt_randomized_hadamard(const dependent_t<Tag, Klt>& k, std::uint64_t seed) {
     return klt_hadamard(k, randomized_hadamard_matrix<double>(k.dim(), seed));
 }
 

@@ -73,8 +73,8 @@ void require_layer_len(const char* tensor, Eigen::Index size, Eigen::Index want)
 
 // Checks that every tensor agrees with the dimensions that out_proj, dt_proj, A_log and conv_w
 // define (D, E, R, N, K); throws mq::error naming the first tensor that does not.
-template <class = void>
-void validate(const MambaLayerWeights& w) {
+template <class Tag = void>
+void validate(const dependent_t<Tag, MambaLayerWeights>& w) {
     const Eigen::Index d = w.out_proj.rows(), e = w.dt_proj.rows(), r = w.dt_proj.cols(), n = w.A_log.cols(),
                        k = w.conv_w.cols();
     require(d > 0 && e > 0 && r > 0 && n > 0 && k > 0, "MambaLayerWeights: empty dimension (D=", d, ", E=", e,
@@ -110,8 +110,8 @@ struct MambaWeights {
     const MatrixXf& head() const noexcept { return tied ? embedding : lm_head; }
 };
 
-template <class = void>
-void validate(const MambaWeights& m) {
+template <class Tag = void>
+void validate(const dependent_t<Tag, MambaWeights>& m) {
     const Eigen::Index d = m.embedding.cols();
     require(m.embedding.rows() > 0 && d > 0, "MambaWeights: embedding is empty");
     require(m.norm_f.size() == d, "MambaWeights: norm_f: expected length ", d, ", got ", m.norm_f.size());

@@ -17,8 +17,8 @@ MQ_NAMESPACE_BEGIN
 // and catch any non-orthogonal matrix a caller plausibly passes (a transposed K·H is still
 // orthogonal, a scaled Hadamard or a covariance is not). The default tolerance admits matrices
 // rounded to float (~1e-7) and rejects an unnormalized Hadamard outright.
-template <class = void>
-void require_orthogonal(const MatrixXd& q, Eigen::Index n, const char* name, double tol = 1e-5) {
+template <class Tag = void>
+void require_orthogonal(const dependent_t<Tag, MatrixXd>& q, Eigen::Index n, const char* name, double tol = 1e-5) {
     require(q.rows() == n && q.cols() == n, name, ": expected an orthogonal [", n, " x ", n, "] matrix, got [", q.rows(),
             " x ", q.cols(), "]");
     require(q.allFinite(), name, ": has non-finite entries");

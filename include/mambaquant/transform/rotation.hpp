@@ -260,11 +260,13 @@ public:
 
     HadamardOnline() = default;
     // Exact Hadamard of size n (throws mq::error for an unsupported n), randomized with a seed.
+    template <class = void>
     explicit HadamardOnline(std::size_t n, std::optional<std::uint64_t> seed = std::nullopt)
         : n_(n), block_(n), plan_(make_fwht_plan(n, seed)) {
         spec_ = {seed ? RotationKind::randomized_hadamard : RotationKind::hadamard, n, seed.value_or(0), 0};
     }
     // diag(H_b, …, H_b): each run of `block` features rotated on its own.
+    template <class = void>
     static HadamardOnline block_diagonal(std::size_t n, std::size_t block) {
         require(block > 0 && n % block == 0, "HadamardOnline::block_diagonal: block size ", block,
                 " does not divide n = ", n);
@@ -276,7 +278,8 @@ public:
         return r;
     }
     // From a spec of kind hadamard, randomized_hadamard or block_hadamard.
-    static HadamardOnline from_spec(const RotationSpec& spec) {
+    template <class Tag = void>
+    static HadamardOnline from_spec(const dependent_t<Tag, RotationSpec>& spec) {
         switch (spec.kind) {
         case RotationKind::hadamard: return HadamardOnline(spec.n);
         case RotationKind::randomized_hadamard: return HadamardOnline(spec.n, spec.seed);

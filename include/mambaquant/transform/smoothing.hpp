@@ -33,23 +33,24 @@ struct SmoothResult {
 };
 
 namespace detail {
-template <class = void>
-void smooth_require_stat(const Eigen::VectorXd& v, Eigen::Index n, const char* site, const char* what) {
+template <class Tag = void>
+void smooth_require_stat(const dependent_t<Tag, Eigen::VectorXd>& v, Eigen::Index n, const char* site,
+                         const char* what) {
     require(v.size() == n, site, ": ", what, " has ", v.size(), " channels, expected ", n);
     for (Eigen::Index i = 0; i < n; ++i)
         require(std::isfinite(v[i]) && v[i] >= 0.0, site, ": ", what, "[", i, "] = ", v[i],
                 " (must be finite and >= 0)");
 }
-template <class = void>
-void smooth_require_scale(const Eigen::VectorXd& s, Eigen::Index n, const char* site) {
+template <class Tag = void>
+void smooth_require_scale(const dependent_t<Tag, Eigen::VectorXd>& s, Eigen::Index n, const char* site) {
     require(s.size() == n, site, ": scale has ", s.size(), " entries, expected ", n);
     for (Eigen::Index i = 0; i < n; ++i)
         require(std::isfinite(s[i]) && s[i] > 0.0, site, ": scale[", i, "] = ", s[i], " (must be finite and > 0)");
 }
 // max_i |W_ij| over the rows of W: one value per input column j.
-template <class = void>
-Eigen::VectorXd smooth_column_absmax(const Eigen::Ref<const MatrixXf>& w) {
-    return w.cast<double>().cwiseAbs().colwise().maxCoeff().transpose();
+template <class Tag = void>
+Eigen::VectorXd smooth_column_absmax(const dependent_t<Tag, Eigen::Ref<const MatrixXf>>& w) {
+    return w.template cast<double>().cwiseAbs().colwise().maxCoeff().transpose();
 }
 } // namespace detail
 
@@ -57,8 +58,9 @@ Eigen::VectorXd smooth_column_absmax(const Eigen::Ref<const MatrixXf>& w) {
 // X_j: channel j of the activation entering the weight; W_j: column j of the consuming weight.
 // Dividing X_j by s_j and multiplying W_j by s_j leaves x·Wᵀ unchanged and balances the two
 // ranges: afterwards max|X_j/s_j| = max|W_j·s_j| when α = 0.5 (and no floor applies).
-template <class = void>
-Eigen::VectorXd smoothing_scales(const Eigen::VectorXd& act_absmax, const Eigen::VectorXd& weight_absmax,
+template <class Tag = void>
+Eigen::VectorXd smoothing_scales(const dependent_t<Tag, Eigen::VectorXd>& act_absmax,
+                                 const dependent_t<Tag, Eigen::VectorXd>& weight_absmax, 
                                  SmoothParams p = {}, const char* site = "smoothing_scales") {
     require(p.alpha >= 0.0 && p.alpha <= 1.0, site, ": alpha must be in [0, 1], got ", p.alpha);
     require(std::isfinite(p.floor) && p.floor > 0.0, site, ": floor must be finite and > 0, got ", p.floor);
@@ -75,18 +77,20 @@ Eigen::VectorXd smoothing_scales(const Eigen::VectorXd& act_absmax, const Eigen:
 // ---- norm → in_proj (the SmoothQuant baseline) -----------------------------------------------
 // hn = RMSNorm(h)·γ, so dividing channel j of hn by s_j is γ_j ← γ_j/s_j, and in_proj absorbs it:
 //   W_in ← W_in·diag(s)   (both the x and the z rows read hn).
-template <class = void>
-MambaLayerWeights apply_norm_smoothing(const MambaLayerWeights& w, const Eigen::VectorXd& s) {
+template <class Tag = void>
+MambaLayerWeights apply_norm_smoothing(const dependent_t<Tag, MambaLayerWeights>& w,
+                                       const dependent_t<Tag, Eigen::VectorXd>& s) {
     validate(w);
     detail::smooth_require_scale(s, w.norm.size(), "apply_norm_smoothing");
     MambaLayerWeights out = w;
-    out.norm = (w.norm.cast<double>().array() / s.array()).cast<float>().matrix();
-    out.in_proj = (w.in_proj.cast<double>().array().rowwise() * s.transpose().array()).cast<float>();
+    out.norm = (w.norm.template cast<double>().array() / s.array()).template cast<float>().matrix();
+    out.in_proj = (w.in_proj.template cast<double>().array().rowwise() * s.transpose().array()).template cast<float>();
     return out;
 }
 // s from max|hn_j| (the in_proj input) and the in_proj columns.
-template <class = void>
-SmoothResult smooth_norm(const MambaLayerWeights& w, const Eigen::VectorXd& in_proj_input_absmax,
+template <class Tag = void>
+SmoothResult smooth_norm(const dependent_t<Tag, MambaLayerWeights>& w,
+                         const dependent_t<Tag, Eigen::VectorXd>& in_proj_input_absmax, 
                          SmoothParams p = {}) {
     validate(w);
     const Eigen::VectorXd s =
@@ -100,22 +104,24 @@ SmoothResult smooth_norm(const MambaLayerWeights& w, const Eigen::VectorXd& in_p
 // and out_proj absorbs s: W_out ← W_out·diag(s). The layer's gate_scale becomes gate_scale⊙s
 // (an already smoothed gate composes: with z'' = z'/s₁, z''·σ(s₀s₁⊙z'') = S-SiLU_{s₀}(z')/s₁).
 // Must precede R2: the online Hadamard at the out_proj input sees the smoothed a'.
-template <class = void>
-MambaLayerWeights apply_gate_smoothing(const MambaLayerWeights& w, const Eigen::VectorXd& s) {
+template <class Tag = void>
+MambaLayerWeights apply_gate_smoothing(const dependent_t<Tag, MambaLayerWeights>& w,
+                                       const dependent_t<Tag, Eigen::VectorXd>& s) {
     validate(w);
     const Eigen::Index e = static_cast<Eigen::Index>(w.d_inner());
     detail::smooth_require_scale(s, e, "apply_gate_smoothing");
     require(w.out_rotation.size() == 0, "apply_gate_smoothing: the layer already has an online out_proj rotation (R2); "
                                         "apply S2 before R2");
     MambaLayerWeights out = w;
-    out.in_proj.bottomRows(e) = (w.in_proj.bottomRows(e).cast<double>().array().colwise() / s.array()).cast<float>();
-    out.gate_scale = (w.gate_scale.cast<double>().array() * s.array()).cast<float>().matrix();
-    out.out_proj = (w.out_proj.cast<double>().array().rowwise() * s.transpose().array()).cast<float>();
+    out.in_proj.bottomRows(e) = (w.in_proj.bottomRows(e).template cast<double>().array().colwise() / s.array()).template cast<float>();
+    out.gate_scale = (w.gate_scale.template cast<double>().array() * s.array()).template cast<float>().matrix();
+    out.out_proj = (w.out_proj.template cast<double>().array().rowwise() * s.transpose().array()).template cast<float>();
     return out;
 }
 // s from max|a_e| (the out_proj input, measured on the layer as it is) and the out_proj columns.
-template <class = void>
-SmoothResult smooth_gate(const MambaLayerWeights& w, const Eigen::VectorXd& out_proj_input_absmax,
+template <class Tag = void>
+SmoothResult smooth_gate(const dependent_t<Tag, MambaLayerWeights>& w,
+                         const dependent_t<Tag, Eigen::VectorXd>& out_proj_input_absmax, 
                          SmoothParams p = {}) {
     validate(w);
     const Eigen::VectorXd s =
@@ -131,22 +137,24 @@ SmoothResult smooth_gate(const MambaLayerWeights& w, const Eigen::VectorXd& out_
 // exact. A carried state in the original units enters through the first step only:
 //   log dA'_0 = Δ_0·A + log(1/s)   (one addcmul), later steps unchanged;
 // state_scale (⊙ s) records s for that. Must precede R4 (the state rotation acts on state/s).
-template <class = void>
-MambaLayerWeights apply_state_smoothing(const MambaLayerWeights& w, const Eigen::VectorXd& s) {
+template <class Tag = void>
+MambaLayerWeights apply_state_smoothing(const dependent_t<Tag, MambaLayerWeights>& w,
+                                        const dependent_t<Tag, Eigen::VectorXd>& s) {
     validate(w);
     const Eigen::Index r = static_cast<Eigen::Index>(w.dt_rank()), n = static_cast<Eigen::Index>(w.d_state());
     detail::smooth_require_scale(s, n, "apply_state_smoothing");
     require(w.state_rotation.size() == 0,
             "apply_state_smoothing: the layer already has an online state rotation (R4); apply S4 before R4");
     MambaLayerWeights out = w;
-    out.x_proj.middleRows(r, n) = (w.x_proj.middleRows(r, n).cast<double>().array().colwise() / s.array()).cast<float>();
+    out.x_proj.middleRows(r, n) = (w.x_proj.middleRows(r, n).template cast<double>().array().colwise() / s.array()).template cast<float>();
     out.x_proj.middleRows(r + n, n) =
-        (w.x_proj.middleRows(r + n, n).cast<double>().array().colwise() * s.array()).cast<float>();
-    out.state_scale = (w.state_scale.cast<double>().array() * s.array()).cast<float>().matrix();
+        (w.x_proj.middleRows(r + n, n).template cast<double>().array().colwise() * s.array()).template cast<float>();
+    out.state_scale = (w.state_scale.template cast<double>().array() * s.array()).template cast<float>().matrix();
     return out;
 }
-template <class = void>
-Eigen::VectorXd state_smoothing_scales(const Eigen::VectorXd& state_absmax, const Eigen::VectorXd& c_absmax,
+template <class Tag = void>
+Eigen::VectorXd state_smoothing_scales(const dependent_t<Tag, Eigen::VectorXd>& state_absmax,
+                                       const dependent_t<Tag, Eigen::VectorXd>& c_absmax, 
                                        StateSmoothParams p = {}) {
     const char* site = "state_smoothing_scales (S4)";
     require(std::isfinite(p.lo) && std::isfinite(p.hi) && p.lo > 0.0 && p.lo <= p.hi, site,
@@ -159,9 +167,10 @@ Eigen::VectorXd state_smoothing_scales(const Eigen::VectorXd& state_absmax, cons
         s[i] = std::clamp(std::sqrt(std::max(state_absmax[i], kTiny) / std::max(c_absmax[i], kTiny)), p.lo, p.hi);
     return s;
 }
-template <class = void>
-SmoothResult smooth_state(const MambaLayerWeights& w, const Eigen::VectorXd& state_absmax,
-                          const Eigen::VectorXd& c_absmax, StateSmoothParams p = {}) {
+template <class Tag = void>
+SmoothResult smooth_state(const dependent_t<Tag, MambaLayerWeights>& w,
+                          const dependent_t<Tag, Eigen::VectorXd>& state_absmax, 
+                          const dependent_t<Tag, Eigen::VectorXd>& c_absmax, StateSmoothParams p = {}) {
     validate(w);
     require(state_absmax.size() == static_cast<Eigen::Index>(w.d_state()), "smooth_state (S4): max|state| has ",
             state_absmax.size(), " entries, expected d_state = ", w.d_state());
@@ -172,20 +181,22 @@ SmoothResult smooth_state(const MambaLayerWeights& w, const Eigen::VectorXd& sta
 // ---- S5: x_proj dt rows → dt_proj --------------------------------------------------------------
 // dt = x·W_x,dtᵀ − dt_shift; W_x,dt ← diag(1/s)·W_x,dt and dt_shift ← dt_shift/s give dt/s, and
 // W_dt ← W_dt·diag(s) restores (dt/s)·(W_dt·diag(s))ᵀ = dt·W_dtᵀ.
-template <class = void>
-MambaLayerWeights apply_dt_smoothing(const MambaLayerWeights& w, const Eigen::VectorXd& s) {
+template <class Tag = void>
+MambaLayerWeights apply_dt_smoothing(const dependent_t<Tag, MambaLayerWeights>& w,
+                                     const dependent_t<Tag, Eigen::VectorXd>& s) {
     validate(w);
     const Eigen::Index r = static_cast<Eigen::Index>(w.dt_rank());
     detail::smooth_require_scale(s, r, "apply_dt_smoothing");
     MambaLayerWeights out = w;
-    out.x_proj.topRows(r) = (w.x_proj.topRows(r).cast<double>().array().colwise() / s.array()).cast<float>();
-    out.dt_shift = (w.dt_shift.cast<double>().array() / s.array()).cast<float>().matrix();
-    out.dt_proj = (w.dt_proj.cast<double>().array().rowwise() * s.transpose().array()).cast<float>();
+    out.x_proj.topRows(r) = (w.x_proj.topRows(r).template cast<double>().array().colwise() / s.array()).template cast<float>();
+    out.dt_shift = (w.dt_shift.template cast<double>().array() / s.array()).template cast<float>().matrix();
+    out.dt_proj = (w.dt_proj.template cast<double>().array().rowwise() * s.transpose().array()).template cast<float>();
     return out;
 }
 // s from max|dt_r| of the dt input as the layer computes it (after any shift) and dt_proj columns.
-template <class = void>
-SmoothResult smooth_dt(const MambaLayerWeights& w, const Eigen::VectorXd& dt_input_absmax, SmoothParams p = {}) {
+template <class Tag = void>
+SmoothResult smooth_dt(const dependent_t<Tag, MambaLayerWeights>& w,
+                       const dependent_t<Tag, Eigen::VectorXd>& dt_input_absmax, SmoothParams p = {}) {
     validate(w);
     const Eigen::VectorXd s = smoothing_scales(dt_input_absmax, detail::smooth_column_absmax(w.dt_proj), p, "smooth_dt (S5)");
     return {apply_dt_smoothing(w, s), s};
@@ -194,22 +205,24 @@ SmoothResult smooth_dt(const MambaLayerWeights& w, const Eigen::VectorXd& dt_inp
 // ---- S7: in_proj x rows → conv1d ---------------------------------------------------------------
 // The conv is depthwise: conv_t[e] = Σ_k w[e,k]·x_{t−K+1+k}[e] + b[e]. With W_in,x ← diag(1/s)·W_in,x
 // the conv input is x/s, and w[e,:] ← s_e·w[e,:] gives the same conv output (bias unchanged).
-template <class = void>
-MambaLayerWeights apply_conv_smoothing(const MambaLayerWeights& w, const Eigen::VectorXd& s) {
+template <class Tag = void>
+MambaLayerWeights apply_conv_smoothing(const dependent_t<Tag, MambaLayerWeights>& w,
+                                       const dependent_t<Tag, Eigen::VectorXd>& s) {
     validate(w);
     const Eigen::Index e = static_cast<Eigen::Index>(w.d_inner());
     detail::smooth_require_scale(s, e, "apply_conv_smoothing");
     MambaLayerWeights out = w;
-    out.in_proj.topRows(e) = (w.in_proj.topRows(e).cast<double>().array().colwise() / s.array()).cast<float>();
-    out.conv_w = (w.conv_w.cast<double>().array().colwise() * s.array()).cast<float>();
+    out.in_proj.topRows(e) = (w.in_proj.topRows(e).template cast<double>().array().colwise() / s.array()).template cast<float>();
+    out.conv_w = (w.conv_w.template cast<double>().array().colwise() * s.array()).template cast<float>();
     return out;
 }
 // s from max|x_e| of the conv input and max_k |w[e,k]| (each channel has its own conv filter).
-template <class = void>
-SmoothResult smooth_conv(const MambaLayerWeights& w, const Eigen::VectorXd& conv_input_absmax,
+template <class Tag = void>
+SmoothResult smooth_conv(const dependent_t<Tag, MambaLayerWeights>& w,
+                         const dependent_t<Tag, Eigen::VectorXd>& conv_input_absmax, 
                          SmoothParams p = {}) {
     validate(w);
-    const Eigen::VectorXd wmax = w.conv_w.cast<double>().cwiseAbs().rowwise().maxCoeff();
+    const Eigen::VectorXd wmax = w.conv_w.template cast<double>().cwiseAbs().rowwise().maxCoeff();
     const Eigen::VectorXd s = smoothing_scales(conv_input_absmax, wmax, p, "smooth_conv (S7)");
     return {apply_conv_smoothing(w, s), s};
 }
@@ -219,21 +232,23 @@ SmoothResult smooth_conv(const MambaLayerWeights& w, const Eigen::VectorXd& conv
 // centres it for a symmetric quantizer, and dt_proj's bias absorbs the shift:
 //   (dt − μ)·W_dtᵀ + (b_dt + W_dt·μ) = dt·W_dtᵀ + b_dt.
 // dt_shift ← dt_shift + μ (the run time subtracts it from the dt input, fused with quantization).
-template <class = void>
-MambaLayerWeights apply_dt_shift(const MambaLayerWeights& w, const Eigen::VectorXd& mu) {
+template <class Tag = void>
+MambaLayerWeights apply_dt_shift(const dependent_t<Tag, MambaLayerWeights>& w,
+                                 const dependent_t<Tag, Eigen::VectorXd>& mu) {
     validate(w);
     const Eigen::Index r = static_cast<Eigen::Index>(w.dt_rank());
     require(mu.size() == r, "apply_dt_shift: shift has ", mu.size(), " entries, expected dt_rank = ", r);
     require(mu.allFinite(), "apply_dt_shift: shift has non-finite entries");
     MambaLayerWeights out = w;
-    out.dt_shift = (w.dt_shift.cast<double>() + mu).cast<float>();
-    out.dt_bias = (w.dt_bias.cast<double>() + w.dt_proj.cast<double>() * mu).cast<float>();
+    out.dt_shift = (w.dt_shift.template cast<double>() + mu).template cast<float>();
+    out.dt_bias = (w.dt_bias.template cast<double>() + w.dt_proj.template cast<double>() * mu).template cast<float>();
     return out;
 }
 // μ = (min + max)/2 of the dt input as the layer computes it.
-template <class = void>
-SmoothResult shift_dt(const MambaLayerWeights& w, const Eigen::VectorXd& dt_input_min,
-                      const Eigen::VectorXd& dt_input_max) {
+template <class Tag = void>
+SmoothResult shift_dt(const dependent_t<Tag, MambaLayerWeights>& w,
+                      const dependent_t<Tag, Eigen::VectorXd>& dt_input_min, 
+                      const dependent_t<Tag, Eigen::VectorXd>& dt_input_max) {
     validate(w);
     const Eigen::Index r = static_cast<Eigen::Index>(w.dt_rank());
     require(dt_input_min.size() == r && dt_input_max.size() == r, "shift_dt: dt statistics have ", dt_input_min.size(),

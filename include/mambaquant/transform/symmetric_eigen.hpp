@@ -59,8 +59,8 @@ struct SymmetricEigen {
 
 namespace detail {
 #if MQ_HAS_LAPACKE
-template <class = void>
-SymmetricEigen lapack_symmetric_eigen(const MatrixXd& a, EigenBackend backend) {
+template <class Tag = void>
+SymmetricEigen lapack_symmetric_eigen(const dependent_t<Tag, MatrixXd>& a, EigenBackend backend) {
     require(a.rows() <= INT_MAX / 2, "symmetric_eigen: d = ", a.rows(), " exceeds LAPACK's 32-bit index range");
     const auto n = static_cast<lapack_int>(a.rows());
     // Only the lower triangle is read; a symmetric row-major matrix is its own column-major copy.
@@ -92,8 +92,8 @@ SymmetricEigen lapack_symmetric_eigen(const MatrixXd& a, EigenBackend backend) {
 // A template (never spelled by callers) so that Eigen's solver is instantiated only in the
 // translation units that call it: as a plain inline function it cost every includer ~4 s of
 // compile time (scripts/compile-time), used or not.
-template <class = void>
-SymmetricEigen symmetric_eigen(const MatrixXd& a, EigenBackend backend = EigenBackend::automatic) {
+template <class Tag = void>
+SymmetricEigen symmetric_eigen(const dependent_t<Tag, MatrixXd>& a, EigenBackend backend = EigenBackend::automatic) {
     const Eigen::Index d = a.rows();
     require(d > 0 && a.cols() == d, "symmetric_eigen: matrix must be square and non-empty, got [", a.rows(), " x ",
             a.cols(), "]");
