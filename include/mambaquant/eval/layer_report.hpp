@@ -80,7 +80,7 @@ namespace detail {
 // Tap layers ≥ n_layer are the head's.
 template <class Tag = void>
 void add_layer_report(dependent_t<Tag, std::map<std::pair<std::size_t, TapPoint>, LayerReportRow>>& rows,
-                      const dependent_t<Tag, TapRecorder>& ref, 
+                      const dependent_t<Tag, TapRecorder>& ref,
                       const dependent_t<Tag, TapRecorder>& q, const dependent_t<Tag, QuantizationConfig>& qc, std::size_t n_layer) {
     const MatrixXf rot_out = qc.out_rotation ? rotation_matrix<float>(*qc.out_rotation) : MatrixXf();
     // With R4 the quantized model's C arrives rotated (C·H): rotate it back to compare in one basis.

@@ -148,7 +148,7 @@ struct VimTableOptions {
 // callers: instantiated only where called.)
 template <class Tag = void>
 std::vector<VimAccuracyRow> vim_accuracy_rows(const dependent_t<Tag, std::filesystem::path>& dir,
-                                              const dependent_t<Tag, VimTableOptions>& o, 
+                                              const dependent_t<Tag, VimTableOptions>& o,
                                               std::vector<VimAccuracyRow>* table = nullptr) {
     const VimConfig cfg = load_vim_config(dir);
     const VimWeights fw = load_vim_weights(dir);

@@ -46,7 +46,7 @@ namespace detail {
 // A config field read with its type checked; `where` names the file (and "ssm_cfg." prefix).
 template <class Tag = void>
 std::size_t config_size(const dependent_t<Tag, nlohmann::json>& obj, const char* key, std::string_view where,
-                        bool required, 
+                        bool required,
                         std::size_t fallback) {
     if (!obj.contains(key) || obj[key].is_null()) {
         require(!required, where, ": required field \"", key, "\" is missing");

@@ -63,7 +63,7 @@ void append_quant_weight(dependent_t<Tag, std::vector<TensorData>>& out, const d
 namespace detail {
 template <class Tag = void>
 std::span<const std::byte> checked_tensor_bytes(const dependent_t<Tag, Checkpoint>& ck,
-                                                const dependent_t<Tag, std::string>& name, DType dtype, 
+                                                const dependent_t<Tag, std::string>& name, DType dtype,
                                                 const dependent_t<Tag, std::vector<std::size_t>>& shape, std::size_t elem_bytes) {
     require(ck.contains(name), ck.path().string(), ": quantized tensor \"", name, "\" not found");
     const TensorInfo& t = ck.info(name);
@@ -84,7 +84,7 @@ std::span<const std::byte> checked_tensor_bytes(const dependent_t<Tag, Checkpoin
 // code in range; each error names the tensor.
 template <class Tag = void>
 StoredQuantWeight read_quant_weight(const dependent_t<Tag, Checkpoint>& ck, const dependent_t<Tag, std::string>& base,
-                                    int bits, bool symmetric, 
+                                    int bits, bool symmetric,
                                     std::size_t rows, std::size_t cols, std::size_t group) {
     require(bits == 8 || bits == 4, "read_quant_weight: \"", base, "\": bits must be 4 or 8, got ", bits);
     require(group > 0 && cols % group == 0, "read_quant_weight: \"", base, "\": group ", group, " does not divide ", cols);

@@ -60,7 +60,7 @@ Eigen::Index prefill_chunk_rows(Eigen::Index L, Eigen::Index begin, std::size_t 
 // normed = RMSNorm_f(rows [first, n) of h), shown to `tap` as the LM head's input (after n_layer layers).
 template <class Tag = void>
 void final_norm_rows(const dependent_t<Tag, MatrixXf>& h, Eigen::Index first,
-                     const dependent_t<Tag, Eigen::RowVectorXf>& norm_f, float eps, 
+                     const dependent_t<Tag, Eigen::RowVectorXf>& norm_f, float eps,
                      dependent_t<Tag, MatrixXf>& normed, ActivationTap* tap, std::size_t n_layer) {
     const Eigen::Index D = h.cols(), rows = h.rows() - first;
     normed.resize(rows, D);

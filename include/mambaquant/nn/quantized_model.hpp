@@ -289,7 +289,7 @@ void dequantize_conv_int8(const dependent_t<Tag, std::vector<std::uint8_t>>& cod
 template <class Tag = void>
 ConvWeights conv_weights(const dependent_t<Tag, MatrixXf>& w_hat,
                          const dependent_t<Tag, std::vector<std::uint8_t>>& codes,
-                         const dependent_t<Tag, std::vector<float>>& scale, 
+                         const dependent_t<Tag, std::vector<float>>& scale,
                          std::span<const float> bias, const dependent_t<Tag, SiteQuant>& q, const dependent_t<Tag, std::optional<QuantParams>>& input) {
     if (q.act.mode != ActMode::static_per_tensor) return ConvWeights::from(view(w_hat), bias);
     require(input.has_value(), "build_quantized_model: conv1d: static activation params missing");
@@ -313,7 +313,7 @@ bool neutral(const dependent_t<Tag, Eigen::VectorXf>& v,
 // scales (kernels/packed_weights.hpp's pack_weights with params says why they come back exactly).
 template <class Tag = void>
 AnyLinear build_site_linear(ConstMatrixView<float> weight, std::span<const float> bias,
-                            const dependent_t<Tag, SiteQuant>& q, 
+                            const dependent_t<Tag, SiteQuant>& q,
                             const dependent_t<Tag, std::optional<RotationSpec>>& rotation, std::optional<QuantParams> act,
                             std::span<const QuantParams> grid, bool fake) {
     if (grid.empty()) return AnyLinear::build(weight, bias, q, rotation, act, fake);

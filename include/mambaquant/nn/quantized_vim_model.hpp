@@ -55,7 +55,7 @@ bool same_params(const dependent_t<Tag, std::optional<QuantParams>>& a,
 template <class Tag = void>
 QuantizedVimModel build_quantized_vim_model(const dependent_t<Tag, VimWeights>& w,
                                             const dependent_t<Tag, VimConfig>& cfg,
-                                            const dependent_t<Tag, QuantizationConfig>& qc, 
+                                            const dependent_t<Tag, QuantizationConfig>& qc,
                                             FakeQuant fake = FakeQuant::no) {
     validate(w, cfg);
     const std::size_t n_dir = 2 * cfg.n_layer;

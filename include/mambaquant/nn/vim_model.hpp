@@ -58,7 +58,7 @@ struct VimModelWeights {
 namespace detail {
 template <class Tag = void>
 MatrixXf vim_matrix(const dependent_t<Tag, Checkpoint>& ck, const dependent_t<Tag, std::string>& name,
-                    const dependent_t<Tag, std::vector<std::size_t>>& shape, 
+                    const dependent_t<Tag, std::vector<std::size_t>>& shape,
                     std::size_t rows, std::size_t cols) {
     MatrixXf m(static_cast<Eigen::Index>(rows), static_cast<Eigen::Index>(cols));
     ck.load_float_into(name, shape, std::span<float>(m.data(), rows * cols));

@@ -379,7 +379,7 @@ QuantParams act_params(const dependent_t<Tag, SiteStats>& s, bool percentile, bo
 // its codes on (the builder packs ŵ on that grid, so the model holds GPTQ's own codes and scales).
 template <class Tag = void>
 GptqResult gptq_weight(const dependent_t<Tag, MatrixXf>& w, const dependent_t<Tag, CalibrationStats>& st,
-                       const dependent_t<Tag, std::string>& key, const dependent_t<Tag, QuantSpec>& spec, 
+                       const dependent_t<Tag, std::string>& key, const dependent_t<Tag, QuantSpec>& spec,
                        const dependent_t<Tag, GptqOptions>& o) {
     const MatrixXd h = st.at(key).covariance().second_moment();
     return visit_quantizer(spec, [&]<class Q>(std::type_identity<Q>) -> GptqResult {
@@ -422,7 +422,7 @@ using RecipeCalibrator =
 // `shared_layers`: RecipeContext::shared_layers. (A template for the companion library, as below.)
 template <class Tag = void>
 QuantizedRecipe run_recipe(const dependent_t<Tag, Recipe>& recipe, const dependent_t<Tag, MambaWeights>& float_weights,
-                           const dependent_t<Tag, MambaConfig>& model, 
+                           const dependent_t<Tag, MambaConfig>& model,
                            const dependent_t<Tag, RecipeCalibrator>& calibrate_model, const dependent_t<Tag, QuantizeOptions>& opt,
                            std::size_t shared_layers = 1) {
     validate(float_weights);
@@ -506,7 +506,7 @@ MQ_EXTERN_TEMPLATE(QuantizedRecipe run_recipe<>(const Recipe&, const MambaWeight
 // core/config.hpp.)
 template <class Tag = void>
 QuantizedRecipe run_recipe(const dependent_t<Tag, Recipe>& recipe, const dependent_t<Tag, MambaWeights>& float_weights,
-                           const dependent_t<Tag, MambaConfig>& model, 
+                           const dependent_t<Tag, MambaConfig>& model,
                            std::span<const std::span<const std::uint32_t>> windows, const dependent_t<Tag, QuantizeOptions>& opt) {
     return run_recipe<>(recipe, float_weights, model,
                       [&](const MambaWeights& w, const CalibrationPlan& plan, std::string_view what) {

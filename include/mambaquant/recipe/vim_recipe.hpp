@@ -39,7 +39,7 @@ struct QuantizedVimRecipe {
 template <class Tag = void>
 QuantizedVimRecipe run_vim_recipe(const dependent_t<Tag, Recipe>& recipe,
                                   const dependent_t<Tag, VimWeights>& float_weights,
-                                  const dependent_t<Tag, VimConfig>& cfg, 
+                                  const dependent_t<Tag, VimConfig>& cfg,
                                   const dependent_t<Tag, ImageBatch>& calib, const dependent_t<Tag, QuantizeOptions>& opt) {
     validate(float_weights, cfg);
     require(calib.count > 0, "run_vim_recipe: no calibration images");

@@ -60,7 +60,7 @@ Eigen::VectorXd smooth_column_absmax(const dependent_t<Tag, Eigen::Ref<const Mat
 // ranges: afterwards max|X_j/s_j| = max|W_j·s_j| when α = 0.5 (and no floor applies).
 template <class Tag = void>
 Eigen::VectorXd smoothing_scales(const dependent_t<Tag, Eigen::VectorXd>& act_absmax,
-                                 const dependent_t<Tag, Eigen::VectorXd>& weight_absmax, 
+                                 const dependent_t<Tag, Eigen::VectorXd>& weight_absmax,
                                  SmoothParams p = {}, const char* site = "smoothing_scales") {
     require(p.alpha >= 0.0 && p.alpha <= 1.0, site, ": alpha must be in [0, 1], got ", p.alpha);
     require(std::isfinite(p.floor) && p.floor > 0.0, site, ": floor must be finite and > 0, got ", p.floor);
@@ -90,7 +90,7 @@ MambaLayerWeights apply_norm_smoothing(const dependent_t<Tag, MambaLayerWeights>
 // s from max|hn_j| (the in_proj input) and the in_proj columns.
 template <class Tag = void>
 SmoothResult smooth_norm(const dependent_t<Tag, MambaLayerWeights>& w,
-                         const dependent_t<Tag, Eigen::VectorXd>& in_proj_input_absmax, 
+                         const dependent_t<Tag, Eigen::VectorXd>& in_proj_input_absmax,
                          SmoothParams p = {}) {
     validate(w);
     const Eigen::VectorXd s =
@@ -121,7 +121,7 @@ MambaLayerWeights apply_gate_smoothing(const dependent_t<Tag, MambaLayerWeights>
 // s from max|a_e| (the out_proj input, measured on the layer as it is) and the out_proj columns.
 template <class Tag = void>
 SmoothResult smooth_gate(const dependent_t<Tag, MambaLayerWeights>& w,
-                         const dependent_t<Tag, Eigen::VectorXd>& out_proj_input_absmax, 
+                         const dependent_t<Tag, Eigen::VectorXd>& out_proj_input_absmax,
                          SmoothParams p = {}) {
     validate(w);
     const Eigen::VectorXd s =
@@ -154,7 +154,7 @@ MambaLayerWeights apply_state_smoothing(const dependent_t<Tag, MambaLayerWeights
 }
 template <class Tag = void>
 Eigen::VectorXd state_smoothing_scales(const dependent_t<Tag, Eigen::VectorXd>& state_absmax,
-                                       const dependent_t<Tag, Eigen::VectorXd>& c_absmax, 
+                                       const dependent_t<Tag, Eigen::VectorXd>& c_absmax,
                                        StateSmoothParams p = {}) {
     const char* site = "state_smoothing_scales (S4)";
     require(std::isfinite(p.lo) && std::isfinite(p.hi) && p.lo > 0.0 && p.lo <= p.hi, site,
@@ -169,7 +169,7 @@ Eigen::VectorXd state_smoothing_scales(const dependent_t<Tag, Eigen::VectorXd>& 
 }
 template <class Tag = void>
 SmoothResult smooth_state(const dependent_t<Tag, MambaLayerWeights>& w,
-                          const dependent_t<Tag, Eigen::VectorXd>& state_absmax, 
+                          const dependent_t<Tag, Eigen::VectorXd>& state_absmax,
                           const dependent_t<Tag, Eigen::VectorXd>& c_absmax, StateSmoothParams p = {}) {
     validate(w);
     require(state_absmax.size() == static_cast<Eigen::Index>(w.d_state()), "smooth_state (S4): max|state| has ",
@@ -219,7 +219,7 @@ MambaLayerWeights apply_conv_smoothing(const dependent_t<Tag, MambaLayerWeights>
 // s from max|x_e| of the conv input and max_k |w[e,k]| (each channel has its own conv filter).
 template <class Tag = void>
 SmoothResult smooth_conv(const dependent_t<Tag, MambaLayerWeights>& w,
-                         const dependent_t<Tag, Eigen::VectorXd>& conv_input_absmax, 
+                         const dependent_t<Tag, Eigen::VectorXd>& conv_input_absmax,
                          SmoothParams p = {}) {
     validate(w);
     const Eigen::VectorXd wmax = w.conv_w.template cast<double>().cwiseAbs().rowwise().maxCoeff();
@@ -247,7 +247,7 @@ MambaLayerWeights apply_dt_shift(const dependent_t<Tag, MambaLayerWeights>& w,
 // μ = (min + max)/2 of the dt input as the layer computes it.
 template <class Tag = void>
 SmoothResult shift_dt(const dependent_t<Tag, MambaLayerWeights>& w,
-                      const dependent_t<Tag, Eigen::VectorXd>& dt_input_min, 
+                      const dependent_t<Tag, Eigen::VectorXd>& dt_input_min,
                       const dependent_t<Tag, Eigen::VectorXd>& dt_input_max) {
     validate(w);
     const Eigen::Index r = static_cast<Eigen::Index>(w.dt_rank());
