@@ -6,8 +6,10 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <vector>
 
 namespace {
@@ -135,5 +137,40 @@ TEST_CASE("selective_scan: every arch gives the first arch's floats bit for bit"
             CHECK(ys[i] == ys[0]);
             CHECK(states[i] == states[0]);
         }
+    }
+}
+
+// Rows 8 floats past a cache line (as Eigen's 32-byte aligned allocations of large matrices sit):
+// the 16-lane path runs the first 8 channels as an AVX2 block and its 16-lane blocks from channel
+// 8. Every channel's arithmetic is unchanged, so every arch still gives the floats of the same
+// scan on 64-byte aligned rows bit for bit (E = 48: 8 + 2·16 + 8; E = 64: 8 + 3·16 + 8 AVX2).
+TEST_CASE("selective_scan: rows half a cache line off give the aligned rows' floats on every arch") {
+    for (const std::size_t E : {std::size_t{48}, std::size_t{64}}) {
+        CAPTURE(E);
+        const std::size_t L = 19, N = 16;
+        mqtest::ScanData base(L, E, N, 70 + E, true);
+        base.random_state(71);
+        mqtest::ScanData aligned_run = base;
+        mq::selective_scan(mq::avx2{}, aligned_run.args(true));
+        // x, Δ, z and y copied to rows that start 8 floats (32 bytes) past a 64-byte boundary.
+        auto off = [&](const mq::MatrixXf& m, mq::aligned_vector<float>& buf) {
+            buf.assign(8 + L * E, 0.0f);
+            std::copy(m.data(), m.data() + L * E, buf.begin() + 8);
+            return buf.data() + 8;
+        };
+        mqtest::for_each_arch([&](auto arch) {
+            mqtest::ScanData run = base;
+            mq::aligned_vector<float> xb, db, zb, yb;
+            auto a = run.args(true);
+            a.x = mq::ConstMatrixView<float>(off(run.x, xb), L, E);
+            a.delta = mq::ConstMatrixView<float>(off(run.delta, db), L, E);
+            a.z = mq::ConstMatrixView<float>(off(run.z, zb), L, E);
+            float* y = off(run.y, yb);
+            a.y = mq::MatrixView<float>(y, L, E);
+            REQUIRE(reinterpret_cast<std::uintptr_t>(a.x.data) % 64 == 32);
+            mq::selective_scan(arch, a);
+            CHECK(std::equal(y, y + L * E, aligned_run.y.data()));
+            CHECK(run.state == aligned_run.state);
+        });
     }
 }
