@@ -115,7 +115,7 @@ template <class>
 std::map<std::string, std::string, std::less<>> BasicCheckpoint<Tag>::parse_index(std::string_view text,
                                                                                   std::string_view source,
                                                                                   Metadata* metadata) {
-    const nlohmann::json root = detail::parse_untrusted_json(text, source, 2);
+    const dependent_t<Tag, nlohmann::json> root = detail::parse_untrusted_json(text, source, 2);
     require(root.is_object(), source, ": index must be a JSON object");
     require(root.contains("weight_map") && root["weight_map"].is_object(), source,
             ": field \"weight_map\" missing or not an object");
@@ -213,7 +213,7 @@ void save_sharded_safetensors(const dependent_t<Tag, std::filesystem::path>& dir
         save_safetensors(dir / kSafetensorsSingleName, shards[0], metadata);
         return;
     }
-    nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", nlohmann::json::object()}};
+    dependent_t<Tag, nlohmann::json> index = {{"metadata", {{"total_size", total}}}, {"weight_map", dependent_t<Tag, nlohmann::json>::object()}};
     for (std::size_t s = 0; s < shards.size(); ++s) {
         char name[64];
         std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", s + 1, shards.size());

@@ -138,11 +138,11 @@ void config_agree(bool has_both, std::size_t a, std::size_t b, const char* key_a
 // (The config functions are templates never spelled by callers, `template <class = void>`: their
 // JSON work is instantiated only where they are called, and with MQ_COMPILED not even there:
 // the companion library compiles them once; core/config.hpp.)
-template <class = void>
+template <class Tag = void>
 MambaConfig parse_mamba_config(std::string_view text, std::string_view source = "config.json") {
     using detail::config_bool;
     using detail::config_size;
-    const nlohmann::json j = detail::parse_untrusted_json(text, source, 1);
+    const dependent_t<Tag, nlohmann::json> j = detail::parse_untrusted_json(text, source, 1);
     require(j.is_object(), source, ": config must be a JSON object, got ", j.type_name());
     const bool ssm_keys = j.contains("d_model") || j.contains("n_layer");
     const bool hf_keys = j.contains("hidden_size") || j.contains("num_hidden_layers");
@@ -161,7 +161,7 @@ MambaConfig parse_mamba_config(std::string_view text, std::string_view source = 
                 j.value("d_intermediate", nlohmann::json()).dump(), " (an MLP after each mixer) is not supported");
         require(!j.contains("attn_layer_idx") || (j["attn_layer_idx"].is_array() && j["attn_layer_idx"].empty()),
                 source, ": field \"attn_layer_idx\" (hybrid attention layers) is not supported");
-        nlohmann::json ssm = nlohmann::json::object();
+        dependent_t<Tag, nlohmann::json> ssm = dependent_t<Tag, nlohmann::json>::object();
         if (j.contains("ssm_cfg") && !j["ssm_cfg"].is_null()) {
             require(j["ssm_cfg"].is_object(), source, ": field \"ssm_cfg\" must be an object, got ", j["ssm_cfg"].dump());
             ssm = j["ssm_cfg"];
@@ -225,7 +225,7 @@ MQ_EXTERN_TEMPLATE(MambaConfig load_mamba_config<>(const std::filesystem::path&)
 // config.json text in the requested layout (the vocabulary written padded in the transformers one).
 template <class Tag = void>
 std::string mamba_config_json(const dependent_t<Tag, MambaConfig>& c, ConfigLayout layout) {
-    nlohmann::json j;
+    dependent_t<Tag, nlohmann::json> j;
     const bool whole_expand = c.d_model > 0 && c.d_inner % c.d_model == 0;
     if (layout == ConfigLayout::mamba_ssm) {
         require(whole_expand, "mamba_config_json: d_inner ", c.d_inner, " is not a multiple of d_model ", c.d_model,

@@ -129,20 +129,21 @@ int json_nesting_depth(std::string_view s) noexcept {
 // every nlohmann error (bad syntax, ill-formed UTF-8) turned into an mq::error naming `source`.
 // (This and the other JSON functions below are templates never spelled by callers: the JSON work
 // is instantiated only where they are called, and with MQ_COMPILED once in the companion library.)
-template <class = void>
+template <class Tag = void>
 nlohmann::json parse_untrusted_json(std::string_view text, std::string_view source, int unique_depth) {
     if (json_nesting_depth(text) > kJsonMaxDepth)
         fail(source, ": JSON nested deeper than ", kJsonMaxDepth, " levels");
     std::set<std::string> keys;
-    auto callback = [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
-        if (event == nlohmann::json::parse_event_t::key && depth == unique_depth) {
-            const auto& key = parsed.get_ref<const std::string&>();
+    using Json = dependent_t<Tag, nlohmann::json>;
+    auto callback = [&](int depth, typename Json::parse_event_t event, Json& parsed) {
+        if (event == Json::parse_event_t::key && depth == unique_depth) {
+            const auto& key = parsed.template get_ref<const std::string&>();
             if (!keys.insert(key).second) fail(source, ": duplicate key \"", key, "\" in JSON");
         }
         return true;
     };
     try {
-        return nlohmann::json::parse(text.begin(), text.end(), callback);
+        return Json::parse(text.begin(), text.end(), callback);
     } catch (const nlohmann::json::exception& e) {
         fail(source, ": invalid JSON: ", e.what());
     }
@@ -177,9 +178,9 @@ inline std::uint64_t read_u64_le(const std::byte* p) noexcept {
 // Validates a header's JSON against a data section of `data_size` bytes: every entry an object
 // with a known dtype, non-negative integer shape, offsets inside the data, byte count equal to
 // numel·sizeof(dtype), no two tensors overlapping, no duplicate names, metadata string → string.
-template <class = void>
+template <class Tag = void>
 SafetensorsHeader parse_safetensors_header_json(std::string_view json_text, std::size_t data_size, std::string_view source) {
-    const nlohmann::json root = detail::parse_untrusted_json(json_text, source, 1);
+    const dependent_t<Tag, nlohmann::json> root = detail::parse_untrusted_json(json_text, source, 1);
     require(root.is_object(), source, ": safetensors header must be a JSON object, got ", root.type_name());
     SafetensorsHeader h;
     h.data_size = data_size;
@@ -513,7 +514,7 @@ TensorData tensor_data(std::string name, std::span<const T> values, std::vector<
 template <class Tag = void>
 std::vector<std::byte> serialize_safetensors(std::span<const TensorData> tensors,
                                              const dependent_t<Tag, Metadata>& metadata = {}) {
-    nlohmann::json header = nlohmann::json::object();
+    dependent_t<Tag, nlohmann::json> header = dependent_t<Tag, nlohmann::json>::object();
     if (!metadata.empty()) header["__metadata__"] = metadata;
     std::size_t offset = 0;
     std::vector<std::size_t> begins;

@@ -56,10 +56,10 @@ struct VimConfig {
 // image_size ([H, W] or one number), channels, patch_size, num_classes. Defaults as the
 // reference: d_state 16, d_conv 4, expand 2, dt_rank "auto", eps 1e-5, conv bias, divide_out,
 // class token in the middle (M/2). Anything but bimamba v2 is refused by name.
-template <class = void>
+template <class Tag = void>
 VimConfig parse_vim_config(std::string_view text, std::string_view source = "config.json") {
     using detail::config_size;
-    const nlohmann::json j = detail::parse_untrusted_json(text, source, 1);
+    const dependent_t<Tag, nlohmann::json> j = detail::parse_untrusted_json(text, source, 1);
     require(j.is_object(), source, ": config must be a JSON object, got ", j.type_name());
     if (j.contains("model_type"))
         require(j["model_type"] == "vim", source, ": model_type must be \"vim\", got ", j["model_type"].dump());
@@ -80,7 +80,7 @@ VimConfig parse_vim_config(std::string_view text, std::string_view source = "con
     const auto& is = j["image_size"];
     if (is.is_array()) {
         require(is.size() == 2, source, ": field \"image_size\" must be [height, width], got ", is.dump());
-        const nlohmann::json hw = {{"height", is[0]}, {"width", is[1]}};
+        const dependent_t<Tag, nlohmann::json> hw = {{"height", is[0]}, {"width", is[1]}};
         c.image_height = config_size(hw, "height", detail::concat(source, ": image_size"), true, 0);
         c.image_width = config_size(hw, "width", detail::concat(source, ": image_size"), true, 0);
     } else {
@@ -93,10 +93,10 @@ VimConfig parse_vim_config(std::string_view text, std::string_view source = "con
     c.conv_bias = detail::config_bool(j, "conv_bias", source, true);
     c.divide_out = detail::config_bool(j, "if_divide_out", source, true);
     if (j.contains("pixel_scale")) {
-        require(j["pixel_scale"].is_number() && j["pixel_scale"].get<double>() > 0 &&
-                    std::isfinite(j["pixel_scale"].get<double>()),
+        require(j["pixel_scale"].is_number() && j["pixel_scale"].template get<double>() > 0 &&
+                    std::isfinite(j["pixel_scale"].template get<double>()),
                 source, ": field \"pixel_scale\" must be a positive number, got ", j["pixel_scale"].dump());
-        c.pixel_scale = j["pixel_scale"].get<float>();
+        c.pixel_scale = j["pixel_scale"].template get<float>();
     }
     require(c.image_height % c.patch_size == 0 && c.image_width % c.patch_size == 0, source, ": image_size [",
             c.image_height, ", ", c.image_width, "] is not a multiple of patch_size ", c.patch_size);

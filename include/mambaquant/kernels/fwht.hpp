@@ -60,8 +60,8 @@ enum class FwhtDirection { forward, inverse };
 
 namespace detail {
 // Pattern p = (s1, s2, s3) bits 0..2: u_p = z0 + (−1)^s1·z1 + (−1)^s2·z2 + (−1)^s3·z3.
-template <class = void>
-std::uint8_t hadamard_combo_code(const Matrix<int>& hm, std::size_t g, std::size_t j) {
+template <class Tag = void>
+std::uint8_t hadamard_combo_code(const dependent_t<Tag, Matrix<int>>& hm, std::size_t g, std::size_t j) {
     const auto col = static_cast<Eigen::Index>(j);
     const auto r = static_cast<Eigen::Index>(4 * g);
     const int lead = hm(r, col);
@@ -74,8 +74,8 @@ std::uint8_t hadamard_combo_code(const Matrix<int>& hm, std::size_t g, std::size
 
 // Setup: the plan for an exact Hadamard of size n = m·2^k (throws mq::error naming n otherwise),
 // randomized by diag(s) when a seed is given (s = random_signs(n, seed)).
-template <class = void>
-FwhtPlan make_fwht_plan(const HadamardFactors& f, std::optional<std::uint64_t> seed = std::nullopt,
+template <class Tag = void>
+FwhtPlan make_fwht_plan(const dependent_t<Tag, HadamardFactors>& f, std::optional<std::uint64_t> seed = std::nullopt,
                         FwhtDirection direction = FwhtDirection::forward) {
     require(is_hadamard_block_size(f.m), "make_fwht_plan: block order ", f.m, " is not supported; ",
             supported_hadamard_factors_text());
@@ -86,7 +86,8 @@ FwhtPlan make_fwht_plan(const HadamardFactors& f, std::optional<std::uint64_t> s
     plan.factors = f;
     plan.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(plan.n)));
     plan.inverse = direction == FwhtDirection::inverse;
-    const Matrix<int> hm = plan.inverse ? Matrix<int>(hadamard_block(f.m).transpose()) : hadamard_block(f.m);
+    using IntMatrix = dependent_t<Tag, Matrix<int>>;
+    const IntMatrix hm = plan.inverse ? IntMatrix(hadamard_block(f.m).transpose()) : hadamard_block(f.m);
     plan.block.resize(f.m * f.m);
     for (std::size_t a = 0; a < f.m; ++a)
         for (std::size_t j = 0; j < f.m; ++j)

@@ -163,7 +163,7 @@ private:
     static void require_float_checkpoint(const std::filesystem::path& dir) {
         const auto file = std::filesystem::is_directory(dir) ? dir / "config.json" : dir;
         if (!std::filesystem::exists(file)) return; // load_mamba_config reports it
-        const nlohmann::json j = detail::parse_untrusted_json(detail::read_text_file(file), file.string(), 1);
+        const dependent_t<Block, nlohmann::json> j = detail::parse_untrusted_json(detail::read_text_file(file), file.string(), 1);
         require(!(j.is_object() && j.contains("quantization_config")), file.string(),
                 ": a quantized checkpoint (\"quantization_config\" present); load it with QuantizedMambaModel::load");
     }

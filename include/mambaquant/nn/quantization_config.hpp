@@ -359,14 +359,14 @@ const nlohmann::json& json_member(const dependent_t<Tag, nlohmann::json>& j, con
 // library — core/config.hpp.)
 template <class Tag = void>
 nlohmann::json to_json(const dependent_t<Tag, QuantizationConfig>& c) {
-    nlohmann::json j;
+    dependent_t<Tag, nlohmann::json> j;
     j["quant_method"] = "mambaquant";
     j["method"] = c.method;
     j["bits"] = c.bits;
-    nlohmann::json sites = nlohmann::json::object();
+    dependent_t<Tag, nlohmann::json> sites = dependent_t<Tag, nlohmann::json>::object();
     for (Site s : kAllSites) {
         const SiteQuant& q = c[s];
-        nlohmann::json sj;
+        dependent_t<Tag, nlohmann::json> sj;
         if (q.weight) {
             sj["weight"] = {{"bits", q.weight->bits},
                             {"granularity", QuantizationConfig::granularity_kind_label(*q.weight)},

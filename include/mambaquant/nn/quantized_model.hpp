@@ -547,7 +547,7 @@ decltype(auto) load_packed(const Checkpoint& ck, const std::string& base, const 
 //                 state_scale}; R2 and R4 by description in the config only.
 // The embedding is absent when it is the quantized head's rows (tied). Only the integer model is
 // saved; its fake-quant twin is load(dir, FakeQuant::yes).
-template <class>
+template <class Tag>
 void QuantizedMambaModel::save(const std::filesystem::path& dir) const {
     require(!fake_, "QuantizedMambaModel::save: this is the fake-quant twin; save the integer model");
     std::filesystem::create_directories(dir);
@@ -635,7 +635,7 @@ void QuantizedMambaModel::save(const std::filesystem::path& dir) const {
     }
     MambaConfig c = config_;
     c.tie_embeddings = tied_;
-    nlohmann::json j = nlohmann::json::parse(mamba_config_json(c, ConfigLayout::transformers));
+    dependent_t<Tag, nlohmann::json> j = dependent_t<Tag, nlohmann::json>::parse(mamba_config_json(c, ConfigLayout::transformers));
     j["quantization_config"] = to_json(qconfig_);
     save_safetensors(dir / kSafetensorsSingleName, ts, {{"format", "mambaquant"}});
     write_file_atomically(dir / "config.json", j.dump(2) + "\n");
@@ -644,10 +644,10 @@ MQ_EXTERN_TEMPLATE(void QuantizedMambaModel::save<>(const std::filesystem::path&
 
 // Reads a directory save() wrote. Errors name the tensor or field: a float checkpoint (no
 // quantization_config), a missing or mistyped tensor, a bad scale or zero point, a wrong byte size.
-template <class>
+template <class Tag>
 QuantizedMambaModel QuantizedMambaModel::load(const std::filesystem::path& dir, FakeQuant fake) {
     const auto cfg_path = dir / "config.json";
-    const nlohmann::json j = detail::parse_untrusted_json(detail::read_text_file(cfg_path), cfg_path.string(), 1);
+    const dependent_t<Tag, nlohmann::json> j = detail::parse_untrusted_json(detail::read_text_file(cfg_path), cfg_path.string(), 1);
     require(j.is_object() && j.contains("quantization_config"), cfg_path.string(),
             ": no \"quantization_config\": this is a float checkpoint (load it with MambaModel::load)");
     const MambaConfig cfg = load_mamba_config(dir);

@@ -43,9 +43,13 @@ struct GptqResult {
 // (already error-updated) values when the group's first column is reached. Inputs with zero
 // variance (diag(H) = 0) carry no signal: their weights are set to 0 and H_ii to 1.
 // `second_moment` is XᵀX [in, in] (any positive multiple: the scale cancels).
+// The matrices are spelled dependent_t<Q, …> (core/config.hpp): the body's Eigen code (the LLT
+// solves, the block updates) is then compiled only where a caller instantiates it.
 template <QuantizerPolicy Q>
-GptqResult gptq_quantize(const MatrixXf& weight, const MatrixXd& second_moment, GptqOptions opt = {}) {
+GptqResult gptq_quantize(const dependent_t<Q, MatrixXf>& weight, const dependent_t<Q, MatrixXd>& second_moment,
+                         GptqOptions opt = {}) {
     using G = typename Q::granularity;
+    using Mat = dependent_t<Q, Eigen::MatrixXd>;
     static_assert(std::same_as<G, per_channel> || is_per_group_v<G>, "gptq_quantize: weights are per_channel or per_group<G>");
     const Eigen::Index rows = weight.rows(), cols = weight.cols();
     require(rows > 0 && cols > 0, "gptq_quantize: empty weight [", rows, " x ", cols, "]");
@@ -62,25 +66,25 @@ GptqResult gptq_quantize(const MatrixXf& weight, const MatrixXd& second_moment, 
                 " does not divide the weight's ", cols, " input columns");
     }
 
-    Eigen::MatrixXd W = weight.cast<double>();
-    Eigen::MatrixXd H = second_moment;
+    Mat W = weight.template cast<double>();
+    Mat H = second_moment;
     for (Eigen::Index i = 0; i < cols; ++i)
         if (H(i, i) == 0.0) {
             H(i, i) = 1.0;
             W.col(i).setZero();
         }
     H.diagonal().array() += opt.damping * H.diagonal().mean();
-    Eigen::LLT<Eigen::MatrixXd> llt(H);
+    Eigen::LLT<Mat> llt(H);
     require(llt.info() == Eigen::Success, "gptq_quantize: the damped Hessian is not positive definite");
-    const Eigen::MatrixXd Hinv = llt.solve(Eigen::MatrixXd::Identity(cols, cols));
-    Eigen::LLT<Eigen::MatrixXd> llt_inv(Hinv);
+    const Mat Hinv = llt.solve(Mat::Identity(cols, cols));
+    Eigen::LLT<Mat> llt_inv(Hinv);
     require(llt_inv.info() == Eigen::Success, "gptq_quantize: the inverse Hessian is not positive definite");
-    const Eigen::MatrixXd U = llt_inv.matrixU();
+    const Mat U = llt_inv.matrixU();
 
     const std::size_t groups = static_cast<std::size_t>(cols) / group;
     GptqResult out;
     out.params.resize(static_cast<std::size_t>(rows) * groups);
-    auto set_params = [&](Eigen::Index g0, const Eigen::MatrixXd& src, Eigen::Index src_col) {
+    auto set_params = [&](Eigen::Index g0, const Mat& src, Eigen::Index src_col) {
         const std::size_t g = static_cast<std::size_t>(g0) / group;
         for (Eigen::Index r = 0; r < rows; ++r) {
             const auto seg = src.row(r).segment(src_col, static_cast<Eigen::Index>(group));
@@ -90,19 +94,19 @@ GptqResult gptq_quantize(const MatrixXf& weight, const MatrixXd& second_moment, 
     };
     if constexpr (std::same_as<G, per_channel>) set_params(0, W, 0);
 
-    Eigen::MatrixXd Qd(rows, cols);
+    Mat Qd(rows, cols);
     const auto B = static_cast<Eigen::Index>(opt.block);
     for (Eigen::Index i1 = 0; i1 < cols; i1 += B) {
         const Eigen::Index n = std::min(B, cols - i1);
-        Eigen::MatrixXd W1 = W.middleCols(i1, n);
-        Eigen::MatrixXd Err(rows, n);
+        Mat W1 = W.middleCols(i1, n);
+        Mat Err(rows, n);
         for (Eigen::Index i = 0; i < n; ++i) {
             const Eigen::Index col = i1 + i;
             if constexpr (is_per_group_v<G>)
                 if (static_cast<std::size_t>(col) % group == 0) {
                     // The group may straddle this block's end: take the in-block part from W1
                     // (updated) and the rest from W (updated by the earlier blocks' lazy step).
-                    Eigen::MatrixXd cur = W.middleCols(col, static_cast<Eigen::Index>(group));
+                    Mat cur = W.middleCols(col, static_cast<Eigen::Index>(group));
                     const Eigen::Index in_block = std::min<Eigen::Index>(static_cast<Eigen::Index>(group), n - i);
                     cur.leftCols(in_block) = W1.middleCols(i, in_block);
                     set_params(col, cur, 0);
@@ -120,7 +124,7 @@ GptqResult gptq_quantize(const MatrixXf& weight, const MatrixXd& second_moment, 
         }
         if (i1 + n < cols) W.rightCols(cols - i1 - n).noalias() -= Err * U.block(i1, i1 + n, n, cols - i1 - n);
     }
-    out.dequantized = Qd.cast<float>();
+    out.dequantized = Qd.template cast<float>();
     return out;
 }
 
