@@ -121,21 +121,23 @@ MQ_ALWAYS_INLINE __m512 min16(__m512 a, __m512 b) noexcept { return _mm512_mask_
 template <class Arch>
 MQ_ALWAYS_INLINE __m512 max16(__m512 a, __m512 b) noexcept { return _mm512_mask_max_ps(a, 0xFFFF, a, b); }
 
-// Horizontal min/max of 16 lanes in registers (exact: the order does not matter). Not
-// _mm512_reduce_min_ps, whose undefined start vector g++ 12 flags -Wuninitialized.
+// Horizontal min or max of 16 lanes in registers (exact: the order does not matter), halving the
+// width with Op256 then Op128. Not _mm512_reduce_min_ps, whose undefined start vector g++ 12 flags
+// -Wuninitialized.
+template <auto Op256, auto Op128>
+MQ_ALWAYS_INLINE float reduce16(__m512 v) noexcept {
+    const __m256 m8 = Op256(_mm512_extractf32x8_ps(v, 0), _mm512_extractf32x8_ps(v, 1));
+    __m128 m4 = Op128(_mm256_castps256_ps128(m8), _mm256_extractf128_ps(m8, 1));
+    m4 = Op128(m4, _mm_movehl_ps(m4, m4));
+    return _mm_cvtss_f32(Op128(m4, _mm_movehdup_ps(m4)));
+}
 template <class Arch>
 MQ_ALWAYS_INLINE float hmin16(__m512 v) noexcept {
-    const __m256 m8 = _mm256_min_ps(_mm512_extractf32x8_ps(v, 0), _mm512_extractf32x8_ps(v, 1));
-    __m128 m4 = _mm_min_ps(_mm256_castps256_ps128(m8), _mm256_extractf128_ps(m8, 1));
-    m4 = _mm_min_ps(m4, _mm_movehl_ps(m4, m4));
-    return _mm_cvtss_f32(_mm_min_ss(m4, _mm_movehdup_ps(m4)));
+    return reduce16<[](__m256 a, __m256 b) { return _mm256_min_ps(a, b); }, [](__m128 a, __m128 b) { return _mm_min_ps(a, b); }>(v);
 }
 template <class Arch>
 MQ_ALWAYS_INLINE float hmax16(__m512 v) noexcept {
-    const __m256 m8 = _mm256_max_ps(_mm512_extractf32x8_ps(v, 0), _mm512_extractf32x8_ps(v, 1));
-    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m8), _mm256_extractf128_ps(m8, 1));
-    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-    return _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+    return reduce16<[](__m256 a, __m256 b) { return _mm256_max_ps(a, b); }, [](__m128 a, __m128 b) { return _mm_max_ps(a, b); }>(v);
 }
 
 // Min/max of x[0, 64·⌊n/64⌋) into lo/hi and whether a NaN was seen; returns the count covered.

@@ -384,7 +384,8 @@ void selective_scan_block16(const SelectiveScanArgs<float>& a, std::size_t d0) n
 template <class Arch, std::size_t N>
 void selective_scan_blocks16(const SelectiveScanArgs<float>& a) noexcept {
     const std::size_t E = a.channels();
-    const bool half_line_off = reinterpret_cast<std::uintptr_t>(a.x.data) % 64 == 32 && a.x.stride % 16 == 0;
+    const bool half_line_off =
+        reinterpret_cast<std::uintptr_t>(a.x.data) % kAlignment == kAlignment / 2 && a.x.stride % 16 == 0;
     const std::size_t begin = half_line_off && E >= 24 ? 8 : 0;
     const std::size_t end16 = begin + (E - begin) / 16 * 16, end8 = E - E % 8;
     if (begin > 0) selective_scan_block<avx2, N>(a, 0);
