@@ -22,6 +22,10 @@
 #include <utility>
 #include <vector>
 
+// The run-time scan is a scan policy like the compile-time ones (checked here rather than in the
+// header, where the check would build its variant in every includer).
+static_assert(mq::ScanPolicy<mq::RuntimeScan>);
+
 // GCC 12 flags the replaced operator delete's free() as "mismatched" wherever it inlines a library
 // allocation of this TU; the pair below is malloc/free (and aligned_alloc/free) throughout.
 #pragma GCC diagnostic ignored "-Wmismatched-new-delete"

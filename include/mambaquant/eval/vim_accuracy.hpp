@@ -156,7 +156,9 @@ std::vector<VimAccuracyRow> vim_accuracy_rows(const dependent_t<Tag, std::filesy
     const VimImages calib = load_vim_images(dir / "digits.safetensors", "calib", cfg);
     const std::string name = dir.filename().string();
     std::vector<VimAccuracyRow> rows;
-    auto score = [&](const QuantizedVimModel& m) { return 100.0 * top1(m.logits(test.batch()), test.labels); };
+    auto score = [&](const dependent_t<Tag, QuantizedVimModel>& m) {
+        return 100.0 * top1(m.logits(test.batch()), test.labels);
+    };
     const double fp = score(build_quantized_vim_model(fw, cfg, QuantizationConfig{}));
     rows.push_back({name, "fp", "fp32", fp, 0.0});
     if (table) table->push_back(rows.back());

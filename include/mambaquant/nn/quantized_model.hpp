@@ -35,10 +35,16 @@ MQ_NAMESPACE_BEGIN
 
 // The scan a run-time layer runs: plain, smoothed (S4) or quantized state·C (A8 per token,
 // symmetric or not, with optional S4 scales and R4 rotation) — the scan policies themselves.
-struct RuntimeScan {
+// This header's run-time types are class templates used through aliases (RuntimeScan =
+// BasicRuntimeScan<>, QuantizedMambaModel = BasicQuantizedMambaModel<>, …) whose members depend on
+// the parameter: a translation unit that includes the header but builds no quantized model does
+// not build their variants, layers and workspaces (core/config.hpp, dependent_t).
+template <class Defer = void>
+struct BasicRuntimeScan {
     static constexpr const char* name = "runtime";
     static constexpr bool is_quantized = false; // per instance: quantized()
-    std::variant<PlainScan, SmoothedScan, QuantizedScan<site_quantizers::ATok>, QuantizedScan<site_quantizers::ATokA>> v;
+    dependent_t<Defer, std::variant<PlainScan, SmoothedScan, QuantizedScan<site_quantizers::ATok>,
+                                    QuantizedScan<site_quantizers::ATokA>>> v;
 
     bool quantized() const noexcept { return v.index() >= 2; }
     std::span<const float> scale() const noexcept {
@@ -55,32 +61,39 @@ struct RuntimeScan {
         std::visit([&](const auto& s) { s.run(arch, a, cache); }, v);
     }
 };
-static_assert(ScanPolicy<RuntimeScan>);
+using RuntimeScan = BasicRuntimeScan<>;
 
 // One run-time layer: the generic block on AnyLinear sites and the run-time scan.
 using RuntimeMambaBlock = BasicMambaBlock<AnyLinear, AnyLinear, RuntimeScan>;
 
-struct QuantizedSequenceState : MambaSequenceState<RuntimeMambaBlock> {
+template <class Defer = void>
+struct BasicQuantizedSequenceState : MambaSequenceState<dependent_t<Defer, RuntimeMambaBlock>> {
     MatrixXf logits;
 };
+using QuantizedSequenceState = BasicQuantizedSequenceState<>;
 
 // Whether build_quantized_model makes the integer model or its fake-quant twin.
 enum class FakeQuant : bool { no = false, yes = true };
 
-class QuantizedMambaModel;
-template <class = void>
-QuantizedMambaModel build_quantized_model(const MambaWeights& w, const MambaConfig& cfg, const QuantizationConfig& qc,
-                                          FakeQuant fake = FakeQuant::no);
+template <class Defer = void>
+class BasicQuantizedMambaModel;
+using QuantizedMambaModel = BasicQuantizedMambaModel<>;
+template <class Defer = void>
+BasicQuantizedMambaModel<Defer> build_quantized_model(const MambaWeights& w, const MambaConfig& cfg,
+                                                      const QuantizationConfig& qc, FakeQuant fake = FakeQuant::no);
 
-class QuantizedMambaModel {
+template <class Defer>
+class BasicQuantizedMambaModel {
 public:
-    using State = QuantizedSequenceState;
+    using State = BasicQuantizedSequenceState<Defer>;
+    using Block = dependent_t<Defer, RuntimeMambaBlock>;
+    using Head = dependent_t<Defer, AnyLinear>;
 
     const MambaConfig& config() const noexcept { return config_; }
     const QuantizationConfig& quantization() const noexcept { return qconfig_; }
     bool fake_quant() const noexcept { return fake_; }
-    const std::vector<RuntimeMambaBlock>& layers() const noexcept { return layers_; }
-    const AnyLinear& lm_head() const noexcept { return head_; }
+    const std::vector<Block>& layers() const noexcept { return layers_; }
+    const Head& lm_head() const noexcept { return head_; }
     std::size_t vocab_rows() const noexcept { return config_.padded_vocab; }
 
     // The members that reach the layers' kernels are templates never spelled by callers: a
@@ -146,17 +159,18 @@ public:
     // (build_quantized_model, save, load and run are templates never spelled by callers, defined
     // below the class: instantiated only where called, and with MQ_COMPILED compiled once in the
     // companion library, src/quantized_model*.cpp — core/config.hpp.)
-    template <class>
-    friend QuantizedMambaModel build_quantized_model(const MambaWeights&, const MambaConfig&, const QuantizationConfig&,
-                                                     FakeQuant);
+    template <class D>
+    friend BasicQuantizedMambaModel<D> build_quantized_model(const MambaWeights&, const MambaConfig&,
+                                                             const QuantizationConfig&, FakeQuant);
     // ---- files ----
     template <class = void>
     void save(const std::filesystem::path& dir) const;
     template <class = void>
-    static QuantizedMambaModel load(const std::filesystem::path& dir, FakeQuant fake = FakeQuant::no);
+    static BasicQuantizedMambaModel load(const std::filesystem::path& dir, FakeQuant fake = FakeQuant::no);
 
 private:
-    using Embedding = std::variant<std::monostate, MatrixXf, PackedW8, PackedW4>; // monostate: rows of the head
+    // monostate: rows of the head
+    using Embedding = dependent_t<Defer, std::variant<std::monostate, MatrixXf, PackedW8, PackedW4>>;
 
     template <class Tag = void>
     void embed(std::span<const std::uint32_t> tokens, dependent_t<Tag, MatrixXf>& h) const {
@@ -196,8 +210,8 @@ private:
     Embedding embedding_;
     bool tied_ = true; // written to config.json's tie_embeddings
     Eigen::RowVectorXf norm_f_;
-    AnyLinear head_;
-    std::vector<RuntimeMambaBlock> layers_;
+    Head head_;
+    std::vector<Block> layers_;
     // What save() needs beyond the run-time parts: conv int8 codes and their scales, R4.
     struct ConvCodes {
         std::vector<std::uint8_t> codes; // int8 bytes [E, K]
@@ -206,8 +220,10 @@ private:
     std::vector<ConvCodes> conv_codes_;
 };
 
+template <class Defer>
 template <class>
-void QuantizedMambaModel::run(std::span<const std::uint32_t> tokens, State& state, Logits which, ActivationTap* tap) const {
+void BasicQuantizedMambaModel<Defer>::run(std::span<const std::uint32_t> tokens, State& state, Logits which,
+                                          ActivationTap* tap) const {
     require(!tokens.empty(), "QuantizedMambaModel::prefill: no tokens");
     require(state.caches.size() == layers_.size(), "QuantizedMambaModel::prefill: state made for ",
             state.caches.size(), " layers, model has ", layers_.size());
@@ -312,11 +328,12 @@ bool neutral(const dependent_t<Tag, Eigen::VectorXf>& v,
 // fixes the weight grid (GPTQ's params), the weight quantized on that grid — GPTQ's own codes and
 // scales (kernels/packed_weights.hpp's pack_weights with params says why they come back exactly).
 template <class Tag = void>
-AnyLinear build_site_linear(ConstMatrixView<float> weight, std::span<const float> bias,
+dependent_t<Tag, AnyLinear> build_site_linear(ConstMatrixView<float> weight, std::span<const float> bias,
                             const dependent_t<Tag, SiteQuant>& q,
                             const dependent_t<Tag, std::optional<RotationSpec>>& rotation, std::optional<QuantParams> act,
                             std::span<const QuantParams> grid, bool fake) {
-    if (grid.empty()) return AnyLinear::build(weight, bias, q, rotation, act, fake);
+    using Linear = dependent_t<Tag, AnyLinear>;
+    if (grid.empty()) return Linear::build(weight, bias, q, rotation, act, fake);
     require(q.weight.has_value(), "build_quantized_model: a fixed weight grid needs quantized weights");
     std::optional<HadamardOnline> rot;
     if (rotation) {
@@ -325,8 +342,8 @@ AnyLinear build_site_linear(ConstMatrixView<float> weight, std::span<const float
         rot = HadamardOnline::from_spec(*rotation);
     }
     return visit_site_weight(*q.weight, [&]<class W>(std::type_identity<W>) {
-        return AnyLinear::from_packed(pack_weights<W>(weight, grid, w8_layout_for(runnable_arch(active_arch()))), bias, q,
-                                      std::move(rot), act, fake);
+        return Linear::from_packed(pack_weights<W>(weight, grid, w8_layout_for(runnable_arch(active_arch()))), bias, q,
+                                   std::move(rot), act, fake);
     });
 }
 
@@ -346,7 +363,7 @@ void require_config_out_rotation(const MambaLayerWeights& w, const QuantizationC
 }
 // The scan of a layer from its extras and the config; refuses what the config cannot run.
 template <class Tag = void>
-RuntimeScan make_runtime_scan(const dependent_t<Tag, MambaLayerWeights>& w,
+dependent_t<Tag, RuntimeScan> make_runtime_scan(const dependent_t<Tag, MambaLayerWeights>& w,
                               const dependent_t<Tag, QuantizationConfig>& qc, std::size_t layer) {
     const bool smoothed = !neutral(w.state_scale, 1.0f);
     const std::span<const float> s = smoothed ? span_of(w.state_scale) : std::span<const float>{};
@@ -365,7 +382,7 @@ RuntimeScan make_runtime_scan(const dependent_t<Tag, MambaLayerWeights>& w,
                 rotation_kind_name(qc.state_rotation->kind), " (max |difference| ", diff, ")");
     }
     const ActQuant& a = qc[Site::scan_output].act;
-    RuntimeScan r;
+    dependent_t<Tag, RuntimeScan> r;
     if (a.quantized()) {
         const ConstMatrixView<float> hv = rotated ? view(std::as_const(H)) : ConstMatrixView<float>{};
         if (a.symmetric) r.v = QuantizedScan<site_quantizers::ATok>(hv, s);
@@ -398,9 +415,9 @@ MambaWeights mamba_weights(const BasicMambaModel<Block>& m)
 //   state_rotation ⇔ config.state_rotation (checked; needs a quantized scan_output),
 //   state_scale → the smoothed / quantized scan carries it, gate_scale → S-SiLU, dt_shift → x_proj bias.
 // A float config gives the float model through the same classes (bit-identical to MambaModel).
-template <class>
-QuantizedMambaModel build_quantized_model(const MambaWeights& w, const MambaConfig& cfg, const QuantizationConfig& qc,
-                                          FakeQuant fake) {
+template <class Defer>
+BasicQuantizedMambaModel<Defer> build_quantized_model(const MambaWeights& w, const MambaConfig& cfg,
+                                                      const QuantizationConfig& qc, FakeQuant fake) {
     validate(w);
     qc.validate(w.layers.size());
     require(w.layers.size() == cfg.n_layer, "build_quantized_model: ", w.layers.size(), " layers, the config says ",
@@ -410,14 +427,16 @@ QuantizedMambaModel build_quantized_model(const MambaWeights& w, const MambaConf
             "build_quantized_model: embedding is [", w.embedding.rows(), " x ", w.embedding.cols(), "], the config says [",
             cfg.padded_vocab, " x ", cfg.d_model, "]");
     const bool is_fake = fake == FakeQuant::yes;
-    QuantizedMambaModel m;
+    using Model = BasicQuantizedMambaModel<Defer>;
+    Model m;
     m.config_ = cfg;
     m.qconfig_ = qc;
     m.fake_ = is_fake;
     m.tied_ = w.tied;
     m.norm_f_ = w.norm_f.transpose();
     const std::size_t D = cfg.d_model, E = cfg.d_inner, N = cfg.d_state, R = cfg.dt_rank, K = cfg.d_conv;
-    m.head_ = AnyLinear::build(view(w.head()), {}, qc[Site::lm_head], std::nullopt, detail::normalized(qc.head_act), is_fake);
+    m.head_ = Model::Head::build(view(w.head()), {}, qc[Site::lm_head], std::nullopt, detail::normalized(qc.head_act),
+                                 is_fake);
     // Embedding rows: the head's own packed rows when tied and quantized alike (one copy in memory).
     const SiteQuant& eq = qc[Site::embedding];
     const SiteQuant& hq = qc[Site::lm_head];
@@ -457,7 +476,7 @@ QuantizedMambaModel build_quantized_model(const MambaWeights& w, const MambaConf
         if (qc[Site::conv1d].weight) detail::quantize_conv_int8(conv_w, m.conv_codes_[i].codes, m.conv_codes_[i].scale);
         ScanWeights sw = ScanWeights::from_A_log(view(lw.A_log), detail::span_of(lw.D), detail::span_of(lw.dt_bias));
         if (!detail::neutral(lw.gate_scale, 1.0f)) sw.set_gate_scale(detail::span_of(lw.gate_scale));
-        RuntimeMambaBlock::Parts parts{lw.norm.transpose(),
+        typename Model::Block::Parts parts{lw.norm.transpose(),
                                        site(Site::in_proj, lw.in_proj),
                                        site(Site::x_proj, lw.x_proj, std::span<const float>(xb.data(), xb.size())),
                                        site(Site::dt_proj, lw.dt_proj),
@@ -547,8 +566,9 @@ decltype(auto) load_packed(const Checkpoint& ck, const std::string& base, const 
 //                 state_scale}; R2 and R4 by description in the config only.
 // The embedding is absent when it is the quantized head's rows (tied). Only the integer model is
 // saved; its fake-quant twin is load(dir, FakeQuant::yes).
+template <class Defer>
 template <class Tag>
-void QuantizedMambaModel::save(const std::filesystem::path& dir) const {
+void BasicQuantizedMambaModel<Defer>::save(const std::filesystem::path& dir) const {
     require(!fake_, "QuantizedMambaModel::save: this is the fake-quant twin; save the integer model");
     std::filesystem::create_directories(dir);
     std::vector<TensorData> ts;
@@ -563,7 +583,7 @@ void QuantizedMambaModel::save(const std::filesystem::path& dir) const {
     auto add_span = [&](std::string name, std::span<const float> v, std::vector<std::size_t> shape) {
         add_f(std::move(name), std::vector<float>(v.begin(), v.end()), std::move(shape));
     };
-    auto add_linear = [&](const std::string& base, const AnyLinear& l, Site site, const std::optional<QuantParams>& sp) {
+    auto add_linear = [&](const std::string& base, const Head& l, Site site, const std::optional<QuantParams>& sp) {
         if (l.is_packed()) {
             stored.push_back(l.visit_packed([](const auto* p) { return detail::stored_weight(*p); }));
             append_quant_weight(ts, base, stored.back());
@@ -644,8 +664,10 @@ MQ_EXTERN_TEMPLATE(void QuantizedMambaModel::save<>(const std::filesystem::path&
 
 // Reads a directory save() wrote. Errors name the tensor or field: a float checkpoint (no
 // quantization_config), a missing or mistyped tensor, a bad scale or zero point, a wrong byte size.
+template <class Defer>
 template <class Tag>
-QuantizedMambaModel QuantizedMambaModel::load(const std::filesystem::path& dir, FakeQuant fake) {
+BasicQuantizedMambaModel<Defer> BasicQuantizedMambaModel<Defer>::load(const std::filesystem::path& dir,
+                                                                      FakeQuant fake) {
     const auto cfg_path = dir / "config.json";
     const dependent_t<Tag, nlohmann::json> j = detail::parse_untrusted_json(detail::read_text_file(cfg_path), cfg_path.string(), 1);
     require(j.is_object() && j.contains("quantization_config"), cfg_path.string(),
@@ -675,7 +697,7 @@ QuantizedMambaModel QuantizedMambaModel::load(const std::filesystem::path& dir, 
         if (!q.weight) {
             require(!ck.contains(base + ".qweight"), ck.path().string(), ": tensor \"", base,
                     ".qweight\" is quantized but the quantization_config says ", site_name(site), " is float");
-            return AnyLinear::build(view(float_matrix(base + ".weight", {rows, cols}, rows, cols)), bias, q, rot, sp, is_fake);
+            return Head::build(view(float_matrix(base + ".weight", {rows, cols}, rows, cols)), bias, q, rot, sp, is_fake);
         }
         require(!ck.contains(base + ".weight"), ck.path().string(), ": tensor \"", base, ".weight\" is float but the ",
                 "quantization_config quantizes ", site_name(site));
@@ -685,10 +707,10 @@ QuantizedMambaModel QuantizedMambaModel::load(const std::filesystem::path& dir, 
             r = HadamardOnline::from_spec(*rot);
         }
         return detail::load_packed(ck, base, *q.weight, rows, cols, [&](auto packed) {
-            return AnyLinear::from_packed(std::move(packed), bias, q, std::move(r), sp, is_fake);
+            return Head::from_packed(std::move(packed), bias, q, std::move(r), sp, is_fake);
         });
     };
-    QuantizedMambaModel m;
+    BasicQuantizedMambaModel m;
     m.config_ = cfg;
     m.fake_ = is_fake;
     m.tied_ = cfg.tie_embeddings;
@@ -712,7 +734,7 @@ QuantizedMambaModel QuantizedMambaModel::load(const std::filesystem::path& dir, 
         qc.head_act = act_params("lm_head", Site::lm_head);
     } else { // tied float: one float table, the head's rows serve as the embedding
         require(!eq.weight, cfg_path.string(), ": the embedding is tied to a float head but quantized");
-        m.head_ = AnyLinear::build(view(float_matrix("backbone.embeddings.weight", {V, D}, V, D)), {}, qc[Site::lm_head],
+        m.head_ = Head::build(view(float_matrix("backbone.embeddings.weight", {V, D}, V, D)), {}, qc[Site::lm_head],
                                    std::nullopt, std::nullopt, is_fake);
         m.embedding_ = std::monostate{};
     }
@@ -766,7 +788,7 @@ QuantizedMambaModel QuantizedMambaModel::load(const std::filesystem::path& dir, 
                     qc.state_rotation->n, " does not match the state size ", N);
             extras.state_rotation = rotation_matrix<double>(*qc.state_rotation).cast<float>();
         }
-        RuntimeMambaBlock::Parts parts{
+        typename Block::Parts parts{
             Eigen::Map<const Eigen::RowVectorXf>(float_vec(p + "norm.weight", D).data(), static_cast<Eigen::Index>(D)),
             linear(mx + "in_proj", Site::in_proj, 2 * E, D, {}, lp[Site::in_proj], std::nullopt),
             linear(mx + "x_proj", Site::x_proj, R + 2 * N, E, xb, lp[Site::x_proj], std::nullopt),

@@ -53,7 +53,7 @@ bool same_params(const dependent_t<Tag, std::optional<QuantParams>>& a,
 // the float model through the same classes. (A template never spelled by callers: instantiated only
 // where called, and with MQ_COMPILED compiled once in the companion library, src/vim.cpp.)
 template <class Tag = void>
-QuantizedVimModel build_quantized_vim_model(const dependent_t<Tag, VimWeights>& w,
+dependent_t<Tag, QuantizedVimModel> build_quantized_vim_model(const dependent_t<Tag, VimWeights>& w,
                                             const dependent_t<Tag, VimConfig>& cfg,
                                             const dependent_t<Tag, QuantizationConfig>& qc,
                                             FakeQuant fake = FakeQuant::no) {
@@ -69,9 +69,11 @@ QuantizedVimModel build_quantized_vim_model(const dependent_t<Tag, VimWeights>& 
             emb.patch_w = dequantize(pack_weights<W>(view(std::as_const(emb.patch_w))));
         });
     const MatrixXf head_w = vim_head(w, cfg);
-    AnyLinear head = AnyLinear::build(view(head_w), detail::span_of(w.head_bias), qc[Site::lm_head], std::nullopt,
+    using Linear = dependent_t<Tag, AnyLinear>;
+    using Block = dependent_t<Tag, RuntimeVimBlock>;
+    Linear head = Linear::build(view(head_w), detail::span_of(w.head_bias), qc[Site::lm_head], std::nullopt,
                                       detail::normalized(qc.head_act), is_fake);
-    std::vector<RuntimeVimBlock> layers;
+    std::vector<Block> layers;
     layers.reserve(cfg.n_layer);
     std::vector<std::uint8_t> codes; // conv int8 codes: not kept (a quantized Vim is not saved)
     std::vector<float> scales;
@@ -99,17 +101,17 @@ QuantizedVimModel build_quantized_vim_model(const dependent_t<Tag, VimWeights>& 
             if (!detail::neutral(lw.gate_scale, 1.0f)) sw.set_gate_scale(detail::span_of(lw.gate_scale));
             // The language model's conv: float taps, or the integer conv on the codes when its input
             // is static per tensor (ConvWeights copies the codes, so the buffers are reused).
-            return RuntimeVimBlock::Branch{detail::conv_weights(conv_w, codes, scales, detail::span_of(lw.conv_b),
+            return typename Block::Branch{detail::conv_weights(conv_w, codes, scales, detail::span_of(lw.conv_b),
                                                                 qc[Site::conv1d], detail::normalized(params(d, Site::conv1d))),
                                            site(d, Site::x_proj, lw.x_proj, std::span<const float>(xb.data(), xb.size())),
                                            site(d, Site::dt_proj, lw.dt_proj), std::move(sw),
                                            detail::make_runtime_scan(lw, qc, 2 * l + d)};
         };
-        RuntimeVimBlock::Parts parts{shared.norm.transpose(), site(0, Site::in_proj, shared.in_proj),
+        typename Block::Parts parts{shared.norm.transpose(), site(0, Site::in_proj, shared.in_proj),
                                      site(0, Site::out_proj, shared.out_proj, {}, qc.out_rotation), {branch(0), branch(1)}};
         layers.emplace_back(D, E, N, R, K, cfg.norm_eps, cfg.divide_out, std::move(parts));
     }
-    return QuantizedVimModel(cfg, std::move(emb), std::move(layers), m.norm_f.transpose(), std::move(head));
+    return dependent_t<Tag, QuantizedVimModel>(cfg, std::move(emb), std::move(layers), m.norm_f.transpose(), std::move(head));
 }
 MQ_EXTERN_TEMPLATE(QuantizedVimModel build_quantized_vim_model<>(const VimWeights&, const VimConfig&,
                                                                  const QuantizationConfig&, FakeQuant))

@@ -169,34 +169,38 @@ struct AnyLinearWorkspace {
 };
 
 // A site's linear layer: float, quantized (integer kernels) or fake-quant, decided at run time.
-class AnyLinear {
+// A class template used as AnyLinear = BasicAnyLinear<>, its variant a dependent member: a
+// translation unit that includes this header but runs no such layer does not build the variant's
+// 44 alternatives (core/config.hpp, dependent_t).
+template <class Tag = void>
+class BasicAnyLinear {
 public:
     using variant_type = typename detail::variant_of<detail::any_linear_list>::type;
     using workspace_type = AnyLinearWorkspace;
 
-    AnyLinear() = default;
+    BasicAnyLinear() = default;
     template <class L>
-        requires(!std::same_as<std::remove_cvref_t<L>, AnyLinear>)
-    explicit AnyLinear(L&& l) : v_(std::forward<L>(l)) {}
+        requires(!std::same_as<std::remove_cvref_t<L>, BasicAnyLinear>)
+    explicit BasicAnyLinear(L&& l) : v_(std::forward<L>(l)) {}
 
     // The site's layer from a float weight [out × in] that already holds the online rotation, if
     // any (the transforms fold it: rotate_out_proj_input), so it is packed as it is. `fake`: the
     // fake-quant twin of the same quantized layer.
     template <class = void>
-    static AnyLinear build(ConstMatrixView<float> weight, std::span<const float> bias, const SiteQuant& q,
+    static BasicAnyLinear build(ConstMatrixView<float> weight, std::span<const float> bias, const SiteQuant& q,
                            const std::optional<RotationSpec>& rotation, std::optional<QuantParams> static_params,
                            bool fake);
 
     // From packed weights (loaded from a file, or just packed); the weight type must be the spec's.
     template <class Packed>
-    static AnyLinear from_packed(Packed packed, std::span<const float> bias, const SiteQuant& q,
+    static BasicAnyLinear from_packed(Packed packed, std::span<const float> bias, const SiteQuant& q,
                                  std::optional<HadamardOnline> rot, std::optional<QuantParams> static_params, bool fake);
 
     // The members below that visit every alternative are templates never spelled by callers, as
     // build and forward: a non-template member would instantiate them for all 44 alternatives in
     // every translation unit that includes this header (core/config.hpp).
     bool empty() const noexcept { return std::holds_alternative<std::monostate>(v_); }
-    const variant_type& variant() const noexcept { return v_; }
+    const dependent_t<Tag, variant_type>& variant() const noexcept { return v_; }
 
     template <class = void>
     std::size_t in_features() const {
@@ -269,14 +273,16 @@ public:
     }
 
 private:
-    variant_type v_;
+    dependent_t<Tag, variant_type> v_;
 };
+using AnyLinear = BasicAnyLinear<>;
 
 // The members that visit every alternative, defined out of the class as templates never spelled by
 // callers: instantiated only where called, and with MQ_COMPILED compiled once in the companion
 // library (src/quantized_model*.cpp; core/config.hpp).
+template <class Tag>
 template <class>
-AnyLinear AnyLinear::build(ConstMatrixView<float> weight, std::span<const float> bias, const SiteQuant& q,
+BasicAnyLinear<Tag> BasicAnyLinear<Tag>::build(ConstMatrixView<float> weight, std::span<const float> bias, const SiteQuant& q,
                            const std::optional<RotationSpec>& rotation, std::optional<QuantParams> static_params,
                            bool fake) {
     std::optional<HadamardOnline> rot;
@@ -287,8 +293,8 @@ AnyLinear AnyLinear::build(ConstMatrixView<float> weight, std::span<const float>
     }
     if (!q.weight) {
         require(!q.act.quantized(), "AnyLinear: float weights with quantized activations are not in the run-time set");
-        if (rot) return AnyLinear(FloatLinear<HadamardOnline>(MatrixXf(as_eigen(weight)), bias, std::move(*rot)));
-        return AnyLinear(FloatLinear<NoRotation>(MatrixXf(as_eigen(weight)), bias));
+        if (rot) return BasicAnyLinear(FloatLinear<HadamardOnline>(MatrixXf(as_eigen(weight)), bias, std::move(*rot)));
+        return BasicAnyLinear(FloatLinear<NoRotation>(MatrixXf(as_eigen(weight)), bias));
     }
     return detail::visit_site_weight(*q.weight, [&]<class W>(std::type_identity<W>) {
         // Packed once, in the W8 layout of the arch the layer will run on (Linear's choice).
@@ -299,22 +305,23 @@ AnyLinear AnyLinear::build(ConstMatrixView<float> weight, std::span<const float>
 MQ_EXTERN_TEMPLATE(AnyLinear AnyLinear::build<>(ConstMatrixView<float>, std::span<const float>, const SiteQuant&,
                                              const std::optional<RotationSpec>&, std::optional<QuantParams>, bool))
 
+template <class Tag>
 template <class Packed>
-AnyLinear AnyLinear::from_packed(Packed packed, std::span<const float> bias, const SiteQuant& q,
+BasicAnyLinear<Tag> BasicAnyLinear<Tag>::from_packed(Packed packed, std::span<const float> bias, const SiteQuant& q,
                                  std::optional<HadamardOnline> rot, std::optional<QuantParams> static_params, bool fake) {
     require(q.weight.has_value() && q.act.quantized(), "AnyLinear: a packed weight needs quantized weights and activations");
     require(q.act.mode != ActMode::static_per_tensor || static_params.has_value(),
             "AnyLinear: static per-tensor activations need calibrated params");
     if (fake)
-        return AnyLinear(FakeQuantLinear(dequantize(packed), bias, q.act, static_params, std::move(rot)));
+        return BasicAnyLinear(FakeQuantLinear(dequantize(packed), bias, q.act, static_params, std::move(rot)));
     return detail::visit_site_weight(*q.weight, [&]<class W>(std::type_identity<W>) {
-        return detail::visit_site_act(q.act, [&]<class A>(std::type_identity<A>) -> AnyLinear {
+        return detail::visit_site_act(q.act, [&]<class A>(std::type_identity<A>) -> BasicAnyLinear {
             if constexpr (!std::is_same_v<packed_weights_t<W>, Packed>) {
                 fail("AnyLinear: packed weight type does not match the weight quantizer");
             } else {
                 auto make = [&](auto l) {
                     if constexpr (std::same_as<typename A::granularity, per_tensor>) l.set_static_input_params(*static_params);
-                    return AnyLinear(std::move(l));
+                    return BasicAnyLinear(std::move(l));
                 };
                 if (rot) return make(Linear<W, A, HadamardOnline>(std::move(packed), bias, std::move(*rot)));
                 return make(Linear<W, A, NoRotation>(std::move(packed), bias));
@@ -327,8 +334,9 @@ MQ_EXTERN_TEMPLATE(AnyLinear AnyLinear::from_packed<PackedW8>(PackedW8, std::spa
 MQ_EXTERN_TEMPLATE(AnyLinear AnyLinear::from_packed<PackedW4>(PackedW4, std::span<const float>, const SiteQuant&,
                                                            std::optional<HadamardOnline>, std::optional<QuantParams>, bool))
 
+template <class Tag>
 template <class>
-void AnyLinear::forward(ConstMatrixView<float> x, MatrixView<float> y, workspace_type& ws) const {
+void BasicAnyLinear<Tag>::forward(ConstMatrixView<float> x, MatrixView<float> y, workspace_type& ws) const {
     std::visit([&](const auto& l) {
         using L = std::decay_t<decltype(l)>;
         if constexpr (std::is_same_v<L, std::monostate>) fail("AnyLinear::forward: empty layer");

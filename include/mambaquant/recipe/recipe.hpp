@@ -510,7 +510,7 @@ QuantizedRecipe run_recipe(const dependent_t<Tag, Recipe>& recipe, const depende
                            std::span<const std::span<const std::uint32_t>> windows, const dependent_t<Tag, QuantizeOptions>& opt) {
     return run_recipe<>(recipe, float_weights, model,
                       [&](const MambaWeights& w, const CalibrationPlan& plan, std::string_view what) {
-                          const QuantizedMambaModel m = build_quantized_model(w, model, QuantizationConfig{});
+                          const auto m = build_quantized_model<Tag>(w, model, QuantizationConfig{});
                           return calibrate(m, windows, plan, &w, [&](std::size_t d, std::size_t t) {
                               if (opt.progress) opt.progress(what, d, t);
                           });

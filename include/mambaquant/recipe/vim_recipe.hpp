@@ -46,7 +46,7 @@ QuantizedVimRecipe run_vim_recipe(const dependent_t<Tag, Recipe>& recipe,
     QuantizedRecipe r = run_recipe(
         recipe, float_weights.directions, vim_direction_config(cfg),
         [&](const MambaWeights& w, const CalibrationPlan& plan, std::string_view what) {
-            const QuantizedVimModel m = build_quantized_vim_model({w, float_weights.head_bias}, cfg, QuantizationConfig{});
+            const auto m = build_quantized_vim_model<Tag>({w, float_weights.head_bias}, cfg, QuantizationConfig{});
             return calibrate_vim(m, calib, plan, &w, [&](std::size_t d, std::size_t t) {
                 if (opt.progress) opt.progress(what, d, t);
             });
