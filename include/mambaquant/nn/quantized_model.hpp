@@ -87,13 +87,13 @@ class BasicQuantizedMambaModel {
 public:
     using State = BasicQuantizedSequenceState<Defer>;
     using Block = dependent_t<Defer, RuntimeMambaBlock>;
-    using Head = dependent_t<Defer, AnyLinear>;
+    using SiteLinear = dependent_t<Defer, AnyLinear>;
 
     const MambaConfig& config() const noexcept { return config_; }
     const QuantizationConfig& quantization() const noexcept { return qconfig_; }
     bool fake_quant() const noexcept { return fake_; }
     const std::vector<Block>& layers() const noexcept { return layers_; }
-    const Head& lm_head() const noexcept { return head_; }
+    const SiteLinear& lm_head() const noexcept { return head_; }
     std::size_t vocab_rows() const noexcept { return config_.padded_vocab; }
 
     // The members that reach the layers' kernels are templates never spelled by callers: a
@@ -210,7 +210,7 @@ private:
     Embedding embedding_;
     bool tied_ = true; // written to config.json's tie_embeddings
     Eigen::RowVectorXf norm_f_;
-    Head head_;
+    SiteLinear head_;
     std::vector<Block> layers_;
     // What save() needs beyond the run-time parts: conv int8 codes and their scales, R4.
     struct ConvCodes {
@@ -329,11 +329,12 @@ bool neutral(const dependent_t<Tag, Eigen::VectorXf>& v,
 // scales (kernels/packed_weights.hpp's pack_weights with params says why they come back exactly).
 template <class Tag = void>
 dependent_t<Tag, AnyLinear> build_site_linear(ConstMatrixView<float> weight, std::span<const float> bias,
-                            const dependent_t<Tag, SiteQuant>& q,
-                            const dependent_t<Tag, std::optional<RotationSpec>>& rotation, std::optional<QuantParams> act,
-                            std::span<const QuantParams> grid, bool fake) {
-    using Linear = dependent_t<Tag, AnyLinear>;
-    if (grid.empty()) return Linear::build(weight, bias, q, rotation, act, fake);
+                                              const dependent_t<Tag, SiteQuant>& q,
+                                              const dependent_t<Tag, std::optional<RotationSpec>>& rotation,
+                                              std::optional<QuantParams> act, std::span<const QuantParams> grid,
+                                              bool fake) {
+    using SiteLinear = dependent_t<Tag, AnyLinear>;
+    if (grid.empty()) return SiteLinear::build(weight, bias, q, rotation, act, fake);
     require(q.weight.has_value(), "build_quantized_model: a fixed weight grid needs quantized weights");
     std::optional<HadamardOnline> rot;
     if (rotation) {
@@ -342,8 +343,8 @@ dependent_t<Tag, AnyLinear> build_site_linear(ConstMatrixView<float> weight, std
         rot = HadamardOnline::from_spec(*rotation);
     }
     return visit_site_weight(*q.weight, [&]<class W>(std::type_identity<W>) {
-        return Linear::from_packed(pack_weights<W>(weight, grid, w8_layout_for(runnable_arch(active_arch()))), bias, q,
-                                   std::move(rot), act, fake);
+        return SiteLinear::from_packed(pack_weights<W>(weight, grid, w8_layout_for(runnable_arch(active_arch()))), bias,
+                                       q, std::move(rot), act, fake);
     });
 }
 
@@ -364,7 +365,7 @@ void require_config_out_rotation(const MambaLayerWeights& w, const QuantizationC
 // The scan of a layer from its extras and the config; refuses what the config cannot run.
 template <class Tag = void>
 dependent_t<Tag, RuntimeScan> make_runtime_scan(const dependent_t<Tag, MambaLayerWeights>& w,
-                              const dependent_t<Tag, QuantizationConfig>& qc, std::size_t layer) {
+                                                const dependent_t<Tag, QuantizationConfig>& qc, std::size_t layer) {
     const bool smoothed = !neutral(w.state_scale, 1.0f);
     const std::span<const float> s = smoothed ? span_of(w.state_scale) : std::span<const float>{};
     const bool rotated = w.state_rotation.size() != 0;
@@ -435,8 +436,8 @@ BasicQuantizedMambaModel<Defer> build_quantized_model(const MambaWeights& w, con
     m.tied_ = w.tied;
     m.norm_f_ = w.norm_f.transpose();
     const std::size_t D = cfg.d_model, E = cfg.d_inner, N = cfg.d_state, R = cfg.dt_rank, K = cfg.d_conv;
-    m.head_ = Model::Head::build(view(w.head()), {}, qc[Site::lm_head], std::nullopt, detail::normalized(qc.head_act),
-                                 is_fake);
+    m.head_ = Model::SiteLinear::build(view(w.head()), {}, qc[Site::lm_head], std::nullopt,
+                                       detail::normalized(qc.head_act), is_fake);
     // Embedding rows: the head's own packed rows when tied and quantized alike (one copy in memory).
     const SiteQuant& eq = qc[Site::embedding];
     const SiteQuant& hq = qc[Site::lm_head];
@@ -477,15 +478,15 @@ BasicQuantizedMambaModel<Defer> build_quantized_model(const MambaWeights& w, con
         ScanWeights sw = ScanWeights::from_A_log(view(lw.A_log), detail::span_of(lw.D), detail::span_of(lw.dt_bias));
         if (!detail::neutral(lw.gate_scale, 1.0f)) sw.set_gate_scale(detail::span_of(lw.gate_scale));
         typename Model::Block::Parts parts{lw.norm.transpose(),
-                                       site(Site::in_proj, lw.in_proj),
-                                       site(Site::x_proj, lw.x_proj, std::span<const float>(xb.data(), xb.size())),
-                                       site(Site::dt_proj, lw.dt_proj),
-                                       site(Site::out_proj, lw.out_proj, {}, qc.out_rotation),
-                                       detail::conv_weights(conv_w, m.conv_codes_[i].codes, m.conv_codes_[i].scale,
-                                                            detail::span_of(lw.conv_b), qc[Site::conv1d],
-                                                            detail::normalized(lp[Site::conv1d])),
-                                       std::move(sw),
-                                       detail::make_runtime_scan(lw, qc, i)};
+                                           site(Site::in_proj, lw.in_proj),
+                                           site(Site::x_proj, lw.x_proj, std::span<const float>(xb.data(), xb.size())),
+                                           site(Site::dt_proj, lw.dt_proj),
+                                           site(Site::out_proj, lw.out_proj, {}, qc.out_rotation),
+                                           detail::conv_weights(conv_w, m.conv_codes_[i].codes, m.conv_codes_[i].scale,
+                                                                detail::span_of(lw.conv_b), qc[Site::conv1d],
+                                                                detail::normalized(lp[Site::conv1d])),
+                                           std::move(sw),
+                                           detail::make_runtime_scan(lw, qc, i)};
         m.layers_.emplace_back(D, E, N, R, K, cfg.norm_eps, std::move(parts));
     }
     return m;
@@ -583,7 +584,8 @@ void BasicQuantizedMambaModel<Defer>::save(const std::filesystem::path& dir) con
     auto add_span = [&](std::string name, std::span<const float> v, std::vector<std::size_t> shape) {
         add_f(std::move(name), std::vector<float>(v.begin(), v.end()), std::move(shape));
     };
-    auto add_linear = [&](const std::string& base, const Head& l, Site site, const std::optional<QuantParams>& sp) {
+    auto add_linear = [&](const std::string& base, const SiteLinear& l, Site site,
+                          const std::optional<QuantParams>& sp) {
         if (l.is_packed()) {
             stored.push_back(l.visit_packed([](const auto* p) { return detail::stored_weight(*p); }));
             append_quant_weight(ts, base, stored.back());
@@ -697,7 +699,8 @@ BasicQuantizedMambaModel<Defer> BasicQuantizedMambaModel<Defer>::load(const std:
         if (!q.weight) {
             require(!ck.contains(base + ".qweight"), ck.path().string(), ": tensor \"", base,
                     ".qweight\" is quantized but the quantization_config says ", site_name(site), " is float");
-            return Head::build(view(float_matrix(base + ".weight", {rows, cols}, rows, cols)), bias, q, rot, sp, is_fake);
+            return SiteLinear::build(view(float_matrix(base + ".weight", {rows, cols}, rows, cols)), bias, q, rot, sp,
+                                     is_fake);
         }
         require(!ck.contains(base + ".weight"), ck.path().string(), ": tensor \"", base, ".weight\" is float but the ",
                 "quantization_config quantizes ", site_name(site));
@@ -707,7 +710,7 @@ BasicQuantizedMambaModel<Defer> BasicQuantizedMambaModel<Defer>::load(const std:
             r = HadamardOnline::from_spec(*rot);
         }
         return detail::load_packed(ck, base, *q.weight, rows, cols, [&](auto packed) {
-            return Head::from_packed(std::move(packed), bias, q, std::move(r), sp, is_fake);
+            return SiteLinear::from_packed(std::move(packed), bias, q, std::move(r), sp, is_fake);
         });
     };
     BasicQuantizedMambaModel m;
@@ -734,8 +737,8 @@ BasicQuantizedMambaModel<Defer> BasicQuantizedMambaModel<Defer>::load(const std:
         qc.head_act = act_params("lm_head", Site::lm_head);
     } else { // tied float: one float table, the head's rows serve as the embedding
         require(!eq.weight, cfg_path.string(), ": the embedding is tied to a float head but quantized");
-        m.head_ = Head::build(view(float_matrix("backbone.embeddings.weight", {V, D}, V, D)), {}, qc[Site::lm_head],
-                                   std::nullopt, std::nullopt, is_fake);
+        m.head_ = SiteLinear::build(view(float_matrix("backbone.embeddings.weight", {V, D}, V, D)), {},
+                                    qc[Site::lm_head], std::nullopt, std::nullopt, is_fake);
         m.embedding_ = std::monostate{};
     }
     if (share && is_fake) m.embedding_ = std::get<FakeQuantLinear>(m.head_.variant()).weights();

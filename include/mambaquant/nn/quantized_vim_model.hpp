@@ -69,10 +69,10 @@ dependent_t<Tag, QuantizedVimModel> build_quantized_vim_model(const dependent_t<
             emb.patch_w = dequantize(pack_weights<W>(view(std::as_const(emb.patch_w))));
         });
     const MatrixXf head_w = vim_head(w, cfg);
-    using Linear = dependent_t<Tag, AnyLinear>;
+    using SiteLinear = dependent_t<Tag, AnyLinear>;
     using Block = dependent_t<Tag, RuntimeVimBlock>;
-    Linear head = Linear::build(view(head_w), detail::span_of(w.head_bias), qc[Site::lm_head], std::nullopt,
-                                      detail::normalized(qc.head_act), is_fake);
+    SiteLinear head = SiteLinear::build(view(head_w), detail::span_of(w.head_bias), qc[Site::lm_head], std::nullopt,
+                                        detail::normalized(qc.head_act), is_fake);
     std::vector<Block> layers;
     layers.reserve(cfg.n_layer);
     std::vector<std::uint8_t> codes; // conv int8 codes: not kept (a quantized Vim is not saved)
