@@ -11,6 +11,10 @@
 #include <limits>
 #include <vector>
 
+// The built-in observers model the concept (checked here, not in the header: a static_assert there
+// would complete all three classes in every includer).
+static_assert(mq::Observer<mq::MinMaxObserver> && mq::Observer<mq::PercentileObserver> && mq::Observer<mq::MseObserver>);
+
 namespace {
 
 // Heavy-tailed data (Student-t-like: normal / sqrt(uniform)), a few big outliers.

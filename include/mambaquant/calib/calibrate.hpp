@@ -150,11 +150,11 @@ void prefill_tapped(const Model& model, std::span<const std::uint32_t> tokens, S
 // each window from a zero state, collecting into a fresh CalibrationStats. `progress(done, total)`
 // is called after every window.
 template <class Model>
-CalibrationStats calibrate(const Model& model, std::span<const std::span<const std::uint32_t>> windows,
-                           const CalibrationPlan& plan, const MambaWeights* weights,
-                           const std::function<void(std::size_t, std::size_t)>& progress = {}) {
-    CalibrationStats stats;
-    CalibrationCollector tap(stats, plan, weights, model.config().n_layer);
+dependent_t<Model, CalibrationStats> calibrate(const Model& model, std::span<const std::span<const std::uint32_t>> windows,
+                                               const CalibrationPlan& plan, const MambaWeights* weights,
+                                               const std::function<void(std::size_t, std::size_t)>& progress = {}) {
+    dependent_t<Model, CalibrationStats> stats;
+    dependent_t<Model, CalibrationCollector> tap(stats, plan, weights, model.config().n_layer);
     for (std::size_t i = 0; i < windows.size(); ++i) {
         auto state = model.make_state();
         detail::prefill_tapped(model, windows[i], state, &tap);

@@ -414,6 +414,4 @@ private:
 };
 using MseObserver = BasicMseObserver<>; // a template: compiled only where used (core/config.hpp)
 
-static_assert(Observer<MinMaxObserver> && Observer<PercentileObserver> && Observer<MseObserver>);
-
 MQ_NAMESPACE_END

@@ -87,7 +87,8 @@ public:
     static BasicSiteStats deserialize(std::istream& in);
 
 private:
-    BasicSiteStats(ChannelStats c, PercentileObserver p, std::optional<CovarianceAccumulator> cov, SiteOptions o)
+    BasicSiteStats(dependent_t<Tag, ChannelStats> c, dependent_t<Tag, PercentileObserver> p,
+                   dependent_t<Tag, std::optional<CovarianceAccumulator>> cov, SiteOptions o)
         : channels_(std::move(c)), percentile_(std::move(p)), covariance_(std::move(cov)), options_(o) {}
 
     // Dependent types (core/config.hpp: dependent_t): the bodies are analysed only where used.
@@ -225,10 +226,12 @@ void BasicSiteStats<Tag>::serialize(std::ostream& out) const {
 
 template <class Tag>
 BasicSiteStats<Tag> BasicSiteStats<Tag>::deserialize(std::istream& in) {
+    using Cov = dependent_t<Tag, CovarianceAccumulator>; // completed only where statistics are read
+    using Percentile = dependent_t<Tag, PercentileObserver>;
     detail::CalibReader r{in};
     const auto dim = r.get<std::uint64_t>("dim");
-    require(dim >= 1 && dim <= CovarianceAccumulator::kMaxDim, "calibration statistics: site dimension ", dim,
-            " outside [1, ", CovarianceAccumulator::kMaxDim, "]");
+    require(dim >= 1 && dim <= Cov::kMaxDim, "calibration statistics: site dimension ", dim,
+            " outside [1, ", Cov::kMaxDim, "]");
     SiteOptions o;
     o.percentile = r.get<double>("percentile");
     o.covariance = r.get<std::uint8_t>("covariance") != 0;
@@ -236,7 +239,7 @@ BasicSiteStats<Tag> BasicSiteStats<Tag>::deserialize(std::istream& in) {
     Eigen::VectorXd mn(static_cast<Eigen::Index>(dim)), mx(static_cast<Eigen::Index>(dim));
     for (Eigen::Index j = 0; j < mn.size(); ++j) mn[j] = r.get<double>("channel min");
     for (Eigen::Index j = 0; j < mx.size(); ++j) mx[j] = r.get<double>("channel max");
-    PercentileObserver::SavedState ps;
+    typename Percentile::SavedState ps;
     ps.percentile = r.get<double>("percentile state");
     require(ps.percentile == o.percentile, "calibration statistics: percentile ", ps.percentile, " differs from the site's ",
             o.percentile);
@@ -251,12 +254,12 @@ BasicSiteStats<Tag> BasicSiteStats<Tag>::deserialize(std::istream& in) {
         const auto n = r.get<std::uint64_t>("bin count");
         ps.bins.emplace_back(b, n);
     }
-    std::optional<CovarianceAccumulator> cov;
+    std::optional<Cov> cov;
     if (o.covariance) {
-        cov.emplace(CovarianceAccumulator::deserialize(in));
+        cov.emplace(Cov::deserialize(in));
         require(cov->dim() == dim, "calibration statistics: covariance dimension ", cov->dim(), " differs from ", dim);
     }
-    return BasicSiteStats(ChannelStats::restore(mn, mx, count), PercentileObserver::restore(ps), std::move(cov), o);
+    return BasicSiteStats(dependent_t<Tag, ChannelStats>::restore(mn, mx, count), Percentile::restore(ps), std::move(cov), o);
 }
 
 template <class Tag>
@@ -288,7 +291,7 @@ BasicCalibrationStats<Tag> BasicCalibrationStats<Tag>::deserialize(std::istream&
     require(n <= (std::uint64_t{1} << 20), "CalibrationStats: site count ", n, " is implausible");
     for (std::uint64_t i = 0; i < n; ++i) {
         std::string key = r.get_string("site key", 256);
-        c.sites_.emplace(std::move(key), SiteStats::deserialize(in));
+        c.sites_.emplace(std::move(key), dependent_t<Tag, SiteStats>::deserialize(in));
     }
     return c;
 }

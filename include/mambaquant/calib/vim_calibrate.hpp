@@ -20,15 +20,15 @@ MQ_NAMESPACE_BEGIN
 // direction's scan over its own 17-token sequence in its own order. `directions` are the weights
 // the model was built from (their A and b_dt; read only when plan.state).
 template <class Model>
-CalibrationStats calibrate_vim(const Model& model, const ImageBatch& images, const CalibrationPlan& plan,
-                               const MambaWeights* directions,
-                               const std::function<void(std::size_t, std::size_t)>& progress = {}) {
+dependent_t<Model, CalibrationStats> calibrate_vim(const Model& model, const ImageBatch& images, const CalibrationPlan& plan,
+                                                   const MambaWeights* directions,
+                                                   const std::function<void(std::size_t, std::size_t)>& progress = {}) {
     require(images.count > 0, "calibrate_vim: no calibration images");
     const std::size_t n_dir = 2 * model.config().n_layer;
     require(directions == nullptr || directions->layers.size() == n_dir, "calibrate_vim: ",
             directions ? directions->layers.size() : 0, " direction layers given, the model has ", n_dir);
-    CalibrationStats stats;
-    CalibrationCollector tap(stats, plan, directions, n_dir);
+    dependent_t<Model, CalibrationStats> stats;
+    dependent_t<Model, CalibrationCollector> tap(stats, plan, directions, n_dir);
     for (std::size_t i = 0; i < images.count; ++i) {
         const ImageBatch one{images.image(i), 1, images.channels, images.height, images.width};
         (void)model.logits(one, nullptr, nullptr, 1, &tap);

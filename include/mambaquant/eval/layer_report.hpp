@@ -134,7 +134,7 @@ std::vector<LayerReportRow> layer_report(const Reference& reference, const Quant
                                          std::span<const std::span<const std::uint32_t>> windows) {
     std::map<std::pair<std::size_t, TapPoint>, LayerReportRow> rows;
     for (auto w : windows) {
-        detail::TapRecorder ref_tap, q_tap;
+        dependent_t<Reference, detail::TapRecorder> ref_tap, q_tap;
         auto s1 = reference.make_state();
         detail::prefill_tapped(reference, w, s1, &ref_tap);
         auto s2 = quantized.make_state();

@@ -44,7 +44,7 @@ struct VimImages {
 template <class Tag = void>
 VimImages load_vim_images(const dependent_t<Tag, std::filesystem::path>& file, std::string_view split,
                           const dependent_t<Tag, VimConfig>& cfg) {
-    const SafetensorsFile f = SafetensorsFile::open(file);
+    const dependent_t<Tag, SafetensorsFile> f = dependent_t<Tag, SafetensorsFile>::open(file);
     const std::string in = std::string(split) + ".images", ln = std::string(split) + ".labels";
     const TensorInfo& ti = f.info(in);
     const TensorInfo& tl = f.info(ln);
@@ -88,7 +88,7 @@ std::vector<LayerReportRow> vim_layer_report(const Reference& reference, const Q
     std::map<std::pair<std::size_t, TapPoint>, LayerReportRow> rows;
     for (std::size_t i = 0; i < images.count; ++i) {
         const ImageBatch one{images.image(i), 1, images.channels, images.height, images.width};
-        detail::TapRecorder ref_tap, q_tap;
+        dependent_t<Reference, detail::TapRecorder> ref_tap, q_tap;
         (void)reference.logits(one, nullptr, nullptr, 1, &ref_tap);
         (void)quantized.logits(one, nullptr, nullptr, 1, &q_tap);
         detail::add_layer_report(rows, ref_tap, q_tap, qc, 2 * reference.config().n_layer);

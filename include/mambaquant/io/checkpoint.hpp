@@ -21,8 +21,12 @@ inline constexpr const char* kSafetensorsSingleName = "model.safetensors";
 
 // Tensors by name across one or several files. The index ({"metadata": {...}, "weight_map":
 // {tensor: shard file}}) is authoritative: every tensor it lists must be in the shard it names.
-template <class = void>
+template <class Defer = void>
 class BasicCheckpoint {
+    // The shards' type spelled dependent on Defer: its members are compiled only where a checkpoint
+    // is opened (core/config.hpp).
+    using File = dependent_t<Defer, SafetensorsFile>;
+
 public:
     // `path` is a directory (index or model.safetensors inside), an index file, or one
     // .safetensors file.
@@ -38,7 +42,7 @@ public:
         if (path.filename().string().ends_with(".index.json")) return open_index(path);
         BasicCheckpoint c;
         c.path_ = path;
-        c.shards_.push_back(SafetensorsFile::open(path));
+        c.shards_.push_back(File::open(path));
         for (const auto& t : c.shards_[0].tensors()) c.where_.emplace(t.name, 0);
         c.metadata_ = c.shards_[0].metadata();
         return c;
@@ -60,7 +64,7 @@ public:
         for (const auto& [k, v] : where_) n.push_back(k);
         return n;
     }
-    const SafetensorsFile& file_of(std::string_view name) const {
+    const File& file_of(std::string_view name) const {
         auto it = where_.find(name);
         require(it != where_.end(), path_.string(), ": tensor \"", name, "\" not found in the checkpoint");
         return shards_[it->second];
@@ -95,7 +99,7 @@ private:
         std::map<std::string, std::size_t> shard_ids;
         for (const auto& [name, file] : map) {
             auto [it, inserted] = shard_ids.emplace(file, c.shards_.size());
-            if (inserted) c.shards_.push_back(SafetensorsFile::open(c.path_ / file));
+            if (inserted) c.shards_.push_back(File::open(c.path_ / file));
             require(c.shards_[it->second].contains(name), index_path.string(), ": tensor \"", name,
                     "\" is listed in shard ", file, " but missing from it");
             c.where_.emplace(name, it->second);
@@ -104,7 +108,7 @@ private:
     }
 
     std::filesystem::path path_;
-    std::vector<SafetensorsFile> shards_;
+    std::vector<File> shards_;
     std::map<std::string, std::size_t, std::less<>> where_;
     Metadata metadata_;
 };
@@ -140,7 +144,7 @@ MQ_EXTERN_TEMPLATE(std::map<std::string, std::string, std::less<>> Checkpoint::p
 // that inflates a dimension fails on the file's real size, not on an allocation), and at the end
 // every tensor must have been claimed (a config with fewer layers than its checkpoint would
 // otherwise load, run and compute the wrong function without a word).
-template <class = void>
+template <class Defer = void>
 class BasicTensorClaims {
 public:
     // `tensors`: every tensor of the checkpoint; they must outlive the claims. `source` names the
@@ -148,7 +152,7 @@ public:
     BasicTensorClaims(std::vector<const TensorInfo*> tensors, std::string source) : source_(std::move(source)) {
         for (const TensorInfo* t : tensors) entries_.emplace(std::string_view(t->name), Entry{t, false, {}});
     }
-    explicit BasicTensorClaims(const Checkpoint& ck) : BasicTensorClaims(ck.infos(), ck.path().string()) {
+    explicit BasicTensorClaims(const dependent_t<Defer, Checkpoint>& ck) : BasicTensorClaims(ck.infos(), ck.path().string()) {
         for (auto& [name, e] : entries_) e.file = ck.source_of(name);
     }
     BasicTensorClaims(const SafetensorsHeader& h, std::string source) : source_(std::move(source)) {

@@ -389,14 +389,18 @@ using FileBytes = BasicFileBytes<>; // a template: compiled only where used (cor
 } // namespace detail
 
 // A checked, read-only safetensors file. Copies share the mapping.
-template <class = void>
+template <class Defer = void>
 class BasicSafetensorsFile {
+    // The mapped file's type spelled dependent on Defer: its members are compiled only where a file
+    // is opened (core/config.hpp).
+    using Bytes = dependent_t<Defer, detail::FileBytes>;
+
 public:
     static BasicSafetensorsFile open(const std::filesystem::path& path) {
-        return BasicSafetensorsFile(detail::FileBytes::open(path), path.string());
+        return BasicSafetensorsFile(Bytes::open(path), path.string());
     }
     static BasicSafetensorsFile from_bytes(std::vector<std::byte> bytes, std::string source = "<memory>") {
-        return BasicSafetensorsFile(std::make_shared<detail::FileBytes>(std::move(bytes)), std::move(source));
+        return BasicSafetensorsFile(std::make_shared<Bytes>(std::move(bytes)), std::move(source));
     }
 
     const std::string& source() const noexcept { return source_; }
@@ -472,11 +476,11 @@ private:
         }
     }
 
-    BasicSafetensorsFile(std::shared_ptr<detail::FileBytes> file, std::string source)
+    BasicSafetensorsFile(std::shared_ptr<Bytes> file, std::string source)
         : file_(std::move(file)), source_(std::move(source)) {
         header_ = parse_safetensors_header(file_->bytes(), source_);
     }
-    std::shared_ptr<detail::FileBytes> file_;
+    std::shared_ptr<Bytes> file_;
     std::string source_;
     SafetensorsHeader header_;
 };

@@ -87,7 +87,7 @@ FwhtPlan make_fwht_plan(const dependent_t<Tag, HadamardFactors>& f, std::optiona
     plan.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(plan.n)));
     plan.inverse = direction == FwhtDirection::inverse;
     using IntMatrix = dependent_t<Tag, Matrix<int>>;
-    const IntMatrix hm = plan.inverse ? IntMatrix(hadamard_block(f.m).transpose()) : hadamard_block(f.m);
+    const IntMatrix hm = plan.inverse ? IntMatrix(hadamard_block<Tag>(f.m).transpose()) : hadamard_block<Tag>(f.m);
     plan.block.resize(f.m * f.m);
     for (std::size_t a = 0; a < f.m; ++a)
         for (std::size_t j = 0; j < f.m; ++j)

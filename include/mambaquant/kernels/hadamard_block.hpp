@@ -84,8 +84,10 @@ HadamardFactors decompose_hadamard_size(std::size_t n) {
 
 namespace detail {
 
-// Entries ±1 (0 only inside the construction helpers), row-major m×m.
-using SignMatrix = Matrix<int>;
+// Entries ±1 (0 only inside the construction helpers), row-major m×m. Spelled dependent on the
+// constructions' Tag so that their bodies build Eigen's types only where a block is made.
+template <class Tag>
+using SignMatrix = dependent_t<Tag, Matrix<int>>;
 
 constexpr std::int64_t mod_pow(std::int64_t base, std::int64_t exp, std::int64_t mod) noexcept {
     std::int64_t r = 1;
@@ -140,10 +142,10 @@ SmallField make_field(std::int64_t p, int degree) {
 }
 
 // Jacobsthal matrix Q_ij = χ(x_i − x_j), q×q.
-template <class = void>
-SignMatrix jacobsthal(const SmallField& f) {
+template <class Tag = void>
+SignMatrix<Tag> jacobsthal(const SmallField& f) {
     const auto q = static_cast<Eigen::Index>(f.order());
-    SignMatrix Q(q, q);
+    SignMatrix<Tag> Q(q, q);
     for (Eigen::Index i = 0; i < q; ++i)
         for (Eigen::Index j = 0; j < q; ++j) Q(i, j) = f.chi_of_difference(i, j);
     return Q;
@@ -151,11 +153,11 @@ SignMatrix jacobsthal(const SmallField& f) {
 
 // Paley I, q ≡ 3 (mod 4): S = [[0, 1ᵀ], [−1, Q]] is skew with S·Sᵀ = q·I, so H = I + S has
 // H·Hᵀ = I − S² = (q + 1)·I.
-template <class = void>
-SignMatrix paley_one(const SmallField& f) {
-    const SignMatrix Q = jacobsthal(f);
+template <class Tag = void>
+SignMatrix<Tag> paley_one(const SmallField& f) {
+    const SignMatrix<Tag> Q = jacobsthal<Tag>(f);
     const Eigen::Index n = Q.rows() + 1;
-    SignMatrix H(n, n);
+    SignMatrix<Tag> H(n, n);
     H(0, 0) = 1;
     for (Eigen::Index j = 1; j < n; ++j) {
         H(0, j) = 1;
@@ -168,16 +170,16 @@ SignMatrix paley_one(const SmallField& f) {
 
 // Paley II, q ≡ 1 (mod 4): C = [[0, 1ᵀ], [1, Q]] is a symmetric conference matrix (C² = q·I);
 // H = C ⊗ [[1, 1], [1, −1]] + I ⊗ [[1, −1], [−1, −1]] has order 2(q + 1).
-template <class = void>
-SignMatrix paley_two(const SmallField& f) {
-    const SignMatrix Q = jacobsthal(f);
+template <class Tag = void>
+SignMatrix<Tag> paley_two(const SmallField& f) {
+    const SignMatrix<Tag> Q = jacobsthal<Tag>(f);
     const Eigen::Index c = Q.rows() + 1;
-    SignMatrix C(c, c);
+    SignMatrix<Tag> C(c, c);
     C(0, 0) = 0;
     for (Eigen::Index j = 1; j < c; ++j) C(0, j) = C(j, 0) = 1;
     for (Eigen::Index i = 1; i < c; ++i)
         for (Eigen::Index j = 1; j < c; ++j) C(i, j) = Q(i - 1, j - 1);
-    SignMatrix H(2 * c, 2 * c);
+    SignMatrix<Tag> H(2 * c, 2 * c);
     for (Eigen::Index i = 0; i < c; ++i)
         for (Eigen::Index j = 0; j < c; ++j) {
             const int v = C(i, j);
@@ -215,14 +217,14 @@ inline constexpr WilliamsonRows kWilliamson43 = {
 //      [−B,  A, −D,  C],
 //      [−C,  D,  A, −B],
 //      [−D, −C,  B,  A]]   (circulants commute and are symmetric, so H·Hᵀ = (A²+B²+C²+D²) ⊗ I)
-template <class = void>
-SignMatrix williamson(const WilliamsonRows& w) {
+template <class Tag = void>
+SignMatrix<Tag> williamson(const WilliamsonRows& w) {
     const auto t = static_cast<Eigen::Index>(w.t);
     const std::string_view rows[4] = {w.a, w.b, w.c, w.d};
     // Block (r, c) of the array: which circulant and its sign.
     constexpr int which[4][4] = {{0, 1, 2, 3}, {1, 0, 3, 2}, {2, 3, 0, 1}, {3, 2, 1, 0}};
     constexpr int sign[4][4] = {{1, 1, 1, 1}, {-1, 1, -1, 1}, {-1, 1, 1, -1}, {-1, -1, 1, 1}};
-    SignMatrix H(4 * t, 4 * t);
+    SignMatrix<Tag> H(4 * t, 4 * t);
     for (int br = 0; br < 4; ++br)
         for (int bc = 0; bc < 4; ++bc) {
             const std::string_view seq = rows[which[br][bc]];
@@ -238,27 +240,27 @@ SignMatrix williamson(const WilliamsonRows& w) {
 } // namespace detail
 
 // The unnormalized m×m Hadamard block (entries ±1, H·Hᵀ = m·I) for m ∈ kHadamardBlockSizes.
-template <class = void>
+template <class Tag = void>
 Matrix<int> hadamard_block(std::size_t m) {
     using detail::make_field;
     switch (m) {
-    case 1: return Matrix<int>::Ones(1, 1);
-    case 12: return detail::paley_one(make_field(11, 1));
-    case 20: return detail::paley_one(make_field(19, 1));
-    case 28: return detail::paley_two(make_field(13, 1));
-    case 36: return detail::paley_two(make_field(17, 1));
+    case 1: return detail::SignMatrix<Tag>::Ones(1, 1);
+    case 12: return detail::paley_one<Tag>(make_field(11, 1));
+    case 20: return detail::paley_one<Tag>(make_field(19, 1));
+    case 28: return detail::paley_two<Tag>(make_field(13, 1));
+    case 36: return detail::paley_two<Tag>(make_field(17, 1));
     case 40: {
-        const Matrix<int> h = hadamard_block(20);
-        Matrix<int> H(40, 40);
+        const detail::SignMatrix<Tag> h = hadamard_block<Tag>(20);
+        detail::SignMatrix<Tag> H(40, 40);
         H << h, h, h, -h;
         return H;
     }
-    case 52: return detail::paley_two(make_field(5, 2));
-    case 60: return detail::paley_one(make_field(59, 1));
-    case 108: return detail::paley_one(make_field(107, 1));
-    case 140: return detail::paley_one(make_field(139, 1));
-    case 156: return detail::williamson(detail::kWilliamson39);
-    case 172: return detail::williamson(detail::kWilliamson43);
+    case 52: return detail::paley_two<Tag>(make_field(5, 2));
+    case 60: return detail::paley_one<Tag>(make_field(59, 1));
+    case 108: return detail::paley_one<Tag>(make_field(107, 1));
+    case 140: return detail::paley_one<Tag>(make_field(139, 1));
+    case 156: return detail::williamson<Tag>(detail::kWilliamson39);
+    case 172: return detail::williamson<Tag>(detail::kWilliamson43);
     default:
         fail("hadamard_block: no construction for block order ", m, "; supported block orders are ",
              supported_hadamard_factors_text());

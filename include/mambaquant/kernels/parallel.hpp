@@ -138,9 +138,9 @@ private:
 using ThreadPool = BasicThreadPool<>; // a template: compiled only where used (core/config.hpp)
 
 // A process-wide pool with one thread per hardware thread, created on first use.
-template <class = void>
+template <class Tag = void>
 ThreadPool& default_thread_pool() {
-    static ThreadPool pool;
+    static dependent_t<Tag, ThreadPool> pool;
     return pool;
 }
 
@@ -149,7 +149,7 @@ ThreadPool& default_thread_pool() {
 // default; tasks_per_thread > 1 cuts finer ranges that threads claim as they finish, so a thread
 // the OS delays (a busy machine) holds back less than its whole share.
 template <class F>
-void parallel_ranges(ThreadPool* pool, std::size_t count, F&& f, std::size_t tasks_per_thread = 1) {
+void parallel_ranges(dependent_t<F, ThreadPool>* pool, std::size_t count, F&& f, std::size_t tasks_per_thread = 1) {
     const std::size_t threads = pool ? pool->size() : 1;
     const std::size_t parts = threads > 1 ? std::min(threads * std::max<std::size_t>(tasks_per_thread, 1), count) : 1;
     if (parts <= 1) {

@@ -18,6 +18,7 @@
 #include <cmath>
 #include <concepts>
 #include <cstddef>
+#include <memory>
 #include <span>
 #include <type_traits>
 #include <utility>
@@ -121,7 +122,8 @@ public:
         pool_ = pool;
         default_pool_ = false;
     }
-    ThreadPool* thread_pool() const noexcept { return default_pool_ ? &default_thread_pool() : pool_; }
+    // std::addressof: the built-in & would complete ThreadPool here, in every includer.
+    ThreadPool* thread_pool() const noexcept { return default_pool_ ? std::addressof(default_thread_pool()) : pool_; }
 
     // Whether forward() rotates and quantizes the activations in one pass (per-token activations
     // and a rotation with a fused kernel for its whole row, e.g. a full HadamardOnline).

@@ -99,14 +99,16 @@ public:
     BasicMambaModel() = default;
 
     // From a checkpoint directory (config.json + model.safetensors or a sharded index).
-    static BasicMambaModel load(const std::filesystem::path& dir) {
+    // (The checkpoint's and config's types are spelled dependent on Block: their members are then
+    // compiled only where a model is loaded, not in every includer; core/config.hpp.)
+    static BasicMambaModel load(const dependent_t<Block, std::filesystem::path>& dir) {
         require_float_checkpoint(dir);
-        return from_checkpoint(load_mamba_config(dir), Checkpoint::open(dir));
+        return from_checkpoint(load_mamba_config(dir), dependent_t<Block, Checkpoint>::open(dir));
     }
 
     // Tensor names are Hugging Face's (METHOD §1); both embedding spellings are accepted, the LM
     // head is `lm_head.weight` when present and the embedding when absent and tied.
-    static BasicMambaModel from_checkpoint(const MambaConfig& cfg, const Checkpoint& ck);
+    static BasicMambaModel from_checkpoint(const MambaConfig& cfg, const dependent_t<Block, Checkpoint>& ck);
 
     // A random model in the reference initialisation's spirit (for benchmarks and tests): weights
     // ~ U with the fan-in scale, A = −(1..N), Δ bias = softplus⁻¹ of log-uniform [1e−3, 1e−1].
@@ -167,7 +169,7 @@ private:
         require(!(j.is_object() && j.contains("quantization_config")), file.string(),
                 ": a quantized checkpoint (\"quantization_config\" present); load it with QuantizedMambaModel::load");
     }
-    static MatrixXf load_matrix(const Checkpoint& ck, const std::string& name, const std::vector<std::size_t>& shape,
+    static MatrixXf load_matrix(const dependent_t<Block, Checkpoint>& ck, const std::string& name, const std::vector<std::size_t>& shape,
                                 std::size_t rows, std::size_t cols) {
         MatrixXf m;
         allocating(ck.source_of(name), detail::concat("tensor \"", name, "\" (", rows * cols * sizeof(float), " bytes)"),
@@ -175,8 +177,8 @@ private:
         ck.load_float_into(name, shape, std::span<float>(m.data(), rows * cols));
         return m;
     }
-    static Eigen::RowVectorXf row_vector(const FloatTensor& t) {
-        return Eigen::Map<const Eigen::RowVectorXf>(t.data.data(), static_cast<Eigen::Index>(t.data.size()));
+    static Eigen::RowVectorXf row_vector(const dependent_t<Block, FloatTensor>& t) {
+        return Eigen::Map<const dependent_t<Block, Eigen::RowVectorXf>>(t.data.data(), static_cast<Eigen::Index>(t.data.size()));
     }
 
     MambaConfig config_;
@@ -191,7 +193,7 @@ private:
 // MQ_COMPILED) keeps an including translation unit from compiling them: in-class definitions are
 // inline, and compilers instantiate inline members despite `extern template`.
 template <class Block>
-BasicMambaModel<Block> BasicMambaModel<Block>::from_checkpoint(const MambaConfig& cfg, const Checkpoint& ck) {
+BasicMambaModel<Block> BasicMambaModel<Block>::from_checkpoint(const MambaConfig& cfg, const dependent_t<Block, Checkpoint>& ck) {
     // Every tensor present with the config's shape, float, and none left unread: checked on the
     // file's real sizes before anything below allocates (io/mamba_tensors.hpp).
     const MambaTensorNames names = check_mamba_checkpoint(cfg, ck);

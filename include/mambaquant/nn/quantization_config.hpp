@@ -280,10 +280,10 @@ using QuantizationConfig = BasicQuantizationConfig<>; // a template: compiled on
 // or per group `group`; dt_proj per channel) with A8 activations of `act` mode; conv1d int8 weights; scan output A8
 // per token; embedding rows quantized as the head (a tied table is then stored once). Static
 // params are left to the caller.
-template <class = void>
-QuantizationConfig uniform_quantization_config(int weight_bits, std::size_t group, ActMode act,
-                                               bool act_symmetric = false, std::string method = "rtn") {
-    QuantizationConfig c;
+template <class Tag = void>
+dependent_t<Tag, QuantizationConfig> uniform_quantization_config(int weight_bits, std::size_t group, ActMode act,
+                                                                 bool act_symmetric = false, std::string method = "rtn") {
+    dependent_t<Tag, QuantizationConfig> c;
     c.method = std::move(method);
     c.bits = detail::concat("w", weight_bits, "a8");
     QuantSpec w;
@@ -369,7 +369,7 @@ nlohmann::json to_json(const dependent_t<Tag, QuantizationConfig>& c) {
         dependent_t<Tag, nlohmann::json> sj;
         if (q.weight) {
             sj["weight"] = {{"bits", q.weight->bits},
-                            {"granularity", QuantizationConfig::granularity_kind_label(*q.weight)},
+                            {"granularity", dependent_t<Tag, QuantizationConfig>::granularity_kind_label(*q.weight)},
                             {"symmetric", q.weight->symmetric}};
         } else {
             sj["weight"] = "float";

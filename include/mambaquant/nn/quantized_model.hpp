@@ -540,7 +540,7 @@ StoredQuantWeight stored_weight(const dependent_t<Tag, PackedW4>& p) {
 }
 // A site's packed weight back from its stored form, under the config's quantizer.
 template <class F>
-decltype(auto) load_packed(const Checkpoint& ck, const std::string& base, const QuantSpec& spec, std::size_t rows,
+decltype(auto) load_packed(const dependent_t<F, Checkpoint>& ck, const std::string& base, const QuantSpec& spec, std::size_t rows,
                            std::size_t cols, F&& f) {
     const std::size_t group = spec.granularity == GranularityKind::per_group ? spec.group : cols;
     require(cols % group == 0, ck.path().string(), ": \"", base, "\": group ", group, " does not divide ", cols);
@@ -676,7 +676,7 @@ BasicQuantizedMambaModel<Defer> BasicQuantizedMambaModel<Defer>::load(const std:
             ": no \"quantization_config\": this is a float checkpoint (load it with MambaModel::load)");
     const MambaConfig cfg = load_mamba_config(dir);
     QuantizationConfig qc = quantization_config_from_json(j["quantization_config"], cfg_path.string() + ": quantization_config");
-    const Checkpoint ck = Checkpoint::open(dir);
+    const dependent_t<Tag, Checkpoint> ck = dependent_t<Tag, Checkpoint>::open(dir);
     const bool is_fake = fake == FakeQuant::yes;
     const std::size_t D = cfg.d_model, E = cfg.d_inner, N = cfg.d_state, R = cfg.dt_rank, K = cfg.d_conv,
                       V = cfg.padded_vocab;

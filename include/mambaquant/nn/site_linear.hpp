@@ -172,10 +172,10 @@ struct AnyLinearWorkspace {
 // A class template used as AnyLinear = BasicAnyLinear<>, its variant a dependent member: a
 // translation unit that includes this header but runs no such layer does not build the variant's
 // 44 alternatives (core/config.hpp, dependent_t).
-template <class Tag = void>
+template <class Defer = void>
 class BasicAnyLinear {
 public:
-    using variant_type = typename detail::variant_of<detail::any_linear_list>::type;
+    using variant_type = dependent_t<Defer, typename detail::variant_of<detail::any_linear_list>::type>;
     using workspace_type = AnyLinearWorkspace;
 
     BasicAnyLinear() = default;
@@ -188,19 +188,20 @@ public:
     // fake-quant twin of the same quantized layer.
     template <class = void>
     static BasicAnyLinear build(ConstMatrixView<float> weight, std::span<const float> bias, const SiteQuant& q,
-                           const std::optional<RotationSpec>& rotation, std::optional<QuantParams> static_params,
-                           bool fake);
+                                const std::optional<RotationSpec>& rotation, std::optional<QuantParams> static_params,
+                                bool fake);
 
     // From packed weights (loaded from a file, or just packed); the weight type must be the spec's.
     template <class Packed>
     static BasicAnyLinear from_packed(Packed packed, std::span<const float> bias, const SiteQuant& q,
-                                 std::optional<HadamardOnline> rot, std::optional<QuantParams> static_params, bool fake);
+                                      std::optional<HadamardOnline> rot, std::optional<QuantParams> static_params,
+                                      bool fake);
 
     // The members below that visit every alternative are templates never spelled by callers, as
     // build and forward: a non-template member would instantiate them for all 44 alternatives in
     // every translation unit that includes this header (core/config.hpp).
     bool empty() const noexcept { return std::holds_alternative<std::monostate>(v_); }
-    const dependent_t<Tag, variant_type>& variant() const noexcept { return v_; }
+    const variant_type& variant() const noexcept { return v_; }
 
     template <class = void>
     std::size_t in_features() const {
@@ -273,18 +274,18 @@ public:
     }
 
 private:
-    dependent_t<Tag, variant_type> v_;
+    variant_type v_;
 };
 using AnyLinear = BasicAnyLinear<>;
 
 // The members that visit every alternative, defined out of the class as templates never spelled by
 // callers: instantiated only where called, and with MQ_COMPILED compiled once in the companion
 // library (src/quantized_model*.cpp; core/config.hpp).
-template <class Tag>
+template <class Defer>
 template <class>
-BasicAnyLinear<Tag> BasicAnyLinear<Tag>::build(ConstMatrixView<float> weight, std::span<const float> bias, const SiteQuant& q,
-                           const std::optional<RotationSpec>& rotation, std::optional<QuantParams> static_params,
-                           bool fake) {
+BasicAnyLinear<Defer> BasicAnyLinear<Defer>::build(ConstMatrixView<float> weight, std::span<const float> bias,
+                                                   const SiteQuant& q, const std::optional<RotationSpec>& rotation,
+                                                   std::optional<QuantParams> static_params, bool fake) {
     std::optional<HadamardOnline> rot;
     if (rotation) {
         require(rotation->n == weight.cols, "AnyLinear: online rotation of size ", rotation->n,
@@ -303,12 +304,13 @@ BasicAnyLinear<Tag> BasicAnyLinear<Tag>::build(ConstMatrixView<float> weight, st
     });
 }
 MQ_EXTERN_TEMPLATE(AnyLinear AnyLinear::build<>(ConstMatrixView<float>, std::span<const float>, const SiteQuant&,
-                                             const std::optional<RotationSpec>&, std::optional<QuantParams>, bool))
+                                                const std::optional<RotationSpec>&, std::optional<QuantParams>, bool))
 
-template <class Tag>
+template <class Defer>
 template <class Packed>
-BasicAnyLinear<Tag> BasicAnyLinear<Tag>::from_packed(Packed packed, std::span<const float> bias, const SiteQuant& q,
-                                 std::optional<HadamardOnline> rot, std::optional<QuantParams> static_params, bool fake) {
+BasicAnyLinear<Defer> BasicAnyLinear<Defer>::from_packed(Packed packed, std::span<const float> bias, const SiteQuant& q,
+                                                         std::optional<HadamardOnline> rot,
+                                                         std::optional<QuantParams> static_params, bool fake) {
     require(q.weight.has_value() && q.act.quantized(), "AnyLinear: a packed weight needs quantized weights and activations");
     require(q.act.mode != ActMode::static_per_tensor || static_params.has_value(),
             "AnyLinear: static per-tensor activations need calibrated params");
@@ -330,13 +332,13 @@ BasicAnyLinear<Tag> BasicAnyLinear<Tag>::from_packed(Packed packed, std::span<co
     });
 }
 MQ_EXTERN_TEMPLATE(AnyLinear AnyLinear::from_packed<PackedW8>(PackedW8, std::span<const float>, const SiteQuant&,
-                                                           std::optional<HadamardOnline>, std::optional<QuantParams>, bool))
+                                                              std::optional<HadamardOnline>, std::optional<QuantParams>, bool))
 MQ_EXTERN_TEMPLATE(AnyLinear AnyLinear::from_packed<PackedW4>(PackedW4, std::span<const float>, const SiteQuant&,
-                                                           std::optional<HadamardOnline>, std::optional<QuantParams>, bool))
+                                                              std::optional<HadamardOnline>, std::optional<QuantParams>, bool))
 
-template <class Tag>
+template <class Defer>
 template <class>
-void BasicAnyLinear<Tag>::forward(ConstMatrixView<float> x, MatrixView<float> y, workspace_type& ws) const {
+void BasicAnyLinear<Defer>::forward(ConstMatrixView<float> x, MatrixView<float> y, workspace_type& ws) const {
     std::visit([&](const auto& l) {
         using L = std::decay_t<decltype(l)>;
         if constexpr (std::is_same_v<L, std::monostate>) fail("AnyLinear::forward: empty layer");

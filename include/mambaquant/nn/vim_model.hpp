@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstddef>
 #include <filesystem>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -66,7 +67,7 @@ MatrixXf vim_matrix(const dependent_t<Tag, Checkpoint>& ck, const dependent_t<Ta
 }
 template <class Tag = void>
 Eigen::RowVectorXf vim_row(const dependent_t<Tag, FloatTensor>& t) {
-    return Eigen::Map<const Eigen::RowVectorXf>(t.data.data(), static_cast<Eigen::Index>(t.data.size()));
+    return Eigen::Map<const dependent_t<Tag, Eigen::RowVectorXf>>(t.data.data(), static_cast<Eigen::Index>(t.data.size()));
 }
 } // namespace detail
 
@@ -158,11 +159,13 @@ public:
     }
 
     // From a directory with config.json and model.safetensors (or a sharded index).
-    static BasicVimModel load(const std::filesystem::path& dir) {
-        return from_checkpoint(load_vim_config(dir), Checkpoint::open(dir));
+    // (The checkpoint's type is spelled dependent on Block: its members are then compiled only where
+    // a model is loaded, not in every includer; core/config.hpp.)
+    static BasicVimModel load(const dependent_t<Block, std::filesystem::path>& dir) {
+        return from_checkpoint(load_vim_config(dir), dependent_t<Block, Checkpoint>::open(dir));
     }
 
-    static BasicVimModel from_checkpoint(const VimConfig& cfg, const Checkpoint& ck) {
+    static BasicVimModel from_checkpoint(const VimConfig& cfg, const dependent_t<Block, Checkpoint>& ck) {
         VimModelWeights w = read_vim_weights(cfg, ck);
         std::vector<Block> layers;
         layers.reserve(cfg.n_layer);
@@ -186,7 +189,7 @@ public:
         const VimConfig& c = config_;
         const std::size_t p = c.patch_size, gw = c.grid_width(), H = c.image_height, W = c.image_width;
         require_shape(h, c.seq_len(), c.d_model, "VimModel::embed output");
-        Matrix<float> patches(static_cast<Eigen::Index>(c.num_patches()), static_cast<Eigen::Index>(c.patch_dim()));
+        dependent_t<Block, MatrixXf> patches(static_cast<Eigen::Index>(c.num_patches()), static_cast<Eigen::Index>(c.patch_dim()));
         for (std::size_t m = 0; m < c.num_patches(); ++m) {
             const std::size_t gy = m / gw, gx = m % gw;
             for (std::size_t ch = 0; ch < c.channels; ++ch)
@@ -212,11 +215,11 @@ public:
     // `tap` (optional) sees every site's input (VimBlock's tap layers 2l, 2l+1; the head input
     // as layer 2·n_layer): the images then run one at a time on the calling thread, so each call
     // of the tap holds one sequence from a zero state (as a calibration window).
-    MatrixXf logits(const ImageBatch& images, ThreadPool* pool = &default_thread_pool(),
+    MatrixXf logits(const ImageBatch& images, ThreadPool* pool = std::addressof(default_thread_pool()),
                     std::vector<MatrixXf>* hidden = nullptr, std::size_t group = 16, ActivationTap* tap = nullptr) const;
 
     // Top-1 class of every image.
-    std::vector<std::size_t> predict(const ImageBatch& images, ThreadPool* pool = &default_thread_pool()) const {
+    std::vector<std::size_t> predict(const ImageBatch& images, ThreadPool* pool = std::addressof(default_thread_pool())) const {
         const MatrixXf l = logits(images, pool);
         std::vector<std::size_t> cls(images.count);
         for (std::size_t i = 0; i < images.count; ++i) {

@@ -111,7 +111,7 @@ VimWeights vim_weights(const dependent_t<Tag, VimModelWeights>& m, const depende
 template <class Tag = void>
 VimWeights load_vim_weights(const dependent_t<Tag, std::filesystem::path>& dir) {
     const VimConfig c = load_vim_config(dir);
-    return vim_weights(read_vim_weights(c, Checkpoint::open(dir)), c);
+    return vim_weights(read_vim_weights(c, dependent_t<Tag, Checkpoint>::open(dir)), c);
 }
 
 // Shapes against the config, and the shared tensors of each direction pair bit-identical.

@@ -5,6 +5,7 @@
 #include <mambaquant/core/error.hpp>
 #include <mambaquant/core/tensor.hpp>
 
+#include <algorithm>
 #include <cstddef>
 #include <span>
 
@@ -70,7 +71,8 @@ struct ConvCache {
         window.resize(static_cast<Eigen::Index>(taps - 1), static_cast<Eigen::Index>(channels));
         reset();
     }
-    void reset() noexcept { window.setZero(); }
+    // std::fill, not setZero: a non-template member's Eigen expression is built in every includer.
+    void reset() noexcept { std::fill(window.data(), window.data() + window.size(), 0.0f); }
     std::size_t channels() const noexcept { return static_cast<std::size_t>(window.cols()); }
     std::size_t taps() const noexcept { return static_cast<std::size_t>(window.rows()) + 1; }
 };

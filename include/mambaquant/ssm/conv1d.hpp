@@ -42,8 +42,8 @@ struct ConvWeights {
     std::size_t channels() const noexcept { return static_cast<std::size_t>(weight_t.cols()); }
     std::size_t taps() const noexcept { return static_cast<std::size_t>(weight_t.rows()); }
 
-    template <class = void>
-    static ConvWeights from(ConstMatrixView<float> weight, std::span<const float> bias = {}) {
+    template <class Tag = void>
+    static ConvWeights from(dependent_t<Tag, ConstMatrixView<float>> weight, std::span<const float> bias = {}) {
         require(weight.rows > 0 && weight.cols > 0, "ConvWeights: weight must be non-empty, got [", weight.rows,
                 " x ", weight.cols, "]");
         require(weight.cols <= 64, "ConvWeights: at most 64 taps, got ", weight.cols);

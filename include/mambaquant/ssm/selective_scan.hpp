@@ -40,16 +40,16 @@ struct ScanWeights {
     std::size_t state_size() const noexcept { return static_cast<std::size_t>(A.cols()); }
 
     // From the checkpoint's A_log (A = −exp(A_log)).
-    template <class = void>
-    static ScanWeights from_A_log(ConstMatrixView<float> A_log, std::span<const float> D = {},
+    template <class Tag = void>
+    static ScanWeights from_A_log(dependent_t<Tag, ConstMatrixView<float>> A_log, std::span<const float> D = {},
                                   std::span<const float> dt_bias = {}) {
-        ScanWeights w = from_A(A_log, D, dt_bias, "A_log");
+        dependent_t<Tag, ScanWeights> w = from_A<Tag>(A_log, D, dt_bias, "A_log");
         for (auto& v : w.A.reshaped()) v = -std::exp(v);
         return w;
     }
     // From A itself (already −exp(A_log)).
-    template <class = void>
-    static ScanWeights from_A(ConstMatrixView<float> A, std::span<const float> D = {},
+    template <class Tag = void>
+    static ScanWeights from_A(dependent_t<Tag, ConstMatrixView<float>> A, std::span<const float> D = {},
                               std::span<const float> dt_bias = {}, const char* a_name = "A") {
         require(A.rows > 0 && A.cols > 0, "ScanWeights: ", a_name, " must be non-empty, got [", A.rows, " x ",
                 A.cols, "]");
@@ -178,7 +178,7 @@ void selective_scan_step(const P& policy, const ScanWeights& w, const ScanStepIn
 // Δ = softplus(dt·W_dtᵀ + b_dt) from the low-rank dt [L, R], for callers that want Δ itself
 // (the scan can instead take dt·W_dtᵀ with delta_softplus). W_dt [E, R], b_dt [E] or empty.
 template <class Arch = default_arch>
-void compute_delta(ConstMatrixView<float> dt, ConstMatrixView<float> W_dt, std::span<const float> b_dt,
+void compute_delta(dependent_t<Arch, ConstMatrixView<float>> dt, ConstMatrixView<float> W_dt, std::span<const float> b_dt,
                    MatrixView<float> delta, Arch arch = {}) {
     const std::size_t L = dt.rows, R = dt.cols, E = W_dt.rows;
     require(L > 0, "compute_delta: dt is empty (L = 0)");

@@ -37,7 +37,7 @@ Matrix<T> hadamard_matrix(const HadamardFactors& f) {
             supported_hadamard_factors_text());
     require(is_power_of_two(f.pow2) && (std::size_t{1} << f.log2_pow2) == f.pow2,
             "hadamard_matrix: pow2 = ", f.pow2, " must equal 2^", f.log2_pow2);
-    const Matrix<int> hm = hadamard_block(f.m);
+    const dependent_t<T, Matrix<int>> hm = hadamard_block<T>(f.m);
     const std::size_t n = f.size();
     const T scale = T(1) / std::sqrt(static_cast<T>(n));
     Matrix<T> H(static_cast<Eigen::Index>(n), static_cast<Eigen::Index>(n));

@@ -26,8 +26,11 @@ struct KltHadamard {
     Eigen::VectorXd eigenvalues;     // Λ of the KLT, descending
 
     std::size_t dim() const noexcept { return static_cast<std::size_t>(matrix.rows()); }
-    template <class = void>
-    Matrix<float> matrix_f() const { return matrix.cast<float>(); }
+    template <class Tag = void>
+    Matrix<float> matrix_f() const {
+        const dependent_t<Tag, MatrixXd>& q = matrix; // the cast's types are built only where called
+        return q.template cast<float>();
+    }
 };
 
 // Q = K·H for a caller-supplied orthogonal H (e.g. a randomized Hadamard, or a seeded random

@@ -48,11 +48,14 @@ struct MambaLayerWeights {
     std::size_t d_state() const noexcept { return static_cast<std::size_t>(A_log.cols()); }
     std::size_t d_conv() const noexcept { return static_cast<std::size_t>(conv_w.cols()); }
 
-    // Sets the run-time extras to their neutral values for the current shapes.
+    // Sets the run-time extras to their neutral values for the current shapes. (A template whose
+    // Eigen expressions depend on Tag: built only where called, not in every includer.)
+    template <class Tag = void>
     void reset_extras() {
-        gate_scale = Eigen::VectorXf::Ones(dt_proj.rows());
-        dt_shift = Eigen::VectorXf::Zero(dt_proj.cols());
-        state_scale = Eigen::VectorXf::Ones(A_log.cols());
+        using Vector = dependent_t<Tag, Eigen::VectorXf>;
+        gate_scale = Vector::Ones(dt_proj.rows());
+        dt_shift = Vector::Zero(dt_proj.cols());
+        state_scale = Vector::Ones(A_log.cols());
         out_rotation.resize(0, 0);
         state_rotation.resize(0, 0);
     }

@@ -24,9 +24,9 @@ void require_orthogonal(const dependent_t<Tag, MatrixXd>& q, Eigen::Index n, con
     require(q.allFinite(), name, ": has non-finite entries");
     Rng rng(0x6f7274686f67ULL);
     for (int probe = 0; probe < 4; ++probe) {
-        Eigen::VectorXd v(n);
+        dependent_t<Tag, Eigen::VectorXd> v(n);
         for (Eigen::Index i = 0; i < n; ++i) v[i] = rng.normal();
-        const Eigen::VectorXd back = q.transpose() * (q * v);
+        const dependent_t<Tag, Eigen::VectorXd> back = q.transpose() * (q * v);
         const double err = (back - v).cwiseAbs().maxCoeff() / v.cwiseAbs().maxCoeff();
         require(err <= tol, name, ": not orthogonal (|QᵀQv − v|∞/|v|∞ = ", err, " > ", tol, ")");
     }

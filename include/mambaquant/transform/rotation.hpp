@@ -117,15 +117,16 @@ Matrix<T> random_orthogonal(std::size_t n, std::uint64_t seed) {
     require(n > 0, "random_orthogonal: size must be positive");
     const auto N = static_cast<Eigen::Index>(n);
     Rng rng(seed);
-    Eigen::MatrixXd G(N, N);
+    using ColMajor = dependent_t<T, Eigen::MatrixXd>; // the QR's types are built only where it is called
+    ColMajor G(N, N);
     for (Eigen::Index i = 0; i < N; ++i)
         for (Eigen::Index j = 0; j < N; ++j) G(i, j) = rng.normal();
-    Eigen::HouseholderQR<Eigen::MatrixXd> qr(G);
-    Eigen::MatrixXd Q = qr.householderQ() * Eigen::MatrixXd::Identity(N, N);
-    const Eigen::MatrixXd& R = qr.matrixQR();
+    Eigen::HouseholderQR<ColMajor> qr(G);
+    ColMajor Q = qr.householderQ() * ColMajor::Identity(N, N);
+    const ColMajor& R = qr.matrixQR();
     for (Eigen::Index j = 0; j < N; ++j)
         if (R(j, j) < 0) Q.col(j) *= -1.0;
-    return Q.cast<T>();
+    return Q.template cast<T>();
 }
 
 // Materialize any rotation (n×n, orthogonal).

@@ -114,7 +114,7 @@ SymmetricEigen symmetric_eigen(const dependent_t<Tag, MatrixXd>& a, EigenBackend
 #endif
     }
     // Column-major copy: Eigen's solver is tuned for it and computes in place.
-    Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> solver(Eigen::MatrixXd(a), Eigen::ComputeEigenvectors);
+    Eigen::SelfAdjointEigenSolver<dependent_t<Tag, Eigen::MatrixXd>> solver(Eigen::MatrixXd(a), Eigen::ComputeEigenvectors);
     require(solver.info() == Eigen::Success, "symmetric_eigen: Eigen's solver did not converge (d = ", d, ")");
     return {solver.eigenvalues(), solver.eigenvectors()};
 }
