@@ -104,7 +104,7 @@ public:
             count_ = other.count_;
             return;
         }
-        const Eigen::VectorXd delta = other.shift_ - shift_;
+        const dependent_t<Tag, Eigen::VectorXd> delta = other.shift_ - shift_;
         const double n_o = static_cast<double>(other.count_);
         scatter_.template triangularView<Eigen::Lower>() += other.scatter_;
         if (!delta.isZero(0.0)) {
@@ -125,9 +125,9 @@ public:
     MatrixXd covariance() const {
         require(count_ >= 2, "CovarianceAccumulator::covariance: needs at least 2 rows, got ", count_);
         const double n = static_cast<double>(count_);
-        Eigen::MatrixXd lower = scatter_.template triangularView<Eigen::Lower>();
-        lower.triangularView<Eigen::Lower>() -= (sum_ * sum_.transpose()) / n;
-        MatrixXd cov = lower.selfadjointView<Eigen::Lower>();
+        dependent_t<Tag, Eigen::MatrixXd> lower = scatter_.template triangularView<Eigen::Lower>();
+        lower.template triangularView<Eigen::Lower>() -= (sum_ * sum_.transpose()) / n;
+        dependent_t<Tag, MatrixXd> cov = lower.template selfadjointView<Eigen::Lower>();
         cov /= (n - 1.0);
         return cov;
     }
@@ -135,7 +135,7 @@ public:
     // Raw second moment XᵀX = S + s·cᵀ + c·sᵀ + n·c·cᵀ, full symmetric [dim, dim].
     MatrixXd second_moment() const {
         const double n = static_cast<double>(count_);
-        Eigen::MatrixXd full = scatter_.template selfadjointView<Eigen::Lower>();
+        dependent_t<Tag, Eigen::MatrixXd> full = scatter_.template selfadjointView<Eigen::Lower>();
         full += sum_ * shift_.transpose() + shift_ * sum_.transpose() + n * shift_ * shift_.transpose();
         return full;
     }

@@ -178,7 +178,8 @@ public:
             src = r;
         }
         if constexpr (kFloat) {
-            auto out = as_eigen(y);
+            // Spelled dependent: the row-wise bias expression is built only in float layers.
+            auto out = as_eigen(dependent_t<WeightPolicy, MatrixView<float>>(y));
             out.noalias() = as_eigen(src) * weights_.transpose();
             if (!bias_.empty())
                 out.rowwise() += Eigen::Map<const Eigen::RowVectorXf>(bias_.data(), static_cast<Eigen::Index>(bias_.size()));

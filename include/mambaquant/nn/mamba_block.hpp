@@ -220,7 +220,7 @@ template <Rotation R>
 void require_same_rotation(const MatrixXf& recorded, const R& rot, const char* who) {
     const auto n = static_cast<std::size_t>(recorded.rows());
     require(rot.size() == n, who, ": out_rotation is ", n, " x ", n, " but the online rotation has size ", rot.size());
-    const MatrixXf q = online_rotation_matrix(rot, n);
+    const dependent_t<R, MatrixXf> q = online_rotation_matrix(rot, n);
     const float diff = (q - recorded).cwiseAbs().maxCoeff();
     // Both are ±1/√n-scaled Hadamard entries computed in float: equal to a few ulps when the same.
     require(diff <= 1e-5f, who, ": out_rotation differs from the online ", rot.spec().kind == RotationKind::hadamard ? "hadamard" : "rotation",
@@ -291,7 +291,7 @@ public:
     }
 
 private:
-    static typename Base::Parts make_parts(const MambaLayerWeights& w, Scan scan, OutRotation out_rotation) {
+    static typename Base::Parts make_parts(const dependent_t<Scan, MambaLayerWeights>& w, Scan scan, OutRotation out_rotation) {
         using L = linear_type;
         using OL = out_linear_type;
         const aligned_vector<float> xb = detail::dt_shift_bias(w);

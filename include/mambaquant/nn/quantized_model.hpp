@@ -789,7 +789,8 @@ BasicQuantizedMambaModel<Defer> BasicQuantizedMambaModel<Defer>::load(const std:
         if (qc.state_rotation) {
             require(qc.state_rotation->n == N, cfg_path.string(), ": quantization_config.state_rotation: size ",
                     qc.state_rotation->n, " does not match the state size ", N);
-            extras.state_rotation = rotation_matrix<double>(*qc.state_rotation).cast<float>();
+            const dependent_t<Tag, MatrixXd> r = rotation_matrix<double>(*qc.state_rotation);
+            extras.state_rotation = r.template cast<float>();
         }
         typename Block::Parts parts{
             Eigen::Map<const Eigen::RowVectorXf>(float_vec(p + "norm.weight", D).data(), static_cast<Eigen::Index>(D)),

@@ -63,7 +63,9 @@ public:
     const MatrixXf& weights() const noexcept { return w_; }
     const aligned_vector<float>& bias() const noexcept { return bias_; }
 
-    template <class = void> // instantiated only where called (core/config.hpp)
+    // Instantiated only where called; the output's expressions are spelled dependent on Tag, so they
+    // are built only there too (core/config.hpp).
+    template <class Tag = void>
     void forward(ConstMatrixView<float> x, MatrixView<float> y, MatrixXf& scratch) const {
         const auto L = static_cast<Eigen::Index>(x.rows);
         if (scratch.rows() < L || scratch.cols() != w_.cols()) scratch.resize(L, w_.cols());
@@ -86,8 +88,9 @@ public:
                 row[c] = act_.symmetric ? dequantize_value(quantize_value<BitRange<8, symmetric>>(row[c], p), p)
                                         : dequantize_value(quantize_value<BitRange<8, asymmetric>>(row[c], p), p);
         }
-        auto out = as_eigen(y);
-        out.noalias() = as_eigen(ConstMatrixView<float>(xq)) * w_.transpose();
+        auto out = as_eigen(dependent_t<Tag, MatrixView<float>>(y));
+        const dependent_t<Tag, MatrixXf>& w = w_;
+        out.noalias() = as_eigen(ConstMatrixView<float>(xq)) * w.transpose();
         if (!bias_.empty())
             out.rowwise() += Eigen::Map<const Eigen::RowVectorXf>(bias_.data(), static_cast<Eigen::Index>(bias_.size()));
     }

@@ -71,7 +71,7 @@ template <class Tag = void>
 MambaLayerWeights vim_direction_layer(const dependent_t<Tag, VimLayerWeights>& w, std::size_t dir) {
     require(dir < 2, "vim_direction_layer: direction ", dir, " (expected 0 forward or 1 backward)");
     const VimDirectionWeights& d = w.dir[dir];
-    MambaLayerWeights l;
+    dependent_t<Tag, MambaLayerWeights> l;
     l.norm = w.norm;
     l.in_proj = w.in_proj;
     l.out_proj = w.out_proj;
@@ -89,10 +89,10 @@ MambaLayerWeights vim_direction_layer(const dependent_t<Tag, VimLayerWeights>& w
 template <class Tag = void>
 VimWeights vim_weights(const dependent_t<Tag, VimModelWeights>& m, const dependent_t<Tag, VimConfig>& c) {
     require(m.layers.size() == c.n_layer, "vim_weights: ", m.layers.size(), " layers, the config says ", c.n_layer);
-    VimWeights w;
+    dependent_t<Tag, VimWeights> w;
     const auto P = static_cast<Eigen::Index>(c.patch_dim()), L = static_cast<Eigen::Index>(c.seq_len()),
                Q = static_cast<Eigen::Index>(c.num_classes);
-    MatrixXf& t = w.directions.embedding;
+    dependent_t<Tag, MatrixXf>& t = w.directions.embedding;
     t.resize(static_cast<Eigen::Index>(vim_table_rows(c)), static_cast<Eigen::Index>(c.d_model));
     t.topRows(P) = m.embedding.patch_w.transpose();
     t.row(P) = m.embedding.patch_b;
@@ -148,7 +148,7 @@ void validate(const dependent_t<Tag, VimWeights>& w, const dependent_t<Tag, VimC
 // norm_f, as for the model).
 template <class Tag = void>
 VimEmbedding vim_embedding(const dependent_t<Tag, VimWeights>& w, const dependent_t<Tag, VimConfig>& c) {
-    const MatrixXf& t = w.directions.embedding;
+    const dependent_t<Tag, MatrixXf>& t = w.directions.embedding;
     const auto P = static_cast<Eigen::Index>(c.patch_dim()), L = static_cast<Eigen::Index>(c.seq_len());
     return {t.topRows(P).transpose(), t.row(P), t.row(P + 1), t.middleRows(P + 2, L)};
 }

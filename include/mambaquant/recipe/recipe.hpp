@@ -147,7 +147,7 @@ RecipeStep smooth_conv(double alpha = 0.5) {
         require(g >= 1 && n % g == 0, "smooth_conv (S7): ", n, " layers are not groups of ", g);
         std::vector<Eigen::VectorXd> s(n);
         for (std::size_t i = 0; i < n; ++i) {
-            Eigen::VectorXd wmax = Eigen::VectorXd::Zero(c.weights.layers[i].conv_w.rows());
+            dependent_t<Tag, Eigen::VectorXd> wmax = Eigen::VectorXd::Zero(c.weights.layers[i].conv_w.rows());
             for (std::size_t j = i / g * g; j < i / g * g + g; ++j)
                 wmax = wmax.cwiseMax(c.weights.layers[j].conv_w.template cast<double>().cwiseAbs().rowwise().maxCoeff());
             s[i] = smoothing_scales(stat(c, i, TapPoint::conv_input).channels().absmax(), wmax, {alpha, 1e-2},
@@ -195,9 +195,9 @@ RecipeStep rotate_residual(R1Basis basis, KltMoment moment = KltMoment::second_m
             MatrixXd cov = MatrixXd::Zero(static_cast<Eigen::Index>(d), static_cast<Eigen::Index>(d));
             for (std::size_t i = 0; i < layers; ++i) {
                 const auto& site = stat(c, i, TapPoint::in_proj_input);
-                const Eigen::VectorXd g = c.weights.layers[i].norm.template cast<double>();
+                const dependent_t<Tag, Eigen::VectorXd> g = c.weights.layers[i].norm.template cast<double>();
                 require((g.array() != 0.0).all(), "rotate_residual (R1): layer ", i, " has a zero RMSNorm weight");
-                const Eigen::VectorXd inv = g.cwiseInverse();
+                const dependent_t<Tag, Eigen::VectorXd> inv = g.cwiseInverse();
                 cov += inv.asDiagonal() * klt_moment(site.covariance(), moment) * inv.asDiagonal();
             }
             cov /= static_cast<double>(layers);
